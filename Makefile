@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` (main job) and `make test` (tests).
+# Both install what they need, idempotently, into .venv: the CPU build of torch first, then the
+# core package, every distribution under plugins/ and the test-only plugins, all editable.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PKGS := . $(wildcard plugins/*) $(wildcard tests/plugins/*)
+CFGS := setup.cfg constraints-cpu.txt $(wildcard plugins/*/setup.cfg) $(wildcard tests/plugins/*/setup.cfg)
+STAMP := $(VENV)/.installed-$(shell cat $(CFGS) | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): $(CFGS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints-cpu.txt $(foreach p,$(PKGS),-e $(p)$(if $(filter .,$(p)),[test],))
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests $(wildcard plugins/*/tests) $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests $(wildcard plugins/*/tests) $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/stochclosure demo
+
+lint: install
+	$(VENV)/bin/ruff check stochclosure plugins tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,61 @@
+"""stochclosure: data-driven stochastic closure modelling with conditional score-based diffusion.
+
+Learn the distribution ``p(U | y)`` of an unresolved closure term with a conditional
+score-based diffusion model, draw closures inside a coarse solver and quantify what the
+closure's uncertainty does to the prediction.
+
+The package is organised by the interfaces of its components (:mod:`.sdes`, :mod:`.scores`,
+:mod:`.encoders`, :mod:`.samplers`, :mod:`.systems`); every implementation is found through
+one :mod:`registry` fed by entry points.
+"""
+
+from __future__ import annotations
+
+from . import encoders, errors, registry, samplers, scores, sdes, systems
+from ._types import Conditioning, ScoreFn, check_tensor
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DeviceError,
+    DTypeError,
+    IncompatibleComponentsError,
+    NonFiniteError,
+    PluginValidationError,
+    ShapeError,
+    StochClosureError,
+    UnknownPluginError,
+)
+from .losses import dsm_loss
+from .registry import available, register, resolve
+from .scores.base import bind_score
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Conditioning",
+    "ScoreFn",
+    "check_tensor",
+    "bind_score",
+    "dsm_loss",
+    "register",
+    "resolve",
+    "available",
+    "registry",
+    "sdes",
+    "scores",
+    "encoders",
+    "samplers",
+    "systems",
+    "errors",
+    "StochClosureError",
+    "ShapeError",
+    "NonFiniteError",
+    "DTypeError",
+    "DeviceError",
+    "IncompatibleComponentsError",
+    "UnknownPluginError",
+    "PluginValidationError",
+    "CheckpointError",
+    "ConfigError",
+]

@@ -1,0 +1,6 @@
+"""Conditioning encoders."""
+
+from .base import AbstractConditioningEncoder
+from .fields import FieldEncoder
+
+__all__ = ["AbstractConditioningEncoder", "FieldEncoder"]

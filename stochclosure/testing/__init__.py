@@ -1,0 +1,213 @@
+"""Contract suites every component must pass; third-party plugins can run them too.
+
+Each ``check_*`` function takes an instance, exercises the interface, and raises
+``AssertionError`` with an explanatory message on the first violation. In a plugin's tests::
+
+    from stochclosure.testing import check_sampler
+    def test_my_sampler_contract():
+        check_sampler(MySampler())
+
+or run every registered component of a kind with :func:`registered_examples`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._types import Conditioning
+from ..registry import get_registry
+
+__all__ = [
+    "check_sde",
+    "check_score_operator",
+    "check_encoder",
+    "check_sampler",
+    "check_system",
+    "check_component",
+    "registered_examples",
+]
+
+
+def _close(a: Tensor, b: Tensor, rtol: float, atol: float, what: str) -> None:
+    if not torch.allclose(a, b, rtol=rtol, atol=atol):
+        err = float((a - b).abs().max())
+        raise AssertionError(f"{what}: max abs difference {err:.3g} exceeds rtol={rtol}, atol={atol}")
+
+
+def check_sde(sde: Any) -> None:
+    """Contract of :class:`~stochclosure.sdes.AbstractSDE`.
+
+    Checks shapes, positivity and monotonicity of ``sigma_t``, that drift, diffusion and marginal
+    agree (``d alpha/dt = f alpha`` and ``d sigma^2/dt = 2 f sigma^2 + g^2`` by finite
+    differences), the inverse of ``log_snr``, prior sampling and seeding, and the reverse drifts.
+    """
+    t = torch.linspace(max(sde.eps, 0.02 * sde.T), 0.98 * sde.T, 9, dtype=torch.float64)
+    alpha, sigma = sde.marginal_coefficients(t)
+    assert alpha.shape == (9,) and sigma.shape == (9,), "marginal_coefficients must return (batch,) tensors"
+    assert bool((alpha > 0).all()) and bool((sigma > 0).all()), "alpha_t and sigma_t must be positive"
+    assert bool((torch.diff(sigma / alpha) > 0).all()), "sigma_t / alpha_t must increase with t"
+    h = 1e-5 * sde.T
+    a_p, s_p = sde.marginal_coefficients(t + h)
+    a_m, s_m = sde.marginal_coefficients(t - h)
+    f = sde.drift_coefficient(t)
+    g = sde.diffusion(t)
+    _close((a_p - a_m) / (2 * h), f * alpha, 1e-4, 1e-6, "d alpha/dt vs f(t) alpha_t")
+    _close((s_p**2 - s_m**2) / (2 * h), 2 * f * sigma**2 + g**2, 1e-4, 1e-6, "d sigma^2/dt vs 2 f sigma^2 + g^2")
+    x = torch.randn(9, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    _close(sde.drift(x, t), f[:, None, None] * x, 1e-10, 1e-12, "drift(x, t) vs drift_coefficient(t) * x")
+    mean, std = sde.marginal(x, t)
+    assert mean.shape == x.shape and std.shape == (9, 1, 1), "marginal must return (mean like x0, std (batch,1,..))"
+    lam = sde.log_snr(t)
+    _close(sde.t_from_log_snr(lam), t, 1e-6, 1e-8, "t_from_log_snr(log_snr(t))")
+    g1 = torch.Generator().manual_seed(3)
+    g2 = torch.Generator().manual_seed(3)
+    p1 = sde.prior_sample((5, 1, 8), generator=g1)
+    p2 = sde.prior_sample((5, 1, 8), generator=g2)
+    assert p1.shape == (5, 1, 8) and p1.dtype == torch.float32, "prior_sample shape/dtype"
+    assert torch.equal(p1, p2), "prior_sample must be reproducible with the same generator"
+    s = torch.randn_like(x)
+    _close(sde.reverse_drift(x, t, s), sde.drift(x, t) - (g**2)[:, None, None] * s, 1e-10, 1e-12, "reverse_drift")
+    _close(sde.probability_flow_drift(x, t, s), sde.drift(x, t) - 0.5 * (g**2)[:, None, None] * s, 1e-10, 1e-12,
+           "probability_flow_drift")
+
+
+def check_score_operator(op: Any, batch: int = 3, atol: float = 1e-5) -> None:
+    """Contract of :class:`~stochclosure.scores.AbstractScoreOperator`.
+
+    Needs ``op.example_inputs``. Checks output shape, dtype and finiteness, determinism, that
+    each member of a batch (different ``t`` and condition per member) gets the output it would
+    get alone, and, for ``resolution_invariant`` operators on fields, a second resolution.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x, t, cond = op.example_inputs(batch, gen)
+    was_training = getattr(op, "training", False)
+    if hasattr(op, "eval"):
+        op.eval()
+    try:
+        with torch.no_grad():
+            out = op(x, t, cond)
+            assert isinstance(out, Tensor), f"forward must return a Tensor, got {type(out).__name__}"
+            assert out.shape == x.shape, f"score shape {tuple(out.shape)} != x shape {tuple(x.shape)}"
+            assert out.dtype == x.dtype, f"score dtype {out.dtype} != x dtype {x.dtype}"
+            assert bool(torch.isfinite(out).all()), "score must be finite on valid inputs"
+            _close(op(x, t, cond), out, 0, 0, "two identical calls")
+            for i in range(batch):
+                ci = cond.index(slice(i, i + 1)) if cond is not None else None
+                single = op(x[i:i + 1], t[i:i + 1], ci)
+                _close(single, out[i:i + 1], 1e-4, atol, f"member {i} alone vs in a batch (per-sample conditioning)")
+            if getattr(op, "resolution_invariant", False) and x.dim() >= 3:
+                grid = tuple(2 * s for s in x.shape[2:])
+                from ..fft import spectral_resample
+
+                x2 = spectral_resample(x, grid)
+                c2 = None
+                if cond is not None:
+                    c2 = Conditioning(
+                        fields=None if cond.fields is None else spectral_resample(cond.fields, grid),
+                        history=None if cond.history is None else spectral_resample(
+                            cond.history.flatten(1, 2), grid).reshape(*cond.history.shape[:3], *grid),
+                        obs_values=cond.obs_values, obs_points=cond.obs_points, features=cond.features)
+                out2 = op(x2, t, c2)
+                assert out2.shape == x2.shape, "resolution-invariant operator must accept a finer grid"
+                assert bool(torch.isfinite(out2).all()), "score must be finite on a finer grid"
+    finally:
+        if was_training:
+            op.train()
+
+
+def check_encoder(enc: Any, batch: int = 2) -> None:
+    """Contract of :class:`~stochclosure.encoders.AbstractConditioningEncoder`.
+
+    Output ``(batch, out_channels, *grid)`` at the condition's grid and at twice and half of it,
+    finite, with per-sample independence.
+    """
+    gen = torch.Generator().manual_seed(0)
+    cond = enc.example_condition(batch, gen)
+    base = cond.spatial_shape or (16, 16)
+    for grid in (tuple(base), tuple(2 * s for s in base), tuple(max(4, s // 2) for s in base)):
+        with torch.no_grad():
+            out = enc(cond, grid)
+        want = (batch, enc.out_channels, *grid)
+        assert tuple(out.shape) == want, f"encoder output {tuple(out.shape)} != {want} on grid {grid}"
+        assert bool(torch.isfinite(out).all()), f"encoder output not finite on grid {grid}"
+        with torch.no_grad():
+            first = enc(cond.index(slice(0, 1)), grid)
+        _close(first, out[:1], 1e-5, 1e-6, "member 0 alone vs in a batch")
+
+
+def check_sampler(sampler: Any, steps: int | None = None) -> None:
+    """Contract of :class:`~stochclosure.samplers.AbstractSampler`.
+
+    On an exact Gaussian score (research VE SDE, ``N(0.05, 0.2^2)`` vectors): output shape and
+    dtype, seeding, the callback, the declared ``nfe``, and a *sanity* bound on the sample
+    moments (mean within 0.05, std within 25 %; accuracy is tested per sampler elsewhere).
+    """
+    from ..samplers.base import CountingScore
+    from ..scores.analytic import GaussianScore
+    from ..sdes.ve import ExpVESDE
+
+    sde = ExpVESDE()
+    op = GaussianScore(sde, mean=0.05, std=0.2)
+    counter = CountingScore(lambda x, t: op(x, t, None))
+    calls: list[Any] = []
+    out = sampler.sample(counter, sde, (4000, 2), steps=steps, generator=torch.Generator().manual_seed(1),
+                         callback=calls.append)
+    assert tuple(out.shape) == (4000, 2), f"sample shape {tuple(out.shape)} != (4000, 2)"
+    assert out.dtype == torch.float32, f"default dtype must be float32, got {out.dtype}"
+    assert bool(torch.isfinite(out).all()), "samples must be finite"
+    assert calls, "callback was never called"
+    assert counter.nfe == sampler.nfe(steps), f"nfe() says {sampler.nfe(steps)} but {counter.nfe} evaluations ran"
+    again = sampler.sample(lambda x, t: op(x, t, None), sde, (4000, 2), steps=steps,
+                           generator=torch.Generator().manual_seed(1))
+    _close(again, out, 0, 0, "same generator seed, same samples")
+    m, s = float(out.mean()), float(out.std())
+    assert abs(m - 0.05) < 0.05, f"sample mean {m:.3f} far from 0.05"
+    assert abs(s - 0.2) < 0.05, f"sample std {s:.3f} far from 0.2"
+
+
+def check_system(system: Any, batch: int = 2) -> None:
+    """Contract of :class:`~stochclosure.systems.AbstractSystem`.
+
+    ``initial_state`` shape and seeding; ``step`` keeps the shape, accepts ``None`` (no closure)
+    and a closure term, is deterministic, and stays finite.
+    """
+    g1 = torch.Generator().manual_seed(0)
+    g2 = torch.Generator().manual_seed(0)
+    v = system.initial_state(batch, generator=g1)
+    assert torch.equal(v, system.initial_state(batch, generator=g2)), "initial_state must honour the generator"
+    assert v.dim() == 2 + system.spatial_dims and v.shape[0] == batch, f"bad initial state shape {tuple(v.shape)}"
+    v1 = system.step(v, None)
+    assert v1.shape == v.shape and bool(torch.isfinite(v1).all()), "step(state, None) must keep shape, finite"
+    u = 0.01 * torch.ones((batch, system.closure_channels, *v.shape[2:]), dtype=v.dtype)
+    v2 = system.step(v, u)
+    assert v2.shape == v.shape, "step(state, closure) must keep the shape"
+    _close(system.step(v, u), v2, 0, 0, "step must be deterministic")
+
+
+_CHECKS = {
+    "sde": check_sde,
+    "score_operator": check_score_operator,
+    "encoder": check_encoder,
+    "sampler": check_sampler,
+    "system": check_system,
+}
+
+
+def check_component(kind: str, obj: Any) -> None:
+    """Run the contract suite of ``kind`` on instance ``obj``."""
+    _CHECKS[kind](obj)
+
+
+def registered_examples(kind: str) -> Iterator[tuple[str, Any]]:
+    """``(name, example instance)`` for every registered component of ``kind``.
+
+    Classes provide a small instance through ``example()`` (default: the no-argument constructor).
+    """
+    reg = get_registry(kind)
+    for name in reg.names():
+        cls = reg.get(name)
+        yield name, cls.example() if hasattr(cls, "example") else cls()
