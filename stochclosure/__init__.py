@@ -26,6 +26,7 @@ from .errors import (
     UnknownPluginError,
 )
 from .losses import dsm_loss
+from .model import ClosureModel
 from .registry import available, register, resolve
 from .scores.base import bind_score
 
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "Conditioning",
+    "ClosureModel",
     "ScoreFn",
     "check_tensor",
     "bind_score",

@@ -1,0 +1,126 @@
+"""``ClosureModel``: SDE + score operator + default sampler (+ target normalisation), one object.
+
+A closure model draws closure terms ``U ~ p(U | y)`` on the condition's grid. The score operator
+works in *normalised* units (per-channel ``(U - mean) / std``); :meth:`ClosureModel.sample` maps
+samples back to physical units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._types import Conditioning
+from .errors import ConfigError, IncompatibleComponentsError, ShapeError, format_error
+from .registry import resolve
+from .samplers.base import AbstractSampler, Callback, NoiseSource, check_steps
+from .scores.base import bind_score
+from .sdes.base import AbstractSDE
+
+__all__ = ["ClosureModel"]
+
+
+class ClosureModel(nn.Module):
+    """A conditional generative model of a closure term.
+
+    Args:
+        sde: Forward SDE (name, spec dict or instance).
+        score: Score operator (name, spec dict or instance); ``forward(x, t, cond)``.
+        sampler: Default sampler (name, spec dict or instance).
+        channels: Channels of the closure term.
+        target_mean: Per-channel mean used to normalise the target, ``(channels,)``.
+        target_std: Per-channel std used to normalise the target, ``(channels,)``.
+
+    Example:
+        >>> import torch, stochclosure as sc
+        >>> m = sc.ClosureModel("vp", {"type": "gaussian", "sde": "vp", "std": 1.0},
+        ...                     {"type": "euler_maruyama", "steps": 20})
+        >>> u = m.sample(sc.Conditioning(), n=4, grid=(8, 8), generator=torch.Generator().manual_seed(0))
+        >>> tuple(u.shape)
+        (4, 1, 8, 8)
+    """
+
+    def __init__(self, sde: Any, score: Any, sampler: Any = "euler_maruyama", channels: int = 1,
+                 target_mean: Tensor | None = None, target_std: Tensor | None = None) -> None:
+        super().__init__()
+        self.sde: AbstractSDE = resolve("sde", sde)
+        self.score = resolve("score_operator", score)
+        self.sampler: AbstractSampler = resolve("sampler", sampler)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ConfigError(format_error("channels", "a positive integer", repr(channels)))
+        self.channels = channels
+        score_sde = getattr(self.score, "sde", None)
+        if score_sde is not None and score_sde.spec() != self.sde.spec():
+            raise IncompatibleComponentsError(
+                f"the score operator was built for SDE {score_sde.spec()} but the model uses {self.sde.spec()}; "
+                "fix: pass the same SDE to both")
+        mean = torch.zeros(channels) if target_mean is None else torch.as_tensor(target_mean, dtype=torch.float32)
+        std = torch.ones(channels) if target_std is None else torch.as_tensor(target_std, dtype=torch.float32)
+        if mean.shape != (channels,) or std.shape != (channels,):
+            raise ShapeError(format_error("target_mean/target_std", f"shape ({channels},)",
+                                          f"{tuple(mean.shape)} and {tuple(std.shape)}"))
+        if not bool((std > 0).all()):
+            raise ConfigError(format_error("target_std", "positive values", str(std.tolist())))
+        self.register_buffer("target_mean", mean)
+        self.register_buffer("target_std", std)
+
+    def _resolve_sampler(self, sampler: Any) -> AbstractSampler:
+        return self.sampler if sampler is None else resolve("sampler", sampler)
+
+    def normalise(self, u: Tensor) -> Tensor:
+        """Physical closure ``(batch, C, *grid)`` -> the score's normalised units."""
+        shape = (1, self.channels) + (1,) * (u.dim() - 2)
+        return (u - self.target_mean.view(shape).to(u)) / self.target_std.view(shape).to(u)
+
+    def denormalise(self, x: Tensor) -> Tensor:
+        """Normalised sample ``(batch, C, *grid)`` -> physical units."""
+        shape = (1, self.channels) + (1,) * (x.dim() - 2)
+        return x * self.target_std.view(shape).to(x) + self.target_mean.view(shape).to(x)
+
+    @torch.no_grad()
+    def sample(self, cond: Conditioning | None, n: int | None = None, *, sampler: Any = None,
+               steps: int | None = None, generator: torch.Generator | None = None, noise: NoiseSource | None = None,
+               callback: Callback | None = None, grid: tuple[int, ...] | None = None,
+               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+        """Draw closure terms ``U ~ p(U | cond)`` in one batched solve.
+
+        Args:
+            cond: Condition with batch ``B`` (``None`` or empty for unconditional models).
+            n: Samples per condition; ``None`` draws one and omits the sample axis.
+            sampler: Override of the default sampler (name, spec or instance).
+            steps: Override of the sampler's step count.
+            generator: Seeds the draw; the same seed gives the same samples.
+            noise: Noise source for stochastic samplers.
+            callback: Called after every sampler step.
+            grid: Spatial shape; defaults to the condition's grid.
+            dtype: Sample dtype.
+            device: Sample device (defaults to the condition's).
+
+        Returns:
+            ``(n, B, C, *grid)``, or ``(B, C, *grid)`` when ``n`` is ``None``.
+        """
+        cond = Conditioning() if cond is None else cond
+        if n is not None:
+            check_steps(n, "n")
+        if steps is not None:
+            check_steps(steps)
+        b = cond.batch_size or 1
+        grid = tuple(grid) if grid is not None else cond.spatial_shape
+        if grid is None:
+            raise ShapeError(format_error("grid", "a spatial shape (the condition has no fields)", "None",
+                                          "pass grid=(n, n)"))
+        if device is None:
+            for v in (cond.fields, cond.history, cond.obs_values, cond.features):
+                if v is not None:
+                    device = v.device
+                    break
+        k = 1 if n is None else n
+        event = (self.channels, *grid)
+        cond_rep = cond.index(torch.arange(k * b) % b) if cond.batch_size else cond
+        score_fn = bind_score(self.score, cond_rep if cond.batch_size else None, event_shape=event, batch=k * b)
+        x = self._resolve_sampler(sampler).sample(score_fn, self.sde, (k * b, *event), steps=steps, generator=generator,
+                                                  noise=noise, callback=callback, dtype=dtype, device=device)
+        u = self.denormalise(x)
+        return u if n is None else u.reshape(k, b, *event)
