@@ -15,7 +15,7 @@ kind               entry-point group                interface
 The core registers its own built-ins through the same entry points as any third-party
 plugin. Entry points are read lazily on first use and cached; an entry point whose import
 fails becomes a warning naming it and its distribution, never a crash; a duplicate name warns
-and names both providers (the first one found wins); :func:`register` adds objects at run time
+and names both providers (the core's own entry point wins); :func:`register` adds objects at run time
 (notebooks, tests).
 
 Example:
@@ -185,7 +185,12 @@ class Registry(Mapping[str, Any]):
         if self._entries is not None:
             return self._entries
         entries: dict[str, RegisteredComponent] = {}
-        for ep in sorted(metadata.entry_points(group=self.group), key=lambda e: (e.dist.name if e.dist else "", e.name)):
+        # The core's own entry points come first, so a plugin cannot silently shadow a built-in.
+        def order(e: metadata.EntryPoint) -> tuple[bool, str, str]:
+            dist_name = e.dist.name if e.dist is not None else ""
+            return (dist_name != "stochclosure", dist_name, e.name)
+
+        for ep in sorted(metadata.entry_points(group=self.group), key=order):
             dist = ep.dist.name if ep.dist is not None else "<unknown distribution>"
             if ep.name in entries:
                 first = entries[ep.name]
