@@ -83,7 +83,8 @@ class ClosureModel(nn.Module):
     def sample(self, cond: Conditioning | None, n: int | None = None, *, sampler: Any = None,
                steps: int | None = None, generator: torch.Generator | None = None, noise: NoiseSource | None = None,
                callback: Callback | None = None, grid: tuple[int, ...] | None = None,
-               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+               x_init: Tensor | None = None) -> Tensor:
         """Draw closure terms ``U ~ p(U | cond)`` in one batched solve.
 
         Args:
@@ -97,6 +98,9 @@ class ClosureModel(nn.Module):
             grid: Spatial shape; defaults to the condition's grid.
             dtype: Sample dtype.
             device: Sample device (defaults to the condition's).
+            x_init: The sampler's starting point in normalised units, ``(n, B, C, *grid)`` (or
+                ``(B, C, *grid)`` when ``n`` is ``None``) instead of a prior draw; lets callers
+                control (e.g. correlate in time) the initial noise.
 
         Returns:
             ``(n, B, C, *grid)``, or ``(B, C, *grid)`` when ``n`` is ``None``.
@@ -120,7 +124,13 @@ class ClosureModel(nn.Module):
         event = (self.channels, *grid)
         cond_rep = cond.index(torch.arange(k * b) % b) if cond.batch_size else cond
         score_fn = bind_score(self.score, cond_rep if cond.batch_size else None, event_shape=event, batch=k * b)
+        if x_init is not None:
+            want = (k * b, *event) if n is None else (k, b, *event)
+            if tuple(x_init.shape) not in (want, (k * b, *event)):
+                raise ShapeError(format_error("x_init", f"shape {want}", f"shape {tuple(x_init.shape)}"))
+            x_init = x_init.reshape(k * b, *event)
         x = self._resolve_sampler(sampler).sample(score_fn, self.sde, (k * b, *event), steps=steps, generator=generator,
-                                                  noise=noise, callback=callback, dtype=dtype, device=device)
+                                                  noise=noise, callback=callback, dtype=dtype, device=device,
+                                                  x_init=x_init)
         u = self.denormalise(x)
         return u if n is None else u.reshape(k, b, *event)
