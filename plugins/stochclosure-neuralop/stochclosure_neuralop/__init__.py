@@ -1,0 +1,7 @@
+"""FNO score operators for stochclosure, built from neuraloperator 2.0 parts."""
+
+from .score import FNOScore, GaussianFourierEmbedding, periodic_coordinates
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "FNOScore", "GaussianFourierEmbedding", "periodic_coordinates"]
