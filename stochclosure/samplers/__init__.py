@@ -2,6 +2,9 @@
 
 from . import grids
 from .base import AbstractSampler, CountingScore, GaussianNoise, GridSampler, NoiseSource, StepInfo
+from .brownian import BrownianNoise
+from .dpm_solver import DPMSolverPP2M, dpm_solver_pp_2m
+from .edm import EDMHeun, edm_heun
 from .euler_maruyama import EulerMaruyama, TruncatedKarrasEM, euler_maruyama
 from .predictor_corrector import PredictorCorrector, langevin_corrector, predictor_corrector
 from .probability_flow import ProbabilityFlowHeun, probability_flow_heun
@@ -22,4 +25,9 @@ __all__ = [
     "langevin_corrector",
     "probability_flow_heun",
     "grids",
+    "BrownianNoise",
+    "EDMHeun",
+    "DPMSolverPP2M",
+    "edm_heun",
+    "dpm_solver_pp_2m",
 ]
