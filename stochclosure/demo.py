@@ -25,6 +25,7 @@ def run_demo(n: int = 32, batch: int = 256, seed: int = 0, steps: int | None = N
     """
     from .registry import get_registry, resolve
     from .scores.analytic import GaussianScore
+    from .scores.base import bind_score as sc_bind
 
     grf = {"alpha": 2.5, "tau": 7.0, "scale": 5.0e4}
     rows: list[dict[str, float | str]] = []
@@ -45,7 +46,8 @@ def run_demo(n: int = 32, batch: int = 256, seed: int = 0, steps: int | None = N
                 kw = {**kw, "steps": steps}
             sampler = resolve("sampler", {"type": s_name, **kw})
             t0 = time.perf_counter()
-            x = sampler.sample(lambda x, t: op(x, t), sde, (batch, 1, n, n), generator=torch.Generator().manual_seed(seed))
+            score_fn = sc_bind(op, None)
+            x = sampler.sample(score_fn, sde, (batch, 1, n, n), generator=torch.Generator().manual_seed(seed))
             dt = time.perf_counter() - t0
             xf = torch.fft.rfftn(x.double(), dim=(-2, -1), norm="ortho")
             emp = (xf.abs() ** 2).mean(dim=(0, 1))

@@ -103,6 +103,27 @@ def _abstract_names(base: type) -> list[str]:
     return sorted(names)
 
 
+def _positional(fn: Any) -> tuple[int, int, bool]:
+    """(required, total, has *args) positional parameters of ``fn``, excluding ``self``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return (0, 0, True)
+    if params and params[0].name in ("self", "cls"):
+        params = params[1:]
+    pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return (sum(p.default is p.empty for p in pos), len(pos), any(p.kind is p.VAR_POSITIONAL for p in params))
+
+
+def _arity_mismatch(impl: Any, spec: Any) -> bool:
+    """True when ``impl`` cannot be called with the positional arguments the interface passes."""
+    if isinstance(inspect.getattr_static(spec, "__isabstractmethod__", False), property):
+        return False
+    req_i, tot_i, var_i = _positional(impl)
+    req_s, tot_s, _ = _positional(spec)
+    return req_i > req_s or (tot_i < req_s and not var_i)
+
+
 def validate_component(kind: str, obj: Any, name: str = "<object>") -> Any:
     """Check that ``obj`` (a class or an instance) implements the interface of ``kind``.
 
@@ -128,6 +149,14 @@ def validate_component(kind: str, obj: Any, name: str = "<object>") -> Any:
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
     else:
         missing = [m for m in _abstract_names(base) if not callable(getattr(cls, m, None))]
+    if not missing:
+        missing = [m for m in _abstract_names(base) if _arity_mismatch(getattr(cls, m), getattr(base, m))]
+        if missing:
+            detail = "; ".join(f"{m}{inspect.signature(getattr(cls, m))} cannot be called as "
+                               f"{m}{inspect.signature(getattr(base, m))}" for m in missing)
+            raise PluginValidationError(
+                f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}) does not implement {base.__name__}: "
+                f"{detail}; fix: accept the interface's positional arguments")
     if missing:
         raise PluginValidationError(
             f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}) does not implement "
