@@ -171,13 +171,14 @@ class TorchSDESampler(AbstractSampler):
             raise ShapeError(format_error("shape", "(batch >= 1, *event) with positive sizes", repr(shape),
                                           "an ensemble needs at least one member"))
         t0, t1 = self._times(sde)
+        # The Brownian seed is drawn first, so member i's noise does not depend on the batch size.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         if x_init is None:
             x = sde.prior_sample(shape, t=t0, data_std=self.data_std, generator=generator, dtype=dtype, device=device)
         else:
             if tuple(x_init.shape) != shape:
                 raise ShapeError(format_error("x_init", f"shape {shape}", f"shape {tuple(x_init.shape)}"))
             x = x_init.to(dtype=dtype, device=device)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         batch, state, span = shape[0], math.prod(shape[1:]), t0 - t1
         rsde = self.reverse_sde(score_fn, sde, shape[1:])
         bm = self._brownian(batch, state, span, n, seed, x)

@@ -72,7 +72,8 @@ class ReverseTimeSDE(nn.Module):
         >>> from stochclosure.scores import GaussianScore
         >>> rsde = ReverseTimeSDE("vp", GaussianScore("vp"), event_shape=(2,))
         >>> y0 = torch.randn(4, 2)
-        >>> ys = torchsde.sdeint(rsde, y0, torch.tensor([0.0, 0.999]), method="euler", dt=0.01)
+        >>> bm = torchsde.BrownianInterval(t0=0.0, t1=0.999, size=(4, 2), entropy=0)
+        >>> ys = torchsde.sdeint(rsde, y0, torch.tensor([0.0, 0.999]), bm=bm, method="euler", dt=0.01)
         >>> tuple(ys.shape)
         (2, 4, 2)
     """
