@@ -146,8 +146,14 @@ class StreamedObservations:
             raise ShapeError(format_error("observations", f"measurements for step {step}",
                                           f"{len(self)} steps of measurements", "stream as many steps as the rollout"))
         v = self.values[step]
-        target = tuple(batch_shape) + tuple(v.shape[-2:])
-        v = torch.broadcast_to(v, target) if tuple(v.shape) != target else v
+        try:
+            target = torch.broadcast_shapes(tuple(v.shape), tuple(batch_shape) + tuple(v.shape[-2:]))
+        except RuntimeError:
+            target = None
+        if target is None or math.prod(target[:-2]) != math.prod(batch_shape):
+            raise ShapeError(format_error("observations", f"values per step broadcastable to the batch {tuple(batch_shape)}",
+                                          f"per-step shape {tuple(v.shape)}"))
+        v = torch.broadcast_to(v, target)
         return Observation(v.reshape(-1, *v.shape[-2:]), self.points)
 
 
@@ -249,15 +255,15 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
     if members is not None and (isinstance(members, bool) or not isinstance(members, int) or members < 1):
         raise ConfigError(format_error("members", "a positive integer or None", repr(members),
                                        "an ensemble needs at least one member"))
-    every = rollout_option("resample_every", resample_every)
+    every = rollout_option("resample_every", name="_option/resample_every", default=resample_every)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(format_error("resample_every", "a positive integer", repr(every)))
-    between = rollout_option("between", Hold() if between is None else between)
+    between = rollout_option("between", name="_option/between", default=Hold() if between is None else between)
     if not isinstance(between, (Hold, ClosureAR1, NoiseAR1)):
         raise ConfigError(format_error("between", "Hold(), ClosureAR1(phi, sigma) or NoiseAR1(rho)", repr(between)))
-    if not rollout_option("closure", True):
+    if not rollout_option("closure", name="_option/closure", default=True):
         closure = None
-    init_perturbation = rollout_option("init_perturbation", init_perturbation)
+    init_perturbation = rollout_option("init_perturbation", name="_option/init_perturbation", default=init_perturbation)
     dt = float(system.dt if dt is None else dt)
     make_condition = default_condition if make_condition is None else make_condition
     ne = _event_ndim(system, state_event_ndim)
