@@ -11,8 +11,9 @@ one :mod:`registry` fed by entry points.
 
 from __future__ import annotations
 
-from . import encoders, errors, registry, samplers, scores, sdes, systems
+from . import distributions, encoders, errors, metrics, registry, rollout, samplers, scores, sdes, systems
 from ._types import Conditioning, ScoreFn, check_tensor
+from .distributions import ClosureDistribution
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -28,6 +29,7 @@ from .errors import (
 from .losses import dsm_loss
 from .model import ClosureModel
 from .registry import available, register, resolve
+from .rollout import RolloutResult, ensemble
 from .scores.base import bind_score
 
 __version__ = "0.1.0"
@@ -36,6 +38,12 @@ __all__ = [
     "__version__",
     "Conditioning",
     "ClosureModel",
+    "ClosureDistribution",
+    "RolloutResult",
+    "ensemble",
+    "rollout",
+    "distributions",
+    "metrics",
     "ScoreFn",
     "check_tensor",
     "bind_score",
