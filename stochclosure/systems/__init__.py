@@ -2,5 +2,7 @@
 
 from .base import AbstractSystem
 from .linear import LinearRelaxation
+from .navier_stokes import NavierStokes2D
+from .subgrid import NavierStokes2DSubgrid, SmagorinskyClosure
 
-__all__ = ["AbstractSystem", "LinearRelaxation"]
+__all__ = ["AbstractSystem", "LinearRelaxation", "NavierStokes2D", "NavierStokes2DSubgrid", "SmagorinskyClosure"]

@@ -1,0 +1,146 @@
+"""Pseudo-spectral building blocks on the periodic unit square (``rfft2``, any even ``n``).
+
+Conventions:
+
+* A field is ``(..., n, n)``; axis ``-2`` is ``x``, axis ``-1`` is ``y``; grid point ``(i, j)`` sits
+  at ``(i / n, j / n)``.
+* Spectral coefficients are ``torch.fft.rfft2`` of the field (``norm="backward"``), shape
+  ``(..., n, n // 2 + 1)``. Physical wavenumbers are ``lambda = 2 pi k`` with integer ``k``.
+* The 2/3 rule keeps ``|k_x| <= (n - 1) // 3`` and ``|k_y| <= (n - 1) // 3`` (a square mask), for
+  which the kept modes of a product of two masked fields are computed without aliasing.
+* The nonlinear term is written as it appears on the right-hand side,
+  ``N(omega) = -(u . grad omega)`` with ``u = (d psi / dy, -d psi / dx)``, ``-Lap psi = omega``
+  and the ``k = 0`` mode of ``psi`` set to zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, ShapeError, format_error
+
+__all__ = ["SpectralGrid", "spectral_grid", "hermitian_half", "noise_block_size"]
+
+
+@dataclass(frozen=True)
+class SpectralGrid:
+    """Cached wavenumber operators of an ``n x n`` periodic grid on one device and dtype.
+
+    Attributes:
+        n: Grid points per side.
+        lx: ``2 pi k_x``, shape ``(n, 1)``.
+        ly: ``2 pi k_y`` (``rfft`` half), shape ``(1, n // 2 + 1)``.
+        lam2: ``|lambda|^2``, shape ``(n, n // 2 + 1)``.
+        inv_lam2: ``1 / |lambda|^2`` with the ``k = 0`` entry set to 0.
+        dealias: 2/3-rule mask (0 or 1), shape ``(n, n // 2 + 1)``.
+        kx, ky: Integer wavenumbers, shapes ``(n, 1)`` and ``(1, n // 2 + 1)``.
+    """
+
+    n: int
+    lx: Tensor
+    ly: Tensor
+    lam2: Tensor
+    inv_lam2: Tensor
+    dealias: Tensor
+    kx: Tensor
+    ky: Tensor
+
+    def rfft(self, x: Tensor) -> Tensor:
+        """``rfft2`` over the last two axes."""
+        return torch.fft.rfft2(x)
+
+    def irfft(self, x_hat: Tensor) -> Tensor:
+        """Inverse of :meth:`rfft` (real ``(..., n, n)``)."""
+        return torch.fft.irfft2(x_hat, s=(self.n, self.n))
+
+    def nonlinear_hat(self, w_hat: Tensor) -> Tensor:
+        """Dealiased ``N(omega) = -(u . grad omega)`` in spectral space.
+
+        Args:
+            w_hat: ``rfft2`` of the vorticity, ``(..., n, n // 2 + 1)``.
+
+        Returns:
+            ``rfft2`` of ``N``, same shape, zero outside the 2/3 mask.
+        """
+        wd = w_hat * self.dealias
+        psi = wd * self.inv_lam2
+        i = 1j
+        stacked = torch.stack((i * self.ly * psi, -i * self.lx * psi, i * self.lx * wd, i * self.ly * wd), dim=-3)
+        u, v, wx, wy = torch.fft.irfft2(stacked, s=(self.n, self.n)).unbind(-3)
+        return -torch.fft.rfft2(u * wx + v * wy) * self.dealias
+
+    def velocity(self, w_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """Velocity ``(u, v)`` of a vorticity (no dealiasing), each ``(..., n, n)``."""
+        psi = w_hat * self.inv_lam2
+        uv = torch.fft.irfft2(torch.stack((1j * self.ly * psi, -1j * self.lx * psi), dim=-3), s=(self.n, self.n))
+        return uv[..., 0, :, :], uv[..., 1, :, :]
+
+
+@functools.lru_cache(maxsize=64)
+def spectral_grid(n: int, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> SpectralGrid:
+    """The (cached) :class:`SpectralGrid` of an ``n x n`` grid.
+
+    Args:
+        n: Even number of grid points per side (``>= 4``).
+        dtype: Real dtype of the operators (float32 or float64).
+        device: Device of the operators.
+    """
+    if not (isinstance(n, int) and n >= 4 and n % 2 == 0):
+        raise ShapeError(format_error("n", "an even integer >= 4 (rfft2 grid)", repr(n),
+                                      "use an even grid size such as 32, 64 or 256"))
+    if dtype not in (torch.float32, torch.float64):
+        raise ConfigError(format_error("dtype", "torch.float32 or torch.float64", str(dtype)))
+    kx = torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64, device=device).round()[:, None]
+    ky = torch.fft.rfftfreq(n, d=1.0 / n, dtype=torch.float64, device=device).round()[None, :]
+    lx, ly = 2 * math.pi * kx, 2 * math.pi * ky
+    lam2 = lx**2 + ly**2
+    inv = torch.where(lam2 > 0, 1.0 / torch.where(lam2 > 0, lam2, torch.ones_like(lam2)), torch.zeros_like(lam2))
+    kmax = (n - 1) // 3
+    mask = ((kx.abs() <= kmax) & (ky.abs() <= kmax)).to(torch.float64)
+    c = functools.partial(torch.Tensor.to, dtype=dtype)
+    return SpectralGrid(n=n, lx=c(lx), ly=c(ly), lam2=c(lam2), inv_lam2=c(inv), dealias=c(mask), kx=kx, ky=ky)
+
+
+def hermitian_half(xi: Tensor) -> Tensor:
+    """Half-plane Fourier coefficients of ``Re(sum_k xi_k exp(2 pi i k.x))``.
+
+    ``xi`` is a centred block of complex coefficients indexed by ``k_x, k_y`` in ``[-K, K]``
+    (shape ``(..., 2K+1, 2K+1)``); the real part of the corresponding field has coefficients
+    ``(xi_k + conj(xi_{-k})) / 2``, returned for ``k_y`` in ``[0, K]``: ``(..., 2K+1, K+1)``.
+    """
+    half = xi.shape[-1] // 2
+    folded = 0.5 * (xi + torch.flip(xi, dims=(-2, -1)).conj())
+    return folded[..., half:]
+
+
+def noise_block_size(alpha: float, rel_cutoff: float = 1e-17) -> int:
+    """Largest ``K`` with ``exp(-alpha (2 pi K)^2 / 2) >= rel_cutoff``.
+
+    Modes beyond ``K`` in either direction carry an amplitude below ``rel_cutoff`` times that of
+    mode 0 (below double-precision round-off for the default), so they are not drawn.
+    """
+    if alpha <= 0:
+        raise ConfigError(format_error("noise_alpha", "a positive float", repr(alpha)))
+    return int(math.floor(math.sqrt(2 * math.log(1 / rel_cutoff) / alpha) / (2 * math.pi)))
+
+
+def place_block(block: Tensor, n: int) -> Tensor:
+    """Put half-plane coefficients ``(..., 2K+1, K+1)`` (k_x in [-K, K]) into an ``rfft2`` array.
+
+    Modes that an ``n x n`` grid cannot hold strictly below its Nyquist wavenumber are dropped.
+
+    Returns:
+        ``(..., n, n // 2 + 1)`` complex, forward-normalised coefficients times ``n^2``.
+    """
+    big_k = block.shape[-1] - 1
+    keep = min(big_k, n // 2 - 1)
+    out = torch.zeros((*block.shape[:-2], n, n // 2 + 1), dtype=block.dtype, device=block.device)
+    rows = torch.arange(-keep, keep + 1, device=block.device)
+    sub = block[..., big_k - keep: big_k + keep + 1, : keep + 1]
+    out[..., rows % n, : keep + 1] = sub * (n * n)
+    return out
