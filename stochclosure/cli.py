@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_commands() -> None:
     # Commands living in other modules register themselves on import.
     from . import demo  # noqa: F401
+    from .data import generate  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

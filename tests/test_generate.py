@@ -1,0 +1,185 @@
+"""`stochclosure generate`: HDF5 layout, resumability after SIGKILL, and the lazy dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from stochclosure.cli import main
+from stochclosure.data import ClosureH5Dataset, DatasetError, collate_closure
+from stochclosure.data.generate import generate, load_config
+from stochclosure.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_NS = ROOT / "configs" / "ns2d_tiny.yaml"
+TINY_L96 = ROOT / "configs" / "lorenz96_tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _contents(path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visit(lambda n: out.__setitem__(n, f[n][()]) if isinstance(f[n], h5py.Dataset) else None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ns_file(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ns") / "ns.h5"
+    generate("navier_stokes_2d", load_config(TINY_NS), out, progress=False)
+    return out
+
+
+def test_layout_attributes_and_split(ns_file):
+    with h5py.File(ns_file, "r") as f:
+        assert f.attrs["format"] == "stochclosure.closure-dataset" and f.attrs["format_version"] == 1
+        assert f.attrs["system"] == "navier_stokes_2d"
+        assert json.loads(f.attrs["system_config"])["n"] == 32
+        assert "torch" in json.loads(f.attrs["versions"]) and len(json.loads(f.attrs["batch_seeds"])) == 3
+        assert f["res_32/state"].shape == (6, 4, 1, 32, 32) and f["res_16/H"].shape == (6, 4, 1, 16, 16)
+        assert f["res_32/G"].chunks == (1, 1, 1, 32, 32) and f["res_32/G"].compression == "gzip"
+        assert f["obs_points"].shape == (256, 2) and f["obs/H"].shape == (6, 4, 1, 256)
+        np.testing.assert_allclose(f["time"][()], 1e-3 * (20 + 5 * np.arange(4)))
+        # split by trajectory: val and test get round(0.25 * 6) = 2 trajectories each, train the rest
+        assert np.bincount(f["split"][()], minlength=3).tolist() == [2, 2, 2]
+        # striding: the coarse fields are the fine point values; obs are point values at i/16
+        np.testing.assert_array_equal(f["res_16/H"][()], f["res_32/H"][..., ::2, ::2])
+        np.testing.assert_array_equal(f["obs/G"][()], f["res_32/G"][..., ::2, ::2].reshape(6, 4, 1, 256))
+        assert not np.allclose(f["res_32/G"][0], f["res_32/G"][1])  # trajectories differ
+
+
+def test_lazy_dataset_items_follow_the_protocol(ns_file):
+    ds = ClosureH5Dataset(ns_file, split="train", closure="G", resolution=32, history=2)
+    with h5py.File(ns_file, "r") as f:
+        train = np.flatnonzero(f["split"][()] == 0)
+        g = f["res_32/G"][()]
+        st = f["res_32/state"][()]
+    assert len(ds) == len(train) * 2
+    item = ds[1]
+    assert set(item) == {"target", "fields", "history", "obs_values"}
+    np.testing.assert_array_equal(item["target"].numpy(), g[train[0], 3])
+    np.testing.assert_array_equal(item["history"].numpy(), st[train[0], 1:3])
+    target, cond = ds.collate([ds[0], ds[1]])
+    assert target.shape == (2, 1, 32, 32) and cond.obs_values.shape == (2, 1, 256)
+    assert cond.obs_points.shape == (256, 2)
+    # lazy: nothing is open until an item is read; pickling (DataLoader workers) drops the handle
+    import pickle
+    again = pickle.loads(pickle.dumps(ds))
+    assert again._file is None
+    torch.testing.assert_close(again[1]["target"], item["target"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=ds.collate)
+    t, c = next(iter(loader))
+    assert t.shape[0] == 3 and c.history.shape == (3, 2, 1, 32, 32)
+    assert collate_closure([ds[0]], ds.obs_points)[0].shape == (1, 1, 32, 32)
+    no_obs = ClosureH5Dataset(ns_file, split="test", obs=False, fields=False)
+    assert set(no_obs[0]) == {"target"} and no_obs.obs_points is None
+
+
+def test_dataset_errors_are_typed_and_explain(ns_file, tmp_path):
+    with pytest.raises(DatasetError, match="no file"):
+        ClosureH5Dataset(tmp_path / "missing.h5")
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(DatasetError, match="format"):
+        ClosureH5Dataset(foreign)
+    with pytest.raises(DatasetError, match="system.*lorenz96"):
+        ClosureH5Dataset(ns_file, system="lorenz96")
+    with pytest.raises(DatasetError, match="closure"):
+        ClosureH5Dataset(ns_file, closure="U")
+    with pytest.raises(DatasetError, match="resolution"):
+        ClosureH5Dataset(ns_file, resolution=64)
+    broken = tmp_path / "broken.h5"
+    with h5py.File(ns_file, "r") as src, h5py.File(broken, "w") as dst:
+        dst.attrs.update(src.attrs)
+        for k in ("split", "time", "obs_points", "res_32/state"):
+            dst[k] = src[k][()]
+    with pytest.raises(DatasetError, match="res_32/H"):
+        ClosureH5Dataset(broken, closure="H", resolution=32)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"trajectorys": 3}))
+    with pytest.raises(ConfigError, match="trajectorys"):
+        load_config(bad)
+    bad.write_text(yaml.safe_dump({"system": {"nuu": 1e-3}}))
+    with pytest.raises(ConfigError, match="nuu"):
+        generate("navier_stokes_2d", load_config(bad), tmp_path / "x.h5", progress=False)
+    # the command line reports it on one line with exit status 2
+    assert main(["generate", "--system", "navier_stokes_2d", "--config", str(bad), "--out",
+                 str(tmp_path / "x.h5"), "--no-progress"]) == 2
+
+
+def test_lorenz96_dataset_in_one_dimension(tmp_path):
+    out = generate("lorenz96", load_config(TINY_L96), tmp_path / "l96.h5", progress=False)
+    ds = ClosureH5Dataset(out, split=None, closure="U_step", system="lorenz96")
+    assert len(ds) == 4 * 20 and ds[0]["target"].shape == (1, 8) and ds[0]["obs_values"].shape == (1, 4)
+    assert ds.obs_points.shape == (4, 1)
+
+
+def _run_cli(out: Path, cfg: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    exe = Path(sys.executable).parent / "stochclosure"  # the console script
+    return subprocess.Popen([str(exe), "generate", "--system", "navier_stokes_2d",
+                             "--config", str(cfg), "--out", str(out), "--no-progress", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_file(tmp_path):
+    # A real subprocess is killed with SIGKILL once some (not all) batches are done, plus garbage
+    # temporaries as left by a kill in the middle of a write; the restarted run must reuse the
+    # finished batches and produce exactly the file of an uninterrupted run.
+    cfg = load_config(TINY_NS)
+    cfg.update(trajectories=8, batch_size=1, spinup_steps=300, records=3)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "ns.h5"
+    parts = tmp_path / "ns.h5.parts"
+    proc = _run_cli(out, cfg_path)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(parts.glob("batch_*.h5"))) < 2 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    finished = sorted(p.name for p in parts.glob("batch_*.h5"))
+    assert 2 <= len(finished) < 8 and not out.exists(), finished
+    for p in parts.glob("batch_*.h5"):  # every part under its final name is a valid, complete file
+        with h5py.File(p, "r") as f:
+            assert f.attrs["complete"]
+    (tmp_path / "ns.h5.tmp").write_bytes(b"half-written assembly")
+    (parts / "batch_00007.h5.tmp").write_bytes(b"half-written part")
+    proc = _run_cli(out, cfg_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert f"{len(finished)} of 8 trajectories already done" in err.decode()
+    assert not parts.exists() and not (tmp_path / "ns.h5.tmp").exists()
+    ref = generate("navier_stokes_2d", cfg, tmp_path / "ref.h5", progress=False)
+    a, b = _contents(out), _contents(ref)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # running again on the complete file is a no-op; another config is refused
+    assert generate("navier_stokes_2d", cfg, out, progress=False) == out
+    with pytest.raises(ConfigError, match="another configuration"):
+        generate("navier_stokes_2d", {**cfg, "seed": 1}, out, progress=False)
