@@ -134,3 +134,17 @@ class ClosureModel(nn.Module):
                                                   x_init=x_init)
         u = self.denormalise(x)
         return u if n is None else u.reshape(k, b, *event)
+
+    # -- checkpoints (stochclosure.checkpoint) ---------------------------------------------------
+    def save(self, path: Any, **kwargs: Any) -> Any:
+        """Save to a checkpoint directory or ``.safetensors`` file (see :func:`stochclosure.checkpoint.save_model`)."""
+        from .checkpoint import save_model
+
+        return save_model(self, path, **kwargs)
+
+    @classmethod
+    def load(cls, path: Any, **kwargs: Any) -> ClosureModel:
+        """Rebuild a model from a checkpoint (see :func:`stochclosure.checkpoint.load_model`)."""
+        from .checkpoint import load_model
+
+        return load_model(path, **kwargs)

@@ -1,0 +1,448 @@
+"""Training a :class:`~stochclosure.ClosureModel` by denoising score matching.
+
+The :class:`Trainer` runs Adam with a learning-rate schedule (warm-up, then constant, cosine or
+step decay), gradient clipping, an exponential moving average (EMA) of the weights, a validation
+loss (with the EMA weights and fixed noise, so values are comparable across steps), per-channel
+normalisation of the targets (stored in the model's ``target_mean`` / ``target_std`` buffers),
+seeded data order and noise, a tqdm progress bar, and checkpoints from which a killed run resumes
+*exactly*: the data order is a function of ``(seed, epoch)``, and weights, EMA, optimizer state,
+step and random-generator states are all saved (safetensors + JSON, see
+:mod:`stochclosure.checkpoint`).
+
+Diffusion times for training default to the range the model's default sampler visits
+(``[t_end, t_start]`` of a grid sampler), so no training is spent on noise levels the sampler
+never sees.
+
+Any ``torch.utils.data.Dataset`` following the item protocol of :mod:`stochclosure.data.base`
+works; batches are built with its ``collate`` method when it has one, else with
+:func:`~stochclosure.data.base.collate_closure` and its ``obs_points``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._types import Conditioning
+from .checkpoint import (
+    EMA_FILE,
+    MODEL_FILE,
+    load_tensors,
+    model_config,
+    read_config,
+    write_checkpoint_dir,
+)
+from .data.base import collate_closure
+from .errors import CheckpointError, ConfigError, NonFiniteError, format_error
+from .losses import dsm_loss
+from .model import ClosureModel
+
+__all__ = ["Trainer", "TrainResult", "EMA", "default_t_range", "target_statistics", "SCHEDULES"]
+
+SCHEDULES = ("constant", "cosine", "step")
+OPTIM_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+LATEST = "latest"
+
+
+def default_t_range(model: ClosureModel) -> tuple[float, float]:
+    """``(t_min, t_max)`` visited by the model's default sampler (``[sde.eps, sde.T]`` if unknown)."""
+    s = model.sampler
+    t_max = getattr(s, "t_start", None)
+    t_min = getattr(s, "t_end", None)
+    return (model.sde.eps if t_min is None else float(t_min), model.sde.T if t_max is None else float(t_max))
+
+
+def _collate_for(dataset: Any) -> Callable[[list[dict[str, Tensor]]], tuple[Tensor, Conditioning]]:
+    fn = getattr(dataset, "collate", None)
+    if callable(fn):
+        return fn
+    points = getattr(dataset, "obs_points", None)
+    return lambda items: collate_closure(items, points)
+
+
+def target_statistics(dataset: Any, channels: int, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std of the dataset's targets (one streaming pass, float64).
+
+    Returns:
+        ``(mean, std)``, each ``(channels,)`` float32; std is floored at ``1e-8``.
+    """
+    collate = _collate_for(dataset)
+    n, s1, s2 = 0, torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(dataset), batch_size):
+        target, _ = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+        if target.shape[1] != channels:
+            raise ConfigError(format_error("dataset target", f"{channels} channels (the model's)",
+                                           f"shape {tuple(target.shape[1:])} per item",
+                                           "build the ClosureModel with channels= matching the data"))
+        flat = target.double().transpose(0, 1).reshape(channels, -1)
+        n += flat.shape[1]
+        s1 += flat.sum(1)
+        s2 += (flat**2).sum(1)
+    mean = s1 / n
+    std = (s2 / n - mean**2).clamp_min(0).sqrt().clamp_min(1e-8)
+    return mean.float(), std.float()
+
+
+class EMA:
+    """Exponential moving average of a module's floating parameters.
+
+    ``shadow <- d shadow + (1 - d) param`` with ``d = min(decay, (1 + step) / (10 + step))`` (a
+    short warm-up so early averages are not dominated by the initialisation).
+
+    Args:
+        module: The module whose ``named_parameters`` are averaged.
+        decay: Final decay rate.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float = 0.999) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ConfigError(format_error("ema_decay", "a float in [0, 1)", repr(decay)))
+        self.decay = float(decay)
+        self.shadow = {k: p.detach().clone() for k, p in module.named_parameters() if p.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        for k, p in module.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach(), 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module) -> None:
+        """Write the averaged weights into ``module``."""
+        for k, p in module.named_parameters():
+            if k in self.shadow:
+                p.copy_(self.shadow[k])
+
+    @torch.no_grad()
+    def swap(self, module: torch.nn.Module) -> None:
+        """Exchange the module's weights and the averages (call twice to undo)."""
+        for k, p in module.named_parameters():
+            if k in self.shadow:
+                tmp = p.detach().clone()
+                p.copy_(self.shadow[k])
+                self.shadow[k].copy_(tmp)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :meth:`Trainer.fit`.
+
+    Attributes:
+        steps: Optimisation steps done in total (including those before a resume).
+        train_loss: Mean training loss over the last logging window.
+        val_loss: Last validation loss (EMA weights), or ``None`` without validation data.
+        history: One dict per logging point: ``step``, ``train_loss``, ``lr`` (and ``val_loss``).
+        checkpoint: Directory of the final checkpoint, or ``None`` without ``checkpoint_dir``.
+        seconds: Wall time of this call.
+        resumed_from: Step the run resumed from (0 for a fresh run).
+    """
+
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    resumed_from: int = 0
+
+
+class Trainer:
+    """Denoising-score-matching trainer for a :class:`~stochclosure.ClosureModel`.
+
+    Args:
+        model: The model; its score operator's parameters are trained.
+        train_data: Dataset following the closure item protocol.
+        val_data: Optional validation dataset.
+        batch_size: Items per step.
+        max_steps: Total optimisation steps.
+        lr: Peak learning rate of Adam.
+        schedule: ``"constant"``, ``"cosine"`` (to ``lr * min_lr_ratio``) or ``"step"`` (times
+            ``gamma`` every ``step_size`` steps; the research code halves every 200 epochs).
+        warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Final learning rate of the cosine schedule, relative to ``lr``.
+        step_size: Period of the step schedule.
+        gamma: Factor of the step schedule.
+        weight_decay: Adam's L2 weight decay.
+        grad_clip: Max global gradient norm (``None`` or 0 disables clipping).
+        ema_decay: EMA decay (0 disables the average; the raw weights are then used).
+        t_range: ``(t_min, t_max)`` of the training times; default: the default sampler's range.
+        weighting: DSM weighting: ``"auto"`` uses the score operator's ``loss_weighting`` when it
+            has one (preconditioned networks), else ``"sigma2"``; or any ``dsm_loss`` weighting.
+        normalise_targets: Compute per-channel target mean/std on the training data at the start
+            of a fresh run and store them in the model.
+        seed: Seeds the data order and the diffusion noise.
+        checkpoint_dir: Where checkpoints go (``None``: none are written).
+        checkpoint_every: Steps between checkpoints.
+        keep_checkpoints: How many recent checkpoints to keep.
+        val_every: Steps between validations (and logging points of the history).
+        val_batches: Cap on validation batches (``None``: the whole set).
+        progress: Show a tqdm progress bar.
+        device: Training device.
+    """
+
+    def __init__(self, model: ClosureModel, train_data: Any, val_data: Any = None, *, batch_size: int = 32,
+                 max_steps: int = 1000, lr: float = 1e-3, schedule: str = "cosine", warmup_steps: int = 0,
+                 min_lr_ratio: float = 0.05, step_size: int = 1000, gamma: float = 0.5, weight_decay: float = 0.0,
+                 grad_clip: float | None = 1.0, ema_decay: float = 0.999, t_range: Sequence[float] | None = None,
+                 weighting: Any = "auto", normalise_targets: bool = True, seed: int = 0,
+                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 500, keep_checkpoints: int = 2,
+                 val_every: int = 250, val_batches: int | None = None, progress: bool = True,
+                 device: str | torch.device = "cpu") -> None:
+        for name, v in (("batch_size", batch_size), ("max_steps", max_steps), ("checkpoint_every", checkpoint_every),
+                        ("keep_checkpoints", keep_checkpoints), ("val_every", val_every), ("step_size", step_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(format_error(name, "a positive integer", repr(v)))
+        if schedule not in SCHEDULES:
+            raise ConfigError(format_error("schedule", f"one of {list(SCHEDULES)}", repr(schedule)))
+        if not lr > 0:
+            raise ConfigError(format_error("lr", "a positive learning rate", repr(lr)))
+        if len(train_data) < 1:
+            raise ConfigError(format_error("train_data", "a dataset with at least one item", "an empty dataset"))
+        self.model, self.train_data, self.val_data = model, train_data, val_data
+        self.batch_size, self.max_steps, self.lr = batch_size, max_steps, float(lr)
+        self.schedule, self.warmup_steps, self.min_lr_ratio = schedule, int(warmup_steps), float(min_lr_ratio)
+        self.step_size, self.gamma, self.grad_clip = step_size, float(gamma), grad_clip
+        self.t_range = tuple(float(v) for v in t_range) if t_range is not None else default_t_range(model)
+        if weighting == "auto":
+            weighting = getattr(model.score, "loss_weighting", "sigma2")
+        self.weighting = weighting
+        self.normalise_targets, self.seed = bool(normalise_targets), int(seed)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
+        self.val_every, self.val_batches, self.progress = val_every, val_batches, bool(progress)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.params = [p for p in model.score.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=self.lr, weight_decay=weight_decay)
+        self.ema = EMA(model, ema_decay) if ema_decay > 0 else None
+        self.noise_gen = torch.Generator().manual_seed(self.seed)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self._window = [0.0, 0]
+        self._collate = _collate_for(train_data)
+        self.last_checkpoint: Path | None = None
+        self.config = {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "schedule": schedule,
+                       "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio, "step_size": step_size,
+                       "gamma": gamma, "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
+                       "t_range": list(self.t_range), "seed": seed,
+                       "weighting": weighting if isinstance(weighting, str) else "auto"}
+
+    # -- schedule and data ------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """Learning rate used for optimisation step ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "step":
+            return self.lr * self.gamma ** (step // self.step_size)
+        span = max(1, self.max_steps - self.warmup_steps)
+        frac = min(1.0, (step - self.warmup_steps) / span)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def _steps_per_epoch(self) -> int:
+        return max(1, len(self.train_data) // self.batch_size)
+
+    def batch_indices(self, step: int) -> Tensor:
+        """Dataset indices of step ``step``: a seeded permutation per epoch, so resuming needs no state."""
+        n = len(self.train_data)
+        epoch, pos = divmod(step, self._steps_per_epoch())
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        b = min(self.batch_size, n)
+        return perm[pos * b:(pos + 1) * b]
+
+    def _batch(self, dataset: Any, idx: Sequence[int], collate: Callable[..., Any]) -> tuple[Tensor, Conditioning]:
+        target, cond = collate([dataset[int(i)] for i in idx])
+        return target.to(self.device), cond.to(self.device)
+
+    def _loss(self, target: Tensor, cond: Conditioning, gen: torch.Generator) -> Tensor:
+        x0 = self.model.normalise(target)
+        c = None if cond.is_empty() else cond
+        return dsm_loss(self.model.score, self.model.sde, x0, c, t_range=self.t_range, weighting=self.weighting,
+                        generator=gen)
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean DSM loss on the validation set with the EMA weights and fixed noise (seed + 1)."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return None
+        collate = _collate_for(self.val_data)
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        was_training = self.model.training
+        self.model.eval()
+        if self.ema is not None:
+            self.ema.swap(self.model)
+        try:
+            total, count = 0.0, 0
+            for j, start in enumerate(range(0, len(self.val_data), self.batch_size)):
+                if self.val_batches is not None and j >= self.val_batches:
+                    break
+                idx = range(start, min(len(self.val_data), start + self.batch_size))
+                target, cond = self._batch(self.val_data, idx, collate)
+                total += float(self._loss(target, cond, gen)) * len(idx)
+                count += len(idx)
+        finally:
+            if self.ema is not None:
+                self.ema.swap(self.model)
+            self.model.train(was_training)
+        return total / count
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _optimizer_tensors(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        sd = self.optimizer.state_dict()
+        tensors: dict[str, Tensor] = {}
+        scalars: dict[str, Any] = {}
+        for idx, st in sd["state"].items():
+            for k, v in st.items():
+                if isinstance(v, Tensor):
+                    tensors[f"state.{idx}.{k}"] = v
+                else:
+                    scalars[f"{idx}.{k}"] = v
+        return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+    def save_checkpoint(self) -> Path:
+        """Write a training checkpoint ``step-XXXXXXXX`` and point ``latest`` at it (atomically)."""
+        from .checkpoint import atomic_write_bytes
+
+        assert self.checkpoint_dir is not None
+        opt_tensors, opt_json = self._optimizer_tensors()
+        rng = {"noise": self.noise_gen.get_state(), "torch": torch.get_rng_state()}
+        files: dict[str, Any] = {MODEL_FILE: self.model.state_dict(), OPTIM_FILE: opt_tensors, RNG_FILE: rng}
+        if self.ema is not None:
+            files[EMA_FILE] = self.ema.shadow
+        trainer_state = {"step": self.step, "history": self.history, "window": self._window, "optimizer": opt_json,
+                         "config": self.config}
+        name = f"step-{self.step:08d}"
+        path = write_checkpoint_dir(self.checkpoint_dir / name, self.model, files, {"trainer": trainer_state})
+        atomic_write_bytes(self.checkpoint_dir / LATEST, name.encode())
+        self.last_checkpoint = path
+        old = sorted(p for p in self.checkpoint_dir.glob("step-*") if p.is_dir() and p.name != name)
+        for p in old[:max(0, len(old) - (self.keep_checkpoints - 1))]:
+            import shutil
+
+            shutil.rmtree(p, ignore_errors=True)
+        return path
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint ``latest`` points at, or ``None`` when there is none."""
+        if self.checkpoint_dir is None or not (self.checkpoint_dir / LATEST).is_file():
+            return None
+        return self.checkpoint_dir / (self.checkpoint_dir / LATEST).read_text().strip()
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights, EMA, optimizer, step, history and random states from ``path``.
+
+        Raises:
+            CheckpointError: unreadable checkpoint, or one written for a different model.
+        """
+        path = Path(path)
+        cfg = read_config(path)
+        if cfg["model"] != model_config(self.model):
+            raise CheckpointError(format_error(str(path), f"a checkpoint of this model ({model_config(self.model)})",
+                                               f"one of {cfg['model']}",
+                                               "resume with the configuration the run started with"))
+        state = cfg.get("trainer")
+        if not isinstance(state, dict):
+            raise CheckpointError(format_error(str(path), "a training checkpoint (with trainer state)",
+                                               "a model-only checkpoint", "start a fresh run, or load it with load_model"))
+        files = cfg["files"]
+        self.model.load_state_dict(load_tensors(path / MODEL_FILE, files.get(MODEL_FILE)))
+        if self.ema is not None:
+            if EMA_FILE not in files:
+                raise CheckpointError(format_error(str(path), "EMA weights (ema_decay > 0)", "none stored"))
+            self.ema.shadow = {k: v.to(self.device) for k, v in load_tensors(path / EMA_FILE, files[EMA_FILE]).items()}
+        opt_t = load_tensors(path / OPTIM_FILE, files.get(OPTIM_FILE))
+        opt_j = state["optimizer"]
+        st: dict[int, dict[str, Any]] = {}
+        for key, v in opt_t.items():
+            _, idx, k = key.split(".", 2)
+            st.setdefault(int(idx), {})[k] = v
+        for key, v in opt_j["scalars"].items():
+            idx, k = key.split(".", 1)
+            st.setdefault(int(idx), {})[k] = v
+        self.optimizer.load_state_dict({"state": st, "param_groups": opt_j["param_groups"]})
+        rng = load_tensors(path / RNG_FILE, files.get(RNG_FILE))
+        self.noise_gen.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+        self._window = list(state["window"])
+        self.last_checkpoint = path
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``max_steps`` (continuing from the latest checkpoint when ``resume``).
+
+        After the call the model holds the EMA weights (the raw ones stay in the checkpoint).
+
+        Raises:
+            NonFiniteError: when the loss or the gradient becomes NaN/inf; the last good checkpoint is
+                kept untouched.
+        """
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        latest = self.latest_checkpoint() if resume else None
+        if latest is not None:
+            self.load_checkpoint(latest)
+        elif self.normalise_targets:
+            mean, std = target_statistics(self.train_data, self.model.channels)
+            self.model.target_mean.copy_(mean)
+            self.model.target_std.copy_(std)
+        resumed_from = self.step
+        self.model.train()
+        val = None
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress, desc="train", leave=False)
+        try:
+            while self.step < self.max_steps:
+                lr = self.lr_at(self.step)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                target, cond = self._batch(self.train_data, self.batch_indices(self.step).tolist(), self._collate)
+                loss = self._loss(target, cond, self.noise_gen)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip else float("inf"))
+                loss_value = float(loss.detach())
+                if not (math.isfinite(loss_value) and math.isfinite(float(gnorm))):
+                    kept = f"the last good checkpoint {self.last_checkpoint} is kept" if self.last_checkpoint \
+                        else "no checkpoint was written yet"
+                    raise NonFiniteError(format_error(
+                        "loss", "a finite training loss and gradient",
+                        f"loss {loss_value} and gradient norm {float(gnorm)} at step {self.step} (lr {lr:.3g})",
+                        f"lower lr, enable grad_clip or check the data for NaN/inf; {kept}"))
+                self.optimizer.step()
+                self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model, self.step)
+                self._window = [self._window[0] + loss_value, self._window[1] + 1]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                if self.step % self.val_every == 0 or self.step == self.max_steps:
+                    val = self.validate()
+                    row = {"step": self.step, "train_loss": self._window[0] / max(1, self._window[1]), "lr": lr}
+                    if val is not None:
+                        row["val_loss"] = val
+                    self.history.append(row)
+                    self._window = [0.0, 0]
+                if self.checkpoint_dir is not None and (self.step % self.checkpoint_every == 0
+                                                        or self.step == self.max_steps):
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if self.ema is not None:
+            self.ema.copy_to(self.model)
+        self.model.eval()
+        last = self.history[-1] if self.history else {"train_loss": float("nan")}
+        return TrainResult(steps=self.step, train_loss=float(last["train_loss"]), val_loss=last.get("val_loss", val),
+                           history=list(self.history), checkpoint=self.last_checkpoint,
+                           seconds=time.perf_counter() - t0, resumed_from=resumed_from)
