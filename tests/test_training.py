@@ -1,0 +1,170 @@
+"""The Trainer: normalisation, time range, schedule, non-finite stop, exact resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import stochclosure as sc
+from stochclosure.checkpoint import load_model
+from stochclosure.data import TensorClosureDataset
+from stochclosure.train import Trainer, default_t_range
+
+pytest.importorskip("stochclosure_neuralop")
+
+# Shared by this process and the subprocess that gets killed: same data, same model.
+SETUP = textwrap.dedent('''
+    import torch, time
+    import stochclosure as sc
+    from stochclosure.data import TensorClosureDataset
+
+    def build(delay=0.0):
+        g = torch.Generator().manual_seed(7)
+        y = torch.randn(48, 1, 16, 16, generator=g)
+        u = 2.0 + 0.5 * torch.roll(y, 1, dims=-1) + 0.3 * torch.randn(48, 1, 16, 16, generator=g)
+
+        class Slow(TensorClosureDataset):
+            def __getitem__(self, i):
+                time.sleep(delay)
+                return super().__getitem__(i)
+
+        torch.manual_seed(0)
+        model = sc.ClosureModel("ve_exp", {"type": "fno", "encoder": "field", "width": 8, "modes": 4, "layers": 2,
+                                           "embed_dim": 16}, {"type": "truncated_karras_em"})
+        return model, Slow(u, fields=y)
+
+    KW = dict(batch_size=8, max_steps=30, lr=2e-3, warmup_steps=3, checkpoint_every=10, val_every=10,
+              progress=False, seed=5)
+''')
+_ns: dict = {}
+exec(SETUP, _ns)  # noqa: S102 - our own code, shared with the subprocess below
+build, KW = _ns["build"], _ns["KW"]
+
+
+def test_normalisation_time_range_schedule_and_history(tmp_path):
+    model, data = build()
+    val = TensorClosureDataset(data.tensors["target"][:16], fields=data.tensors["fields"][:16])
+    tr = Trainer(model, data, val, **{**KW, "max_steps": 12, "schedule": "step", "step_size": 5, "gamma": 0.5},
+                 checkpoint_dir=tmp_path)
+    # the default sampler is the research code's truncated start: train on its range only
+    assert tr.t_range == default_t_range(model) == (1e-3, 0.1)
+    assert [tr.lr_at(s) for s in (0, 2, 3, 5, 10)] == pytest.approx([2e-3 / 3, 2e-3, 2e-3, 1e-3, 5e-4])
+    res = tr.fit()
+    u = data.tensors["target"]
+    torch.testing.assert_close(model.target_mean, u.mean().reshape(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.target_std, u.std(unbiased=False).reshape(1), rtol=1e-5, atol=1e-6)
+    assert res.steps == 12 and [h["step"] for h in res.history] == [10, 12]
+    assert all(torch.isfinite(torch.tensor(h["val_loss"])) for h in res.history)
+    # the checkpoint holds the normalisation and, loaded with EMA weights, equals the returned model
+    loaded = load_model(res.checkpoint)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000010", "step-00000012"]
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    model, data = build()
+
+    class Poisoned(type(data)):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            if tr.step >= 15:  # from step 15 on the data blow the loss up
+                item = {**item, "target": item["target"] * 1e30}
+            return item
+
+    bad = Poisoned(data.tensors["target"], fields=data.tensors["fields"])
+    tr = Trainer(model, bad, **{**KW, "checkpoint_every": 5}, checkpoint_dir=tmp_path, normalise_targets=False)
+    with pytest.raises(sc.NonFiniteError, match=r"'loss'.*at step 15.*last good checkpoint .*step-00000015"):
+        tr.fit()
+    assert (tmp_path / "latest").read_text() == "step-00000015"
+    good = load_model(tmp_path / "step-00000015")
+    assert all(bool(torch.isfinite(v).all()) for v in good.state_dict().values())
+
+
+def _final_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    model, data = build()
+    ref = Trainer(model, data, **KW, checkpoint_dir=tmp_path / "ref").fit()
+    want = _final_state(model)
+
+    model, data = build()
+    stop = {"at": 25}
+
+    class Interrupt(type(data)):
+        def __getitem__(self, i):
+            if tr.step == stop["at"]:
+                raise KeyboardInterrupt
+            return super().__getitem__(i)
+
+    tr = Trainer(model, Interrupt(data.tensors["target"], fields=data.tensors["fields"]), **KW,
+                 checkpoint_dir=tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit()
+    assert (tmp_path / "run" / "latest").read_text() == "step-00000020"
+    model2, data2 = build()
+    with torch.no_grad():  # a different starting point: everything must come from the checkpoint
+        for p in model2.parameters():
+            p.add_(1.0)
+    res = Trainer(model2, data2, **KW, checkpoint_dir=tmp_path / "run").fit(resume=True)
+    assert res.resumed_from == 20 and res.steps == 30
+    for k, v in want.items():
+        torch.testing.assert_close(model2.state_dict()[k], v, rtol=1e-6, atol=1e-7, msg=k)
+    assert res.history == ref.history
+
+
+def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL a training process after its first checkpoint, resume here, compare."""
+    script = SETUP + textwrap.dedent(f'''
+        from stochclosure.train import Trainer
+        model, data = build(delay=0.01)
+        Trainer(model, data, **KW, checkpoint_dir={str(tmp_path / "run")!r}).fit()
+    ''')
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        latest = tmp_path / "run" / "latest"
+        while time.monotonic() < deadline and not latest.exists() and proc.poll() is None:
+            time.sleep(0.05)
+        assert latest.exists(), "the training process wrote no checkpoint"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    step = int(latest.read_text().split("-")[1])
+    assert step < KW["max_steps"], "killed too late to test resuming"
+
+    model, data = build()
+    res = Trainer(model, data, **KW, checkpoint_dir=tmp_path / "run").fit(resume=True)
+    assert res.resumed_from == step
+    model_ref, data_ref = build()
+    Trainer(model_ref, data_ref, **KW, checkpoint_dir=tmp_path / "ref").fit()
+    for k, v in model_ref.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    model, data = build()
+    Trainer(model, data, **{**KW, "max_steps": 10}, checkpoint_dir=tmp_path).fit()
+    other = sc.ClosureModel("ve_exp", {"type": "fno", "encoder": "field", "width": 12, "modes": 4, "layers": 2,
+                                       "embed_dim": 16}, {"type": "truncated_karras_em"})
+    with pytest.raises(sc.CheckpointError, match="a checkpoint of this model"):
+        Trainer(other, data, **KW, checkpoint_dir=tmp_path).fit(resume=True)
+
+
+def test_bad_arguments_raise_config_errors():
+    model, data = build()
+    with pytest.raises(sc.ConfigError, match="schedule"):
+        Trainer(model, data, schedule="linear")
+    with pytest.raises(sc.ConfigError, match="batch_size"):
+        Trainer(model, data, batch_size=0)
+    with pytest.raises(sc.ConfigError, match="ema_decay"):
+        Trainer(model, data, ema_decay=1.0)
