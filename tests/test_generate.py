@@ -183,3 +183,15 @@ def test_sigkill_and_resume_gives_the_uninterrupted_file(tmp_path):
     assert generate("navier_stokes_2d", cfg, out, progress=False) == out
     with pytest.raises(ConfigError, match="another configuration"):
         generate("navier_stokes_2d", {**cfg, "seed": 1}, out, progress=False)
+
+
+def test_subgrid_dataset_has_one_closure_per_resolution(tmp_path):
+    out = generate("navier_stokes_2d_subgrid", load_config(ROOT / "configs" / "ns2d_subgrid_tiny.yaml"),
+                   tmp_path / "les.h5", progress=False)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["closures"]) == ["U"]
+        assert f["res_32/U"].shape == (2, 3, 1, 32, 32) and f["res_16/U"].shape == (2, 3, 1, 16, 16)
+        # each resolution has its own filter and closure: the 16^2 closure is not a subsample of the 32^2 one
+        assert not np.allclose(f["res_16/U"][()], f["res_32/U"][..., ::2, ::2])
+    ds = ClosureH5Dataset(out, split=None, resolution=16, system="navier_stokes_2d_subgrid")
+    assert ds[0]["target"].shape == (1, 16, 16) and ds[0]["obs_values"].shape == (1, 256)

@@ -213,3 +213,16 @@ def test_gpu_matches_cpu():
     a = s.full_step(w, generator=torch.Generator().manual_seed(0))
     b = s.full_step(w.cuda(), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-12)
+
+
+def test_fast_noise_path_equals_the_explicit_one():
+    # full_step adds the low-mode noise block in place; with return_closures (or a given noise)
+    # it builds the full spectral noise. Same generator state -> same next state.
+    s = NavierStokes2D(n=64)
+    w = _scaled_ic(s)
+    a = s.full_step(w, generator=torch.Generator().manual_seed(4))
+    b, _ = s.full_step(w, generator=torch.Generator().manual_seed(4), return_closures=True)
+    dw = s.noise(2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    c = s.full_step(w, noise=dw)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    torch.testing.assert_close(a, c, rtol=0, atol=1e-14)

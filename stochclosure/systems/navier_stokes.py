@@ -47,7 +47,7 @@ from .._types import check_tensor
 from ..errors import ConfigError, ShapeError, format_error
 from ..fft import spectral_resample
 from .base import AbstractSystem
-from .spectral import SpectralGrid, hermitian_half, noise_block_size, place_block, spectral_grid
+from .spectral import SpectralGrid, add_block_, hermitian_half, noise_block_size, place_block, spectral_grid
 
 __all__ = ["NavierStokes2D", "coarsen", "grf_vorticity"]
 
@@ -86,7 +86,7 @@ def grf_vorticity(n: int, batch: int, *, alpha: float = 2.5, tau: float = 7.0, s
     z = torch.randn((batch, 1, 2 * big_k + 1, 2 * big_k + 1, 2), generator=generator, dtype=torch.float64,
                     device=_gen_device(generator))
     xi = torch.view_as_complex(z) * amp.to(z.device)
-    w = torch.fft.irfft2(place_block(hermitian_half(xi), n), s=(n, n))
+    w = torch.fft.irfft2(place_block(hermitian_half(xi), n) * (n * n), s=(n, n))
     return w.to(device=device, dtype=dtype)
 
 
@@ -184,9 +184,15 @@ class NavierStokes2D(AbstractSystem):
         key = ("cn", dt, g.lam2.dtype, g.lam2.device)
         if key not in self._cache:
             h = 0.5 * dt * self.nu * g.lam2
-            self._cache[key] = torch.stack((1 - h, 1 / (1 + h)))
-        a, b = self._cache[key]
+            self._cache[key] = torch.stack((1 - h, 1 / (1 + h), (1 - h) / (1 + h), dt / (1 + h)))
+        a, b = self._cache[key][:2]
         return a, b
+
+    def _cn_fused(self, g: SpectralGrid, dt: float) -> tuple[Tensor, Tensor]:
+        """``((1 - h) / (1 + h), dt / (1 + h))``: the full step is ``W * first + rhs * second``."""
+        self._cn(g, dt)
+        c = self._cache[("cn", dt, g.lam2.dtype, g.lam2.device)]
+        return c[2], c[3]
 
     def _check_state(self, state: Tensor, name: str = "state") -> None:
         check_tensor(name, state, rank=4, finite=False)
@@ -196,6 +202,32 @@ class NavierStokes2D(AbstractSystem):
                                           f"{state.shape[-1]}"))
 
     # ------------------------------------------------------------------ noise
+    def _noise_block(self, batch: int, *, generator: torch.Generator | None = None, dt: float | None = None,
+                     dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Tensor:
+        """Half-plane block ``(batch, 1, 2K+1, K+1)`` of ``rfft2(dW)`` (see :func:`~.spectral.place_block`)."""
+        dt = self.dt if dt is None else dt
+        big_k = self.noise_k
+        gdev = _gen_device(generator)
+        # Only the half plane k_y >= 0 is drawn (the real field's coefficients on k_y > 0 are
+        # independent; the k_y = 0 column is folded onto itself), which has exactly the law of
+        # Re(sum_k b_k xi_k e^{2 pi i k.x}) over the full plane. float32 normals are ~4x cheaper to
+        # draw than float64 ones; the amplitudes are float64.
+        z = torch.randn((batch, 1, 2 * big_k + 1, big_k + 1, 2), generator=generator, dtype=torch.float32,
+                        device=gdev)
+        key = ("noise", dt, gdev)
+        if key not in self._cache:
+            k = 2 * math.pi * torch.arange(-big_k, big_k + 1, dtype=torch.float64, device=gdev)
+            amp = torch.exp(-0.5 * self.noise_alpha * (k[:, None] ** 2 + k[None, big_k:] ** 2)) * math.sqrt(
+                self.noise_kappa / dt) * self.n**2
+            # (xi_k + conj(xi_-k)) / 2 with xi_k, xi_-k independent has the law of xi_k / sqrt(2)
+            amp[:, 1:] /= math.sqrt(2.0)
+            amp[:, 0] /= 2.0
+            self._cache[key] = amp.to(torch.complex128)
+        xi = torch.view_as_complex(z.double()) * self._cache[key]
+        col = xi[..., 0]
+        xi[..., 0] = col + torch.flip(col, dims=(-1,)).conj()
+        return xi.to(device=device, dtype=torch.complex64 if dtype == torch.float32 else torch.complex128)
+
     def noise_hat(self, batch: int, *, generator: torch.Generator | None = None, dt: float | None = None,
                   dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Tensor:
         """``rfft2`` of one draw of ``dW``, ``(batch, 1, n, n // 2 + 1)``.
@@ -203,21 +235,8 @@ class NavierStokes2D(AbstractSystem):
         The normals are drawn in float32 on the generator's device (so float32 and float64 runs
         with one seed see the same noise), scaled in float64, then cast to ``dtype``'s complex type.
         """
-        dt = self.dt if dt is None else dt
-        big_k = self.noise_k
-        gdev = _gen_device(generator)
-        # float32 normals are ~4x cheaper to draw than float64 ones; the amplitudes are float64.
-        z = torch.randn((batch, 1, 2 * big_k + 1, 2 * big_k + 1, 2), generator=generator, dtype=torch.float32,
-                        device=gdev).double()
-        key = ("amp", dt, gdev)
-        if key not in self._cache:
-            k = 2 * math.pi * torch.arange(-big_k, big_k + 1, dtype=torch.float64, device=gdev)
-            self._cache[key] = torch.exp(-0.5 * self.noise_alpha * (k[:, None] ** 2 + k[None, :] ** 2)) * math.sqrt(
-                self.noise_kappa / dt)
-        xi = torch.view_as_complex(z) * self._cache[key]
-        out = place_block(hermitian_half(xi), self.n)
-        cdt = torch.complex64 if dtype == torch.float32 else torch.complex128
-        return out.to(device=device, dtype=cdt)
+        block = self._noise_block(batch, generator=generator, dt=dt, dtype=dtype, device=device)
+        return place_block(block, self.n)
 
     def noise(self, batch: int, *, generator: torch.Generator | None = None, dt: float | None = None,
               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Tensor:
@@ -267,12 +286,19 @@ class NavierStokes2D(AbstractSystem):
         g = self.grid(state.dtype, state.device)
         w = torch.fft.rfft2(state)
         nl = g.nonlinear_hat(w)
-        s = self._noise_arg(state, noise, generator, dt)
-        a, b = self._cn(g, dt)
+        decay, gain = self._cn_fused(g, dt)
         rhs = nl + self._forcing_hat(g, state.dtype, state.device)
-        if s is not None:
-            rhs = rhs + self.sigma * s
-        out = torch.fft.irfft2((a * w + dt * rhs) * b, s=(self.n, self.n))
+        s = None
+        if noise is None and self.sigma > 0 and not return_closures:
+            # fast path: add the low-mode noise block in place (O(K^2) instead of O(n^2))
+            block = self._noise_block(state.shape[0], generator=generator, dt=dt, dtype=state.dtype,
+                                      device=state.device)
+            add_block_(rhs, block, self.sigma)
+        else:
+            s = self._noise_arg(state, noise, generator, dt)
+            if s is not None:
+                rhs = rhs + self.sigma * s
+        out = torch.fft.irfft2(w * decay + rhs * gain, s=(self.n, self.n))
         if not return_closures:
             return out
         return out, self._closures_from(w, nl, s, g)

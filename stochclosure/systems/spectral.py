@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, ShapeError, format_error
 
-__all__ = ["SpectralGrid", "spectral_grid", "hermitian_half", "noise_block_size"]
+__all__ = ["SpectralGrid", "spectral_grid", "hermitian_half", "noise_block_size", "place_block", "add_block_"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class SpectralGrid:
         inv_lam2: ``1 / |lambda|^2`` with the ``k = 0`` entry set to 0.
         dealias: 2/3-rule mask (0 or 1), shape ``(n, n // 2 + 1)``.
         kx, ky: Integer wavenumbers, shapes ``(n, 1)`` and ``(1, n // 2 + 1)``.
+        ilx, ily: ``i lx`` and ``i ly`` (complex), the spectral derivatives.
+        uvgrad: ``(4, n, n // 2 + 1)`` dealiased multipliers taking ``w`` to ``(u, v, d_x w, d_y w)``.
+        neg_dealias: ``-dealias``.
     """
 
     n: int
@@ -49,6 +52,10 @@ class SpectralGrid:
     dealias: Tensor
     kx: Tensor
     ky: Tensor
+    ilx: Tensor
+    ily: Tensor
+    uvgrad: Tensor
+    neg_dealias: Tensor
 
     def rfft(self, x: Tensor) -> Tensor:
         """``rfft2`` over the last two axes."""
@@ -67,12 +74,9 @@ class SpectralGrid:
         Returns:
             ``rfft2`` of ``N``, same shape, zero outside the 2/3 mask.
         """
-        wd = w_hat * self.dealias
-        psi = wd * self.inv_lam2
-        i = 1j
-        stacked = torch.stack((i * self.ly * psi, -i * self.lx * psi, i * self.lx * wd, i * self.ly * wd), dim=-3)
-        u, v, wx, wy = torch.fft.irfft2(stacked, s=(self.n, self.n)).unbind(-3)
-        return -torch.fft.rfft2(u * wx + v * wy) * self.dealias
+        # one broadcast product gives the dealiased (u, v, d_x w, d_y w) in spectral space
+        u, v, wx, wy = torch.fft.irfft2(w_hat.unsqueeze(-3) * self.uvgrad, s=(self.n, self.n)).unbind(-3)
+        return torch.fft.rfft2(u * wx + v * wy) * self.neg_dealias
 
     def velocity(self, w_hat: Tensor) -> tuple[Tensor, Tensor]:
         """Velocity ``(u, v)`` of a vorticity (no dealiasing), each ``(..., n, n)``."""
@@ -103,7 +107,11 @@ def spectral_grid(n: int, dtype: torch.dtype = torch.float64, device: str | torc
     kmax = (n - 1) // 3
     mask = ((kx.abs() <= kmax) & (ky.abs() <= kmax)).to(torch.float64)
     c = functools.partial(torch.Tensor.to, dtype=dtype)
-    return SpectralGrid(n=n, lx=c(lx), ly=c(ly), lam2=c(lam2), inv_lam2=c(inv), dealias=c(mask), kx=kx, ky=ky)
+    cdt = torch.complex64 if dtype == torch.float32 else torch.complex128
+    ilx, ily = (1j * lx).expand(n, n // 2 + 1), (1j * ly).expand(n, n // 2 + 1)
+    uvgrad = torch.stack((ily * inv, -ilx * inv, ilx, ily)) * mask
+    return SpectralGrid(n=n, lx=c(lx), ly=c(ly), lam2=c(lam2), inv_lam2=c(inv), dealias=c(mask), kx=kx, ky=ky,
+                        ilx=(1j * lx).to(cdt), ily=(1j * ly).to(cdt), uvgrad=uvgrad.to(cdt), neg_dealias=c(-mask))
 
 
 def hermitian_half(xi: Tensor) -> Tensor:
@@ -135,12 +143,24 @@ def place_block(block: Tensor, n: int) -> Tensor:
     Modes that an ``n x n`` grid cannot hold strictly below its Nyquist wavenumber are dropped.
 
     Returns:
-        ``(..., n, n // 2 + 1)`` complex, forward-normalised coefficients times ``n^2``.
+        ``(..., n, n // 2 + 1)`` complex, with the block's values (no rescaling).
     """
+    out = torch.zeros((*block.shape[:-2], n, n // 2 + 1), dtype=block.dtype, device=block.device)
+    return add_block_(out, block)
+
+
+def add_block_(target: Tensor, block: Tensor, scale: float = 1.0) -> Tensor:
+    """In place ``target += scale * block`` for a centred half-plane block (see :func:`place_block`).
+
+    Only the block's modes are touched, so adding low-mode noise costs ``O(K^2)``, not ``O(n^2)``.
+    """
+    n = target.shape[-2]
     big_k = block.shape[-1] - 1
     keep = min(big_k, n // 2 - 1)
-    out = torch.zeros((*block.shape[:-2], n, n // 2 + 1), dtype=block.dtype, device=block.device)
-    rows = torch.arange(-keep, keep + 1, device=block.device)
     sub = block[..., big_k - keep: big_k + keep + 1, : keep + 1]
-    out[..., rows % n, : keep + 1] = sub * (n * n)
-    return out
+    if scale != 1.0:
+        sub = sub * scale
+    target[..., : keep + 1, : keep + 1] += sub[..., keep:, :].to(target.dtype)
+    if keep:
+        target[..., n - keep:, : keep + 1] += sub[..., :keep, :].to(target.dtype)
+    return target
