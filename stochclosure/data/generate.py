@@ -6,6 +6,9 @@ raises :class:`~stochclosure.errors.ConfigError` naming it. Trajectories are sim
 of ``batch_size``; batch ``g`` draws all its randomness from a generator seeded with
 ``SeedSequence([seed, g])``, so a batch is reproducible on its own.
 
+Records are streamed (``iter_records`` of the system, see :mod:`stochclosure.systems.records`)
+into the batch's file, so memory holds one record per batch whatever the trajectory length.
+
 Resumability (temporary file + atomic rename at every level): each finished batch is written to
 ``OUT.parts/batch_GGGGG.h5`` through a temporary file and ``os.replace``; a restarted run skips
 the batches whose part exists, so a finished trajectory is never recomputed or lost. When all
@@ -134,28 +137,33 @@ def _obs_points(grid: int, dims: int) -> np.ndarray:
 
 
 def _observe(field: torch.Tensor, grid: int) -> torch.Tensor:
-    """Point values ``(B, T, C, P)`` of a ``(B, T, C, *spatial)`` field at the obs grid."""
+    """Point values ``(B, C, P)`` of a ``(B, C, *spatial)`` field at the obs grid."""
     n = field.shape[-1]
     if n % grid:
         raise ConfigError(format_error("config.obs_grid", f"a divisor of the finest resolution {n}", repr(grid)))
     s = n // grid
-    sub = field[..., ::s] if field.dim() == 4 else field[..., ::s, ::s]
-    return sub.reshape(*field.shape[:3], -1)
+    sub = field[..., ::s] if field.dim() == 3 else field[..., ::s, ::s]
+    return sub.reshape(*field.shape[:2], -1)
 
 
-def _write_part(path: Path, rec: dict[str, Any], seed: int, obs_grid: int, store: np.dtype) -> None:
+def _write_part(path: Path, stream: Any, n_records: int, seed: int, obs_grid: int, store: np.dtype) -> None:
+    """Write one batch's record stream to ``path`` (temporary file, fsync, atomic rename)."""
     tmp = path.with_suffix(".h5.tmp")
+    times = []
     with h5py.File(tmp, "w") as f:
         f.attrs["seed"] = seed
-        f["time"] = rec["time"].numpy()
-        finest = max(rec["fields"])
-        for res, d in rec["fields"].items():
-            for name, v in d.items():
-                f[f"res_{res}/{name}"] = v.numpy().astype(store)
-        if obs_grid:
-            for name, v in rec["fields"][finest].items():
-                if name != "state":
-                    f[f"obs/{name}"] = _observe(v, obs_grid).numpy().astype(store)
+        for r, (t, rec) in enumerate(stream):
+            times.append(t)
+            finest = max(rec)
+            items = [(f"res_{res}/{name}", v) for res, d in rec.items() for name, v in d.items()]
+            if obs_grid:
+                items += [(f"obs/{name}", _observe(v, obs_grid)) for name, v in rec[finest].items() if name != "state"]
+            for key, v in items:
+                if key not in f:
+                    f.create_dataset(key, shape=(v.shape[0], n_records, *v.shape[1:]), dtype=store,
+                                     chunks=(1, 1, *v.shape[1:]))
+                f[key][:, r] = v.numpy().astype(store)
+        f["time"] = np.asarray(times, dtype=np.float64)
         f.attrs["complete"] = True
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
@@ -228,11 +236,11 @@ def generate(system_name: str, config: dict[str, Any], out: str | os.PathLike[st
             continue
         seed = batch_seed(cfg["seed"], g)
         gen = torch.Generator().manual_seed(seed)
-        rec = system.generate_records(sizes[g], generator=gen, spinup_steps=cfg["spinup_steps"],
-                                      record_every=cfg["record_every"], n_records=cfg["records"],
-                                      resolutions=cfg["resolutions"], closures=closures,
-                                      coarsen_method=cfg["coarsen"], dtype=dtype, device=cfg["device"])
-        _write_part(parts / f"batch_{g:05d}.h5", rec, seed, obs_grid, store)
+        stream = system.iter_records(sizes[g], generator=gen, spinup_steps=cfg["spinup_steps"],
+                                     record_every=cfg["record_every"], n_records=cfg["records"],
+                                     resolutions=cfg["resolutions"], closures=closures,
+                                     coarsen_method=cfg["coarsen"], dtype=dtype, device=cfg["device"])
+        _write_part(parts / f"batch_{g:05d}.h5", stream, cfg["records"], seed, obs_grid, store)
         bar.update(sizes[g])
     bar.close()
     _assemble(out, parts, system_name, spec, cfg, chash, n_batches, sizes, obs_grid, dims, store)
@@ -276,7 +284,8 @@ def _assemble(out: Path, parts: Path, system_name: str, spec: dict[str, Any], cf
                         shape = (n_traj, *src.shape[1:])
                         chunk = (1, 1, *src.shape[2:])
                         f.create_dataset(name, shape=shape, dtype=store, chunks=chunk, **kw)
-                    f[name][start:start + sizes[g]] = src[()]
+                    for i in range(sizes[g]):  # one trajectory at a time: bounded memory
+                        f[name][start + i] = src[i]
             start += sizes[g]
         f.attrs["batch_seeds"] = json.dumps(seeds)
         f.attrs["batch_size"] = int(cfg["batch_size"])

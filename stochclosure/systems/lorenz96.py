@@ -21,7 +21,7 @@ tendency; the reduced model fed it reproduces the full ``X`` to round-off).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +30,7 @@ from torch import Tensor
 from .._types import check_tensor
 from ..errors import ConfigError, ShapeError, format_error
 from .base import AbstractSystem
+from .records import collect_records
 
 __all__ = ["Lorenz96", "PolynomialClosure", "PolynomialAR1Closure"]
 
@@ -146,15 +147,11 @@ class Lorenz96(AbstractSystem):
         return torch.randn((batch, 1, self.K), generator=generator, dtype=torch.float64).to(dtype)
 
     # ------------------------------------------------------------------ dataset generation
-    def generate_records(self, batch: int, *, generator: torch.Generator, spinup_steps: int, record_every: int,
-                         n_records: int, resolutions: Sequence[int] = (), closures: Sequence[str] = ("U", "U_step"),
-                         coarsen_method: str = "none", dtype: torch.dtype = torch.float64,
-                         device: str | torch.device = "cpu") -> dict[str, Any]:
-        """Run the full model and record ``X`` and the closures at steps ``spinup + r * record_every``.
-
-        Returns:
-            ``{"time": (T,), "fields": {K: {"state": (B, T, 1, K), "U": ..., "U_step": ...}}}``.
-        """
+    def iter_records(self, batch: int, *, generator: torch.Generator, spinup_steps: int, record_every: int,
+                     n_records: int, resolutions: Sequence[int] = (), closures: Sequence[str] = ("U", "U_step"),
+                     coarsen_method: str = "none", dtype: torch.dtype = torch.float64,
+                     device: str | torch.device = "cpu") -> Iterator[tuple[float, dict[int, dict[str, Tensor]]]]:
+        """Run the full model; yield ``X`` and the closures at steps ``spinup + r * record_every``."""
         bad = [c for c in closures if c not in L96_CLOSURES]
         if bad:
             raise ConfigError(format_error("closures", f"names among {L96_CLOSURES}", repr(bad)))
@@ -165,20 +162,22 @@ class Lorenz96(AbstractSystem):
         x, y = x.to(device), y.to(device)
         for _ in range(spinup_steps):
             x, y = self.full_step(x, y)
-        recs: dict[str, list[Tensor]] = {"state": [], **{c: [] for c in closures}}
         for r in range(n_records):
             if r > 0:
                 for _ in range(record_every - 1):
                     x, y = self.full_step(x, y)
             xn, yn = self.full_step(x, y)
-            recs["state"].append(x)
-            if "U" in recs:
-                recs["U"].append(self.coupling(y))
-            if "U_step" in recs:
-                recs["U_step"].append(self.step_closure(x, xn))
+            rec = {"state": x.cpu()}
+            if "U" in closures:
+                rec["U"] = self.coupling(y).cpu()
+            if "U_step" in closures:
+                rec["U_step"] = self.step_closure(x, xn).cpu()
+            yield self.dt * (spinup_steps + r * record_every), {self.K: rec}
             x, y = xn, yn
-        time = self.dt * (spinup_steps + record_every * torch.arange(n_records, dtype=torch.float64))
-        return {"time": time, "fields": {self.K: {k: torch.stack(v, 1).cpu() for k, v in recs.items()}}}
+
+    def generate_records(self, batch: int, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`iter_records` stacked: ``{"time": (T,), "fields": {K: {"state", "U", "U_step": (B, T, 1, K)}}}``."""
+        return collect_records(self.iter_records(batch, **kwargs))
 
     @classmethod
     def example(cls) -> Lorenz96:

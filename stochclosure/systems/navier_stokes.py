@@ -37,7 +37,7 @@ reproduces :meth:`NavierStokes2D.full_step` to round-off.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -47,6 +47,7 @@ from .._types import check_tensor
 from ..errors import ConfigError, ShapeError, format_error
 from ..fft import spectral_resample
 from .base import AbstractSystem
+from .records import collect_records
 from .spectral import SpectralGrid, add_block_, hermitian_half, noise_block_size, place_block, spectral_grid
 
 __all__ = ["NavierStokes2D", "coarsen", "grf_vorticity"]
@@ -376,39 +377,33 @@ class NavierStokes2D(AbstractSystem):
         return state
 
     # ------------------------------------------------------------------ dataset generation
-    def generate_records(self, batch: int, *, generator: torch.Generator, spinup_steps: int, record_every: int,
-                         n_records: int, resolutions: Sequence[int], closures: Sequence[str],
-                         coarsen_method: str = "stride", dtype: torch.dtype = torch.float64,
-                         device: str | torch.device = "cpu") -> dict[str, Any]:
-        """Simulate ``batch`` trajectories and record states and true closures.
+    def iter_records(self, batch: int, *, generator: torch.Generator, spinup_steps: int, record_every: int,
+                     n_records: int, resolutions: Sequence[int], closures: Sequence[str],
+                     coarsen_method: str = "stride", dtype: torch.dtype = torch.float64,
+                     device: str | torch.device = "cpu") -> Iterator[tuple[float, dict[int, dict[str, Tensor]]]]:
+        """Simulate ``batch`` trajectories and yield records (see :mod:`.records`).
 
         Record ``r`` is taken at step ``spinup_steps + r * record_every``: the state there and the
-        closures of the step that starts from it.
-
-        Returns:
-            ``{"time": (T,), "fields": {res: {"state": (B, T, 1, res, res), name: ...}}}``.
+        closures of the step that starts from it, coarse-grained to each resolution.
         """
         for c in closures:
             if c not in CLOSURES:
                 raise ConfigError(format_error("closures", f"names among {CLOSURES}", repr(c)))
         w = self.initial_state(batch, generator=generator, dtype=dtype).to(device)
         w = self.simulate(w, spinup_steps, generator=generator)
-        recs: dict[str, list[Tensor]] = {"state": [], **{c: [] for c in closures}}
         for r in range(n_records):
             if r > 0:
                 w = self.simulate(w, record_every - 1, generator=generator)
             nxt, clo = self.full_step(w, generator=generator, return_closures=True)
-            recs["state"].append(w)
-            for c in closures:
-                recs[c].append(clo[c])
+            fields = {"state": w, **{c: clo[c] for c in closures}}
+            yield (self.dt * (spinup_steps + r * record_every),
+                   {int(res): {k: coarsen(v, int(res), coarsen_method).cpu() for k, v in fields.items()}
+                    for res in resolutions})
             w = nxt
-        time = self.dt * (spinup_steps + record_every * torch.arange(n_records, dtype=torch.float64))
-        full = {k: torch.stack(v, dim=1) for k, v in recs.items()}
-        fields = {}
-        for res in resolutions:
-            fields[int(res)] = {k: coarsen(v.flatten(0, 1), int(res), coarsen_method).unflatten(0, v.shape[:2]).cpu()
-                                for k, v in full.items()}
-        return {"time": time, "fields": fields}
+
+    def generate_records(self, batch: int, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`iter_records` stacked: ``{"time": (T,), "fields": {res: {name: (B, T, 1, res, res)}}}``."""
+        return collect_records(self.iter_records(batch, **kwargs))
 
     @classmethod
     def example(cls) -> NavierStokes2D:

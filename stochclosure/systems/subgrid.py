@@ -26,7 +26,7 @@ Time step: forward-Euler advection with Crank–Nicolson viscosity is stable for
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -36,6 +36,7 @@ from .._types import check_tensor
 from ..errors import ConfigError, ShapeError, format_error
 from .base import AbstractSystem
 from .navier_stokes import NavierStokes2D
+from .records import collect_records
 from .spectral import spectral_grid
 
 __all__ = ["NavierStokes2DSubgrid", "SmagorinskyClosure", "filter_field"]
@@ -191,30 +192,29 @@ class NavierStokes2DSubgrid(AbstractSystem):
         """Filtered GRF vorticity ``(batch, 1, n, n)``."""
         return self.filter(self.fine_initial_state(batch, generator=generator, dtype=dtype))
 
-    def generate_records(self, batch: int, *, generator: torch.Generator, spinup_steps: int, record_every: int,
-                         n_records: int, resolutions: Sequence[int], closures: Sequence[str] = ("U",),
-                         coarsen_method: str = "filter", dtype: torch.dtype = torch.float64,
-                         device: str | torch.device = "cpu") -> dict[str, Any]:
-        """Run the fine model and record, per coarse resolution, ``bar(w)`` and ``U`` (own filter each).
+    def iter_records(self, batch: int, *, generator: torch.Generator, spinup_steps: int, record_every: int,
+                     n_records: int, resolutions: Sequence[int], closures: Sequence[str] = ("U",),
+                     coarsen_method: str = "filter", dtype: torch.dtype = torch.float64,
+                     device: str | torch.device = "cpu") -> Iterator[tuple[float, dict[int, dict[str, Tensor]]]]:
+        """Run the fine model; yield, per coarse resolution, ``bar(w)`` and ``U`` (own filter each).
 
-        Returns:
-            ``{"time": (T,), "fields": {res: {"state": (B, T, 1, res, res), "U": ...}}}``.
+        ``coarsen_method`` is ignored: each resolution is made by this system's filter.
         """
         if list(closures) != ["U"]:
             raise ConfigError(format_error("closures", "['U'] (the subgrid closure)", repr(list(closures))))
         w = self.fine_initial_state(batch, generator=generator, dtype=dtype).to(device)
         w = self.fine.simulate(w, spinup_steps, generator=generator)
-        recs: dict[int, dict[str, list[Tensor]]] = {int(r): {"state": [], "U": []} for r in resolutions}
         for r in range(n_records):
             if r > 0:
                 w = self.fine.simulate(w, record_every - 1, generator=generator)
-            for res, d in recs.items():
-                d["state"].append(self.filter(w, res))
-                d["U"].append(self.closure_term(w, res))
+            yield (self.dt * (spinup_steps + r * record_every),
+                   {int(res): {"state": self.filter(w, res).cpu(), "U": self.closure_term(w, res).cpu()}
+                    for res in resolutions})
             w = self.fine.full_step(w, generator=generator)
-        time = self.dt * (spinup_steps + record_every * torch.arange(n_records, dtype=torch.float64))
-        return {"time": time, "fields": {res: {k: torch.stack(v, 1).cpu() for k, v in d.items()}
-                                         for res, d in recs.items()}}
+
+    def generate_records(self, batch: int, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`iter_records` stacked: ``{"time": (T,), "fields": {res: {"state", "U": (B, T, 1, res, res)}}}``."""
+        return collect_records(self.iter_records(batch, **kwargs))
 
     @classmethod
     def example(cls) -> NavierStokes2DSubgrid:
