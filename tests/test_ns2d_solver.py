@@ -89,7 +89,7 @@ def test_noise_spectrum_matches_the_analytic_one():
     phys = s.noise(m, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     full_plane = exact.sum() + exact[:, 1:n // 2].sum()
     assert abs(float(phys.var()) / float(full_plane) - 1) < 0.05
-    # the noise realisation does not depend on the resolution (same generator, n >= 42)
+    # the noise realisation does not depend on the resolution (same generator, n >= 40)
     a = NavierStokes2D(n=64).noise(2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     b = NavierStokes2D(n=128).noise(2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     torch.testing.assert_close(a, b[..., ::2, ::2], rtol=0, atol=1e-10)

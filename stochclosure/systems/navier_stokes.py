@@ -15,9 +15,11 @@ where ``N = -(u . grad omega)`` (dealiased) and ``S = rfft2(dW)`` is the Lord–
 ``xi_k`` complex with both parts the sum of ``kappa`` i.i.d. ``N(0, 1)`` (drawn as
 ``sqrt(kappa) N(0, 1)``, identical in law). This is REFERENCE §1's ``Re(ifft2(b xi))`` with
 ``b = exp(-alpha|lambda|^2/2) N^2 / sqrt(dt)``; its per-mode spectrum is
-``E|dW_k|^2 = kappa exp(-alpha |lambda_k|^2) / dt`` (forward-normalised coefficients). Modes whose
-amplitude is below ``1e-17`` of mode 0 (``|k| > 20`` for ``alpha = 0.005``) are not drawn, so one
-generator gives the *same* noise realisation at every resolution ``n >= 42``.
+``E|dW_k|^2 = kappa exp(-alpha |lambda_k|^2) / dt`` (forward-normalised coefficients). Only the
+square ``|k_x|, |k_y| <= K`` is drawn, ``K`` the largest wavenumber whose amplitude is at least
+``1e-17`` of mode 0 (``K = 19`` for ``alpha = 0.005``; beyond it the noise is below double-precision
+round-off), and of it the modes strictly below the grid's Nyquist wavenumber are used. So one
+generator gives the *same* noise realisation at every resolution ``n >= 2K + 2`` (40).
 
 Closure terms (REFERENCE §2) and the reduced models they define:
 
