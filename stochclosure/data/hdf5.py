@@ -101,7 +101,8 @@ class ClosureH5Dataset(Dataset):
         split: ``"train"``, ``"val"``, ``"test"`` or ``None`` (all trajectories).
         closure: Closure name (default: the first one in the file).
         resolution: Grid size (default: the finest stored).
-        obs: Include the sparse measurements.
+        obs: Include the sparse measurements (files generated with ``obs_grid: 0`` have none;
+            then items carry no ``obs_values`` and :attr:`obs_points` is ``None``).
         history: Number ``k`` of earlier states; items start at record ``k`` of each trajectory.
         fields: Include the current state as ``fields``.
         system: If given, the file must come from this system.
