@@ -89,6 +89,10 @@ def test_lazy_dataset_items_follow_the_protocol(ns_file):
     loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=ds.collate)
     t, c = next(iter(loader))
     assert t.shape[0] == 3 and c.history.shape == (3, 2, 1, 32, 32)
+    # two worker processes, each opening the file itself, see every item exactly once
+    workers = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=ds.collate)
+    got = torch.cat([b[0] for b in workers])
+    torch.testing.assert_close(got, torch.stack([ds[i]["target"] for i in range(len(ds))]))
     assert collate_closure([ds[0]], ds.obs_points)[0].shape == (1, 1, 32, 32)
     no_obs = ClosureH5Dataset(ns_file, split="test", obs=False, fields=False)
     assert set(no_obs[0]) == {"target"} and no_obs.obs_points is None
