@@ -17,6 +17,7 @@ from .distributions import ClosureDistribution
 from .errors import (
     CheckpointError,
     ConfigError,
+    DatasetError,
     DeviceError,
     DTypeError,
     IncompatibleComponentsError,
@@ -68,4 +69,5 @@ __all__ = [
     "PluginValidationError",
     "CheckpointError",
     "ConfigError",
+    "DatasetError",
 ]

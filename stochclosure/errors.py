@@ -19,6 +19,7 @@ __all__ = [
     "PluginValidationError",
     "CheckpointError",
     "ConfigError",
+    "DatasetError",
     "format_error",
 ]
 
@@ -79,3 +80,7 @@ class CheckpointError(StochClosureError, ValueError):
 
 class ConfigError(StochClosureError, ValueError):
     """A configuration (YAML, dict spec) has unknown keys, missing keys or wrong types."""
+
+
+class DatasetError(StochClosureError, ValueError):
+    """A dataset file is missing, foreign, incomplete, or lacks a requested dataset."""

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import StochClosureError, format_error
+from ..errors import DatasetError, format_error
 from .base import collate_closure
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SPLITS", "DatasetError", "ClosureH5Dataset", "open_checked"]
@@ -38,10 +38,6 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "SPLITS", "DatasetError", "ClosureH5Datas
 FORMAT = "stochclosure.closure-dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-
-
-class DatasetError(StochClosureError, ValueError):
-    """A dataset file is missing, foreign, incomplete, or lacks a requested dataset."""
 
 
 def open_checked(path: str | os.PathLike[str], system: str | None = None) -> h5py.File:
