@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from . import distributions, encoders, errors, metrics, registry, rollout, samplers, scores, sdes, systems
 from ._types import Conditioning, ScoreFn, check_tensor
+from .checkpoint import load_model, save_model
 from .distributions import ClosureDistribution
 from .errors import (
     CheckpointError,
@@ -32,6 +33,7 @@ from .model import ClosureModel
 from .registry import available, register, resolve
 from .rollout import RolloutResult, ensemble
 from .scores.base import bind_score
+from .train import Trainer, TrainResult
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,10 @@ __all__ = [
     "check_tensor",
     "bind_score",
     "dsm_loss",
+    "Trainer",
+    "TrainResult",
+    "save_model",
+    "load_model",
     "register",
     "resolve",
     "available",
