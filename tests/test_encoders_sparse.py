@@ -162,3 +162,19 @@ def test_errors_name_the_argument():
         CompositeEncoder([])
     with pytest.raises(sc.ShapeError, match="mean/std"):
         NormalizedEncoder("field", mean=[0.0, 1.0])
+
+
+def test_history_window_with_sparse_measurements():
+    """Coarse state + its last k = 2 states + sparse values, stacked on a finer grid."""
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(2, 1, 16, 16, generator=g)
+    hist = torch.randn(2, 3, 1, 16, 16, generator=g)
+    cond = sc.Conditioning(fields=y, history=hist, obs_values=analytic(LATTICE)[None, None].float().expand(2, 1, -1),
+                           obs_points=LATTICE.float())
+    enc = CompositeEncoder([{"type": "field", "history": 2}, "sparse_interp"])
+    out = enc(cond, (32, 32))
+    assert out.shape == (2, 4, 32, 32)
+    # channel order: current state, the last two history states (oldest first), the sparse field
+    torch.testing.assert_close(out[:, :1], sc.fft.spectral_resample(y, (32, 32)))
+    torch.testing.assert_close(out[:, 1:3], sc.fft.spectral_resample(hist[:, 1:, 0], (32, 32)))
+    torch.testing.assert_close(out[:, 3:], SparseInterpEncoder()(cond, (32, 32)))
