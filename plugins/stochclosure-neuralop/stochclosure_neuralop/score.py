@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from stochclosure._types import Conditioning, check_tensor
 from stochclosure.errors import ConfigError, ShapeError, format_error
+from stochclosure.fft import spectral_resample
 from stochclosure.registry import resolve
 from stochclosure.scores.base import AbstractScoreOperator
 from stochclosure.sdes.base import AbstractSDE, expand_as_batch
@@ -78,7 +79,7 @@ class GaussianFourierEmbedding(nn.Module):
         seed: Seed of the frequencies.
     """
 
-    def __init__(self, dim: int = 64, scale: float = 4.0, seed: int = 0) -> None:
+    def __init__(self, dim: int = 64, scale: float = 1.0, seed: int = 0) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("freqs", torch.randn(dim // 2, generator=gen) * scale)
@@ -110,10 +111,22 @@ class FNOScore(AbstractScoreOperator):
         lifting_ratio: Hidden size of the lifting MLP, as a multiple of ``width``.
         projection_ratio: Hidden size of the projection MLP, as a multiple of ``width``.
         embed_dim: Size of the Gaussian-Fourier noise-level embedding.
-        embed_scale: Std of its random frequencies (applied to ``log(sigma_t / alpha_t)``).
+        embed_scale: Std of its random frequencies (applied to ``log(sigma_t / alpha_t)``). Low
+            frequencies (about one period per unit of log-sigma) make the network a smooth function
+            of the noise level, which probability-flow and SDE samplers integrate across.
         coords: ``"sincos"`` adds ``sin/cos(2 pi i / n)`` coordinate channels, ``"none"`` adds none.
         preconditioning: ``"edm"`` or ``"noise"`` (see the module docstring).
         data_std: Std of the (normalised) data assumed by the preconditioning.
+        reference_grid: The grid the network was trained on, for resolution transfer of the
+            *noise level*. Discrete white noise of pixel std ``sigma`` on an ``N``-point grid puts
+            variance ``sigma^2 / N`` on each Fourier coefficient (forward normalisation), so the
+            modes a coarse grid holds are less noisy on a finer grid at the same ``t``: the
+            statistics of those modes on grid ``N`` at noise ``sigma`` are exactly those of the
+            reference grid at ``sigma * sqrt(N_ref / N)``. With ``reference_grid`` set, inputs on
+            other grids are spectrally resampled to it, denoised there at that equivalent noise
+            level and resampled back (modes beyond the reference grid are denoised to zero), so
+            the score transfers exactly for laws band-limited to the reference grid. ``None``
+            (default) runs the network on the input's grid as is.
 
     Shapes:
         ``x``: ``(B, C, *grid)``; ``t``: ``(B,)``; ``cond``: batch ``B`` or 1; output like ``x``.
@@ -125,8 +138,9 @@ class FNOScore(AbstractScoreOperator):
 
     def __init__(self, sde: Any = "ve_exp", channels: int = 1, encoder: Any = None, spatial_dims: int = 2,
                  width: int = 20, modes: int = 8, layers: int = 4, lifting_ratio: float = 2.0,
-                 projection_ratio: float = 2.0, embed_dim: int = 64, embed_scale: float = 4.0,
-                 coords: str = "sincos", preconditioning: str = "edm", data_std: float = 1.0) -> None:
+                 projection_ratio: float = 2.0, embed_dim: int = 64, embed_scale: float = 1.0,
+                 coords: str = "sincos", preconditioning: str = "edm", data_std: float = 1.0,
+                 reference_grid: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.sde: AbstractSDE = resolve("sde", sde)
         self.channels = _positive_int("channels", channels)
@@ -146,6 +160,12 @@ class FNOScore(AbstractScoreOperator):
         if not data_std > 0:
             raise ConfigError(format_error("data_std", "a positive float", repr(data_std)))
         self.coords, self.preconditioning, self.data_std = coords, preconditioning, float(data_std)
+        if reference_grid is not None:
+            reference_grid = tuple(int(g) for g in reference_grid)
+            if len(reference_grid) != self.n_dim or min(reference_grid) < 2 * modes - 1:
+                raise ConfigError(format_error("reference_grid", f"{self.n_dim} sizes of at least {2 * modes - 1}",
+                                               repr(reference_grid)))
+        self.reference_grid = reference_grid
         self.encoder = None if encoder is None else resolve("encoder", encoder)
         if self.encoder is not None and self.n_dim not in getattr(self.encoder, "spatial_dims", (1, 2)):
             raise ConfigError(format_error("encoder", f"an encoder supporting {self.n_dim}-D grids",
@@ -255,12 +275,37 @@ class FNOScore(AbstractScoreOperator):
         a, sg, sb = (expand_as_batch(v, x) for v in (alpha, sigma, s))
         xs = x / a
         d2 = self.data_std**2
+        if self.reference_grid is not None and grid != self.reference_grid:
+            return self._forward_on_reference(xs, s, a, sb, cond)
         c_in = torch.rsqrt(sb**2 + d2)
         f = self.network(xs * c_in, torch.log(s), enc)
         if self.preconditioning == "noise":
             return -f / sg
         # (D - x~) / (alpha s^2) with D = c_skip x~ + c_out F, written without cancellation
         return (-xs / (sb**2 + d2) + self.data_std * f / (sb * torch.sqrt(sb**2 + d2))) / a
+
+    def _forward_on_reference(self, xs: Tensor, s: Tensor, a: Tensor, sb: Tensor, cond: Conditioning | None
+                              ) -> Tensor:
+        ref = self.reference_grid
+        assert ref is not None
+        ratio = math.sqrt(math.prod(ref) / math.prod(xs.shape[2:]))
+        s_ref = s * ratio
+        sr = expand_as_batch(s_ref, xs)
+        x_ref = spectral_resample(xs, ref)
+        enc = None
+        if self.encoder is not None:
+            assert cond is not None
+            enc = self.encoder(cond, ref)
+            if enc.shape[0] == 1 and xs.shape[0] > 1:
+                enc = enc.expand(xs.shape[0], *enc.shape[1:])
+        d2 = self.data_std**2
+        f = self.network(x_ref * torch.rsqrt(sr**2 + d2), torch.log(s_ref), enc)
+        if self.preconditioning == "noise":
+            den = x_ref - sr * f
+        else:
+            den = d2 / (sr**2 + d2) * x_ref + self.data_std * sr * torch.rsqrt(sr**2 + d2) * f  # c_skip x + c_out F
+        den = spectral_resample(den, tuple(xs.shape[2:]))
+        return (den - xs) / (a * sb**2)
 
     # -- contract-suite hooks -------------------------------------------------------------------
     @classmethod

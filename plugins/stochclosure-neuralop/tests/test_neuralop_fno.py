@@ -149,3 +149,29 @@ def test_errors_name_the_argument():
         op(torch.randn(2, 1, 4, 4), t, sc.Conditioning(fields=torch.randn(2, 1, 4, 4)))
     with pytest.raises(sc.ShapeError, match="'t'"):
         op(x, torch.full((3,), 0.5), sc.Conditioning(fields=torch.randn(2, 1, 16, 16)))
+
+
+def test_reference_grid_denoises_at_the_equivalent_noise_level():
+    """On a 32² grid, modes held by the 16² reference grid carry noise variance sigma^2 / 1024 per
+    (forward) Fourier coefficient, i.e. that of a 16² field at sigma / 2: the score must be the 16²
+    denoiser at sigma / 2, resampled, minus the input, over sigma^2."""
+    op = _randomised(FNOScore(sde="vp", encoder={"type": "field", "channels": 1}, width=8, modes=4, layers=2,
+                              reference_grid=(16, 16)))
+    gen = torch.Generator().manual_seed(6)
+    x, y = _band_limited(2, 32, gen, kmax=3), _band_limited(2, 32, gen, kmax=3)
+    t = torch.tensor([0.05, 0.4])
+    alpha, sigma = op.sde.marginal_coefficients(t)
+    s = sigma / alpha
+    s_half = s / 2
+    t_half = op.sde.t_from_log_snr(-torch.log(s_half))  # time at which sigma/alpha = s / 2
+    a16, _ = op.sde.marginal_coefficients(t_half)
+    x16, y16 = spectral_resample(x, (16, 16)), spectral_resample(y, (16, 16))
+    with torch.no_grad():
+        score32 = op(x, t, sc.Conditioning(fields=y))
+        xs16 = x16 / alpha[:, None, None, None]  # the same scaled input, seen at 16^2
+        score16 = op(xs16 * a16[:, None, None, None], t_half, sc.Conditioning(fields=y16))
+    den16 = xs16 + (s_half**2 * a16)[:, None, None, None] * score16
+    want = (spectral_resample(den16, (32, 32)) - x / alpha[:, None, None, None]) / (alpha * s**2)[:, None, None, None]
+    torch.testing.assert_close(score32, want, rtol=1e-3, atol=1e-3)
+    with pytest.raises(sc.ConfigError, match="reference_grid"):
+        FNOScore(reference_grid=(8, 8))
