@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_commands() -> None:
     # Commands living in other modules register themselves on import.
-    from . import demo, train_cli  # noqa: F401
+    from . import demo, sampler_check, train_cli  # noqa: F401
     from .data import generate  # noqa: F401
 
 
@@ -87,5 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - `python -m stochclosure.cli`
+    from stochclosure.cli import main as _main  # the package's module, where commands register
+
+    sys.exit(_main())

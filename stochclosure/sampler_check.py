@@ -1,4 +1,4 @@
-"""``stochclosure demo``: sample a known Gaussian random field with every built-in sampler.
+"""``stochclosure samplers``: sample a known Gaussian random field with every registered sampler.
 
 Real work with exact answers: the target is a stationary periodic Gaussian field (the spectrum
 of REFERENCE §1's initial conditions), whose exact score under each SDE is known, so the
@@ -14,10 +14,10 @@ import torch
 
 from .cli import command
 
-__all__ = ["run_demo"]
+__all__ = ["run_sampler_check"]
 
 
-def run_demo(n: int = 32, batch: int = 256, seed: int = 0, steps: int | None = None) -> list[dict[str, float | str]]:
+def run_sampler_check(n: int = 32, batch: int = 256, seed: int = 0, steps: int | None = None) -> list[dict[str, float | str]]:
     """Sample the GRF target with each SDE x sampler pair and measure the error.
 
     Returns:
@@ -59,7 +59,7 @@ def run_demo(n: int = 32, batch: int = 256, seed: int = 0, steps: int | None = N
 
 
 def _run(args: argparse.Namespace) -> int:
-    rows = run_demo(n=args.n, batch=args.batch, seed=args.seed)
+    rows = run_sampler_check(n=args.n, batch=args.batch, seed=args.seed)
     print(f"Sampling a {args.n}x{args.n} Gaussian random field (batch {args.batch}) with its exact score")
     print("mode_var_rel_err = mean relative error of the per-Fourier-mode variance vs the exact law")
     print(f"(Monte Carlo floor for batch {args.batch}: about {(2 / args.batch) ** 0.5 * 0.8:.3f})\n")
@@ -79,4 +79,4 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 
 
 _run.add_args = _add_args  # type: ignore[attr-defined]
-command("demo", "sample a known Gaussian random field with every sampler and report the error")(_run)
+command("samplers", "sample a known Gaussian random field with every sampler and report the error")(_run)

@@ -158,7 +158,7 @@ def test_register_runtime_component_and_reject_non_implementations():
 
 
 def test_cli_lists_plugins_by_kind_with_distribution():
-    out = subprocess.run([sys.executable, "-m", "stochclosure.cli", "plugins"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "stochclosure", "plugins"], capture_output=True, text=True,
                          check=True).stdout
     lines = out.splitlines()
     assert lines[0].split() == ["kind", "name", "distribution", "object"]
@@ -171,7 +171,7 @@ def test_cli_lists_plugins_by_kind_with_distribution():
 
 
 def test_cli_error_is_one_line_with_nonzero_exit():
-    r = subprocess.run([sys.executable, "-m", "stochclosure.cli", "demo", "--n", "-4"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "stochclosure", "samplers", "--n", "-4"], capture_output=True, text=True)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
 
