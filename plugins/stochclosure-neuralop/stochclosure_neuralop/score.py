@@ -185,6 +185,7 @@ class FNOScore(AbstractScoreOperator):
         hidden = 4 * width
         self.noise_mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.film = nn.Linear(hidden, 2 * width * self.layers)
+        self._coord_cache: dict[tuple[Any, ...], Tensor] = {}
         nn.init.zeros_(self.film.weight)  # FiLM starts as the identity
         nn.init.zeros_(self.film.bias)
 
@@ -226,14 +227,17 @@ class FNOScore(AbstractScoreOperator):
         if cond_fields is not None:
             parts.append(cond_fields.to(x_in.dtype))
         if self.coords == "sincos":
-            xy = periodic_coordinates(grid, dtype=x_in.dtype, device=x_in.device)
+            key = (grid, x_in.dtype, x_in.device)
+            xy = self._coord_cache.get(key)
+            if xy is None:
+                xy = self._coord_cache[key] = periodic_coordinates(grid, dtype=x_in.dtype, device=x_in.device)
             parts.append(xy.unsqueeze(0).expand(b, *xy.shape))
         h = self.lifting(torch.cat(parts, dim=1))
         film = self.film(self.noise_mlp(self.embedding(log_s)))
         film = film.view(b, self.layers, 2, self.width, *([1] * self.n_dim))
         for i in range(self.layers):
             h = self.blocks(h, index=i)
-            h = h * (1.0 + film[:, i, 0]) + film[:, i, 1]
+            h = torch.addcmul(film[:, i, 1], h, 1.0 + film[:, i, 0])  # FiLM: h * (1 + scale) + shift
         return self.projection(h)
 
     def _check(self, x: Tensor, t: Tensor, cond: Conditioning | None) -> None:
