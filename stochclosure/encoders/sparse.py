@@ -81,17 +81,23 @@ def _check_grid(grid: tuple[int, ...], points: Tensor) -> tuple[int, ...]:
 
 
 class _PointCache:
-    """A one-entry cache keyed on the identity and contents of the point tensor."""
+    """A one-entry cache keyed on the *contents* of the point tensor (and ``extra``).
+
+    Keys compare the points themselves (``P x d`` values, cheap): a tensor's address can be
+    reused by a different tensor after the first is freed, so identity is not a safe key.
+    """
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
+        self.points: Tensor | None = None
+        self.extra: tuple | None = None
         self.value: Tensor | None = None
 
     def get(self, points: Tensor, extra: tuple) -> Tensor | None:
-        key = (points.data_ptr(), points._version, tuple(points.shape), points.device.type, *extra)
-        if key == self.key:
+        p = self.points
+        if (p is not None and self.extra == extra and p.shape == points.shape and p.dtype == points.dtype
+                and p.device == points.device and torch.equal(p, points)):
             return self.value
-        self.key, self.value = key, None
+        self.points, self.extra, self.value = points.detach().clone(), extra, None
         return None
 
     def put(self, value: Tensor) -> Tensor:
