@@ -68,7 +68,7 @@ def main() -> None:
 
     with h5py.File(args.data, "r") as h5:
         test = [i for i, s in enumerate(h5["split"][:]) if s == 2]
-        n_fine = max(int(r) for r in h5.attrs["resolutions"])
+        n_fine = max(int(r) for r in json.loads(h5.attrs["resolutions"]))
         state = torch.from_numpy(h5[f"res_{n_fine}/state"][test[0], args.state_record]).double()[None]
         t_state = float(h5["time"][args.state_record])
         system_cfg = json.loads(h5.attrs["system_config"])

@@ -92,7 +92,9 @@ def target_statistics(dataset: Any, channels: int, batch_size: int = 256) -> tup
 
 
 class EMA:
-    """Exponential moving average of a module's floating parameters.
+    """Exponential moving average of a module's floating and complex parameters.
+
+    Spectral (Fourier-layer) weights are complex, so both kinds are averaged.
 
     ``shadow <- d shadow + (1 - d) param`` with ``d = min(decay, (1 + step) / (10 + step))`` (a
     short warm-up so early averages are not dominated by the initialisation).
@@ -106,7 +108,8 @@ class EMA:
         if not 0.0 <= decay < 1.0:
             raise ConfigError(format_error("ema_decay", "a float in [0, 1)", repr(decay)))
         self.decay = float(decay)
-        self.shadow = {k: p.detach().clone() for k, p in module.named_parameters() if p.is_floating_point()}
+        self.shadow = {k: p.detach().clone() for k, p in module.named_parameters()
+                       if p.is_floating_point() or p.is_complex()}
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module, step: int) -> None:

@@ -168,3 +168,20 @@ def test_bad_arguments_raise_config_errors():
         Trainer(model, data, batch_size=0)
     with pytest.raises(sc.ConfigError, match="ema_decay"):
         Trainer(model, data, ema_decay=1.0)
+
+
+def test_ema_averages_every_parameter_including_complex_spectral_weights():
+    from stochclosure.train import EMA
+
+    op = sc.resolve("score_operator", {"type": "fno", "sde": "vp", "width": 8, "modes": 4, "layers": 2,
+                                       "encoder": "field"})
+    names = {k for k, _ in op.named_parameters()}
+    assert any(p.is_complex() for p in op.parameters()), "the FNO has complex spectral weights"
+    ema = EMA(op, decay=0.5)
+    assert set(ema.shadow) == names
+    with torch.no_grad():
+        for p in op.parameters():
+            p.add_(1.0)
+    ema.update(op, step=10**6)  # decay 0.5: every average moves half way
+    for k, p in op.named_parameters():
+        torch.testing.assert_close(ema.shadow[k], p.detach() - 0.5)
