@@ -30,16 +30,24 @@ def euler_maruyama(score_fn: ScoreFn, sde: AbstractSDE, x: Tensor, ts: Tensor, *
         ``(batch, *event)`` state at ``ts[-1]``.
     """
     n = len(ts) - 1
-    nfe = 0
+    times = ts.tolist()
     for i in range(n):
-        t_cur, t_next = float(ts[i]), float(ts[i + 1])
+        t_cur, t_next = times[i], times[i + 1]
+        dt = t_next - t_cur
         tb = torch.full((x.shape[0],), t_cur, dtype=x.dtype, device=x.device)
-        drift = sde.reverse_drift(x, tb, score_fn(x, tb))
-        nfe += 1
-        g = expand_as_batch(sde.diffusion(tb), x)
-        x = x + drift * (t_next - t_cur) + g * noise.increment(t_cur, t_next, x)
+        score = score_fn(x, tb)
+        g = sde.diffusion(tb)
+        if sde.linear_drift:
+            # x + (f x - g^2 s) dt + g dW with the per-sample scalars folded first: two fused
+            # full-size operations instead of four.
+            f = sde.drift_coefficient(tb)
+            x_next = torch.addcmul(x * expand_as_batch(1.0 + f * dt, x) if sde.family != "ve" else x,
+                                   expand_as_batch(-(g**2) * dt, x), score)
+        else:
+            x_next = torch.add(x, sde.reverse_drift(x, tb, score), alpha=dt)
+        x = torch.addcmul(x_next, expand_as_batch(g, x), noise.increment(t_cur, t_next, x))
         if callback is not None:
-            callback(StepInfo(i, n, t_cur, t_next, x, nfe))
+            callback(StepInfo(i, n, t_cur, t_next, x, i + 1))
     return x
 
 
