@@ -22,7 +22,7 @@ $(STAMP): $(CFGS)
 	touch $@
 
 test: install
-	$(PY) -m pytest -q tests $(wildcard plugins/*/tests) $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests $(wildcard plugins/*/tests) --doctest-modules stochclosure $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests $(wildcard plugins/*/tests) $(PYTEST_ARGS)

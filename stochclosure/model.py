@@ -38,8 +38,8 @@ class ClosureModel(nn.Module):
         >>> m = sc.ClosureModel("vp", {"type": "gaussian", "sde": "vp", "std": 1.0},
         ...                     {"type": "euler_maruyama", "steps": 20})
         >>> u = m.sample(sc.Conditioning(), n=4, grid=(8, 8), generator=torch.Generator().manual_seed(0))
-        >>> tuple(u.shape)
-        (4, 1, 8, 8)
+        >>> tuple(u.shape)  # (n, batch, C, *grid); an empty condition counts as batch 1
+        (4, 1, 1, 8, 8)
     """
 
     def __init__(self, sde: Any, score: Any, sampler: Any = "euler_maruyama", channels: int = 1,
@@ -103,7 +103,8 @@ class ClosureModel(nn.Module):
                 control (e.g. correlate in time) the initial noise.
 
         Returns:
-            ``(n, B, C, *grid)``, or ``(B, C, *grid)`` when ``n`` is ``None``.
+            ``(n, B, C, *grid)``, or ``(B, C, *grid)`` when ``n`` is ``None``; ``B = 1`` for a
+            condition without batched tensors.
         """
         cond = Conditioning() if cond is None else cond
         if n is not None:
