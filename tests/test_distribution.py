@@ -18,15 +18,6 @@ from stochclosure.errors import ShapeError
 from stochclosure.scores.analytic import GaussianScore, LinearGaussianScore
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny FFTs: a second intra-op thread only adds synchronisation cost on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def field_model(steps: int = 20) -> sc.ClosureModel:
     score = LinearGaussianScore("vp", smoothing_length=0.05, gain=0.8, noise_std=0.5)
     return sc.ClosureModel("vp", score, {"type": "probability_flow_heun", "steps": steps})

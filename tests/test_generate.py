@@ -26,13 +26,6 @@ TINY_NS = ROOT / "configs" / "ns2d_tiny.yaml"
 TINY_L96 = ROOT / "configs" / "lorenz96_tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _contents(path: Path) -> dict[str, np.ndarray]:
     out = {}

@@ -9,14 +9,6 @@ from stochclosure.errors import ConfigError, ShapeError
 from stochclosure.systems.lorenz96 import Lorenz96, PolynomialAR1Closure, PolynomialClosure
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def spun_up():
     # Standard setting K = 8, J = 32, h = 1, b = 10, c = 10, F = 20; 1.5 time units of spin-up.

@@ -12,15 +12,6 @@ from stochclosure.systems.navier_stokes import NavierStokes2D, coarsen
 from stochclosure.systems.spectral import spectral_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny FFTs are dominated by threading overhead; one thread is faster and deterministic.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _scaled_ic(s: NavierStokes2D, batch: int = 2, rms: float = 1.0, seed: int = 0) -> torch.Tensor:
     w = s.initial_state(batch, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     return w * (rms / w.pow(2).mean().sqrt())

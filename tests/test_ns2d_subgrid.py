@@ -11,14 +11,6 @@ from stochclosure.errors import ConfigError
 from stochclosure.systems.subgrid import NavierStokes2DSubgrid, SmagorinskyClosure, filter_field
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _fine_state(les: NavierStokes2DSubgrid, rms: float = 2.0) -> torch.Tensor:
     w = les.fine_initial_state(2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return w * (rms / w.pow(2).mean().sqrt())

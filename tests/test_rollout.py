@@ -30,15 +30,6 @@ from stochclosure.scores.analytic import GaussianScore
 from stochclosure.systems import LinearRelaxation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small FFTs: a second intra-op thread only adds synchronisation cost on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def exact_closure(system: LinearRelaxation, sampler: dict | None = None) -> sc.ClosureModel:
     """The system's exact closure law as a ClosureModel (score in per-channel normalised units)."""
     law = system.closure_law()
