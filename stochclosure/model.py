@@ -65,6 +65,7 @@ class ClosureModel(nn.Module):
             raise ConfigError(format_error("target_std", "positive values", str(std.tolist())))
         self.register_buffer("target_mean", mean)
         self.register_buffer("target_std", std)
+        self._probed_events: set[tuple[int, ...]] = set()
 
     def _resolve_sampler(self, sampler: Any) -> AbstractSampler:
         return self.sampler if sampler is None else resolve("sampler", sampler)
@@ -124,7 +125,12 @@ class ClosureModel(nn.Module):
         k = 1 if n is None else n
         event = (self.channels, *grid)
         cond_rep = cond.index(torch.arange(k * b) % b) if cond.batch_size else cond
-        score_fn = bind_score(self.score, cond_rep if cond.batch_size else None, event_shape=event, batch=k * b)
+        # The condition is checked on every call (streamed measurements may carry a NaN); the score
+        # operator is probed once per event shape (validate at composition, then trust).
+        probe = event not in self._probed_events
+        score_fn = bind_score(self.score, cond_rep if cond.batch_size else None, event_shape=event, batch=k * b,
+                              probe=probe)
+        self._probed_events.add(event)
         if x_init is not None:
             want = (k * b, *event) if n is None else (k, b, *event)
             if tuple(x_init.shape) not in (want, (k * b, *event)):

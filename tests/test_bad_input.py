@@ -120,3 +120,21 @@ def test_score_operator_with_wrong_output_shape():
 
     with pytest.raises(sc.ShapeError, match="score operator output.*like x"):
         sc.bind_score(Bad(), None, event_shape=(1, 8, 8), batch=2)
+
+
+def test_score_is_probed_once_per_grid_but_condition_checked_every_call():
+    calls = []
+
+    class Counting(GaussianScore):
+        def forward(self, x, t, cond=None):
+            calls.append(x.shape[0])
+            return super().forward(x, t, cond)
+
+    model = sc.ClosureModel("vp", Counting("vp"), {"type": "euler_maruyama", "steps": 3})
+    for _ in range(2):
+        model.sample(_cond(b=4), n=2)
+    assert calls.count(1) == 1 and calls.count(8) == 2 * 4  # one probe, then 3 steps + denoise per draw
+    f = torch.randn(4, 1, 8, 8)
+    f[2, 0, 1, 1] = float("nan")
+    with pytest.raises(sc.NonFiniteError, match="cond.fields"):
+        model.sample(sc.Conditioning(fields=f), n=2)

@@ -70,6 +70,7 @@ def bind_score(
     batch: int | None = None,
     t_probe: float | None = None,
     validate: bool = True,
+    probe: bool = True,
 ) -> ScoreFn:
     """Bind a condition to a score operator, validating once, and return ``score_fn(x, t)``.
 
@@ -83,7 +84,8 @@ def bind_score(
         event_shape: Event shape of ``x`` (``(channels, *spatial)``); enables the probe.
         batch: Batch size the sampler will use.
         t_probe: Diffusion time used by the probe.
-        validate: Check the condition and probe the operator.
+        validate: Check the condition (and probe the operator, see ``probe``).
+        probe: Call the operator once on a small input (skipped when the caller already did).
 
     Returns:
         ``score_fn(x, t) -> Tensor`` with the condition bound.
@@ -96,7 +98,7 @@ def bind_score(
         cond.validate(batch=batch, spatial=spatial)
     if cond is not None and batch is not None and cond.batch_size not in (None, batch):
         cond = cond.expand_batch(batch)
-    if validate and event_shape is not None:
+    if validate and probe and event_shape is not None:
         probe_cond = cond.index(slice(0, 1)) if cond is not None and cond.batch_size else cond
         x = torch.zeros((1, *event_shape))
         for p in op.parameters() if isinstance(op, nn.Module) else ():
