@@ -134,7 +134,7 @@ def evaluate_samplers(work: Path, quick: bool) -> dict[str, Any]:
     return out
 
 
-def evaluate_online(work: Path, quick: bool, members: int = 16) -> dict[str, Any]:
+def evaluate_online(work: Path, quick: bool, members: int = 16, model_name: str = "G_sparse_interp") -> dict[str, Any]:
     import h5py
 
     from stochclosure import metrics
@@ -143,7 +143,7 @@ def evaluate_online(work: Path, quick: bool, members: int = 16) -> dict[str, Any
     from stochclosure.rollout import StreamedObservations, ensemble, rollout
     from stochclosure.systems.navier_stokes import NavierStokes2D, coarsen
 
-    run = work / "runs" / "G_sparse_interp"
+    run = work / "runs" / model_name
     model = load_model(run / (run / "latest").read_text().strip())
     with h5py.File(work / "ns2d_data.h5", "r") as f:
         test = [i for i, s in enumerate(f["split"][:]) if s == 2][0]
@@ -211,9 +211,10 @@ def write_results(res: dict[str, Any], quick: bool) -> Path:
             L.append(f"| {label} | {r['nfe']} | {r['rel_fro_single']:.3f} | {r['rel_fro_mean']:.3f} | {r['crps']:.2e} | "
                      f"{r['seconds']:.1f} |")
         L.append("")
-    if res.get("online"):
-        o = res["online"]
-        L += ["## Online ensemble rollout (16 members, 32^2, fresh closure every 10 steps, 6 NFE each)", "",
+    for key in [k for k in res if k.startswith("online")]:
+        o = res[key]
+        model = key.partition("_")[2] or "G_sparse_interp"
+        L += [f"## Online ensemble rollout, {model} (16 members, 32^2, fresh closure every 10 steps, 6 NFE each)", "",
               "| time | ensemble mean | median member | no closure | CRPS |", "|---|---|---|---|---|"]
         for i, t in enumerate(o["times"]):
             L.append(f"| {t:.2f} | {o['rel_error_ensemble_mean'][i]:.4f} | {o['rel_error_members_median'][i]:.4f} | "
@@ -265,9 +266,11 @@ def main() -> None:
         if "samplers" not in res and (work / "runs" / "G_sparse_interp" / "latest").is_file():
             res["samplers"] = evaluate_samplers(work, args.quick)
             cache.write_text(json.dumps(res, indent=2))
-        if "online" not in res and (work / "runs" / "G_sparse_interp" / "latest").is_file():
-            res["online"] = evaluate_online(work, args.quick)
-            cache.write_text(json.dumps(res, indent=2))
+        for m in [m for m in models if m.startswith("G_") and m != "G_sparse_smooth"]:
+            key = "online" if m == "G_sparse_interp" else f"online_{m}"
+            if key not in res and (work / "runs" / m / "latest").is_file():
+                res[key] = evaluate_online(work, args.quick, model_name=m)
+                cache.write_text(json.dumps(res, indent=2))
         print(f"wrote {write_results(res, args.quick)}")
 
 
