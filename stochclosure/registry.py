@@ -365,7 +365,9 @@ class Registry(Mapping[str, Any]):
             The instance.
 
         Raises:
-            UnknownPluginError, ConfigError, PluginValidationError.
+            UnknownPluginError: for an unknown name (the message lists the installed ones).
+            ConfigError: for a malformed spec or unknown constructor keys.
+            PluginValidationError: for a class or instance that does not implement the interface.
         """
         base = _interface(self.kind)
         if isinstance(spec, base) or (not inspect.isclass(spec) and not isinstance(spec, (str, dict))

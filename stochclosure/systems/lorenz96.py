@@ -48,7 +48,9 @@ class Lorenz96(AbstractSystem):
     Args:
         K: Number of slow variables.
         J: Fast variables per slow variable.
-        h, b, c: Coupling, spatial-scale and time-scale ratios.
+        h: Coupling strength.
+        b: Spatial-scale ratio.
+        c: Time-scale ratio.
         F: Forcing.
         dt: Time step (RK4), for both the full and the reduced model.
     """

@@ -72,10 +72,12 @@ def grf_vorticity(n: int, batch: int, *, alpha: float = 2.5, tau: float = 7.0, s
     Args:
         n: Even grid size.
         batch: Number of fields.
-        alpha, tau: Spectrum parameters (REFERENCE §1: 2.5 and 7).
+        alpha: Spectral exponent (REFERENCE §1: 2.5).
+        tau: Spectral offset (REFERENCE §1: 7).
         scale: Amplitude (default ``2 tau^(2 alpha - 2)``).
         generator: Random source.
-        dtype, device: Of the result.
+        dtype: Dtype of the result.
+        device: Device of the result.
 
     Returns:
         ``(batch, 1, n, n)``.
@@ -136,7 +138,9 @@ class NavierStokes2D(AbstractSystem):
         noise_alpha: Spectral decay ``alpha`` of the noise.
         noise_kappa: ``kappa`` (number of summed normals per noise coefficient part).
         forcing_amplitude: ``A`` of the deterministic forcing.
-        ic_alpha, ic_tau, ic_scale: Gaussian-random-field initial condition (see :func:`grf_vorticity`).
+        ic_alpha: ``alpha`` of the Gaussian-random-field initial condition (see :func:`grf_vorticity`).
+        ic_tau: ``tau`` of the initial condition.
+        ic_scale: ``scale`` of the initial condition (default: see :func:`grf_vorticity`).
         closure: Which closure the reduced :meth:`step` expects, ``"G"`` or ``"H"``.
     """
 

@@ -82,8 +82,16 @@ class NavierStokes2DSubgrid(AbstractSystem):
     Args:
         n: Coarse grid size.
         n_fine: Fine (DNS) grid size, a multiple of ``n`` is not required.
-        nu, dt, sigma, noise_alpha, noise_kappa, forcing_amplitude, ic_alpha, ic_tau, ic_scale:
-            As in :class:`~stochclosure.systems.navier_stokes.NavierStokes2D` (for the fine model).
+        nu: Viscosity of the fine model.
+        dt: Time step.
+        sigma: Noise strength.
+        noise_alpha: Spectral decay of the noise.
+        noise_kappa: ``kappa`` of the noise.
+        forcing_amplitude: ``A`` of the deterministic forcing.
+        ic_alpha: Initial-condition spectrum exponent.
+        ic_tau: Initial-condition spectrum offset.
+        ic_scale: Initial-condition amplitude. These nine are as in
+            :class:`~stochclosure.systems.navier_stokes.NavierStokes2D` (for the fine model).
         filter: ``"spectral"`` or ``"gaussian"``.
         filter_width: Gaussian width (default ``2 / n``); ignored by the spectral filter.
     """
