@@ -186,6 +186,7 @@ class RegisteredComponent:
     entry_point: Any = None
 
     def load(self) -> Any:
+        """Import the entry point (once) and check that it implements the interface of ``kind``."""
         if self.obj is None:
             self.obj = validate_component(self.kind, self.entry_point.load(), self.name)
         return self.obj

@@ -113,6 +113,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module, step: int) -> None:
+        """Fold the current parameters of ``module`` into the average (decay warmed up with ``step``)."""
         d = min(self.decay, (1.0 + step) / (10.0 + step))
         for k, p in module.named_parameters():
             if k in self.shadow:

@@ -67,16 +67,20 @@ class MemberBrownian(torchsde.BaseBrownian):
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the increments."""
         return self._dtype
 
     @property
     def device(self) -> torch.device:
+        """Device of the increments."""
         return self._device
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(batch, state)`` shape of one increment."""
         return self._shape
 
     @property
     def levy_area_approximation(self) -> str:
+        """Levy-area approximation passed to torchsde (``"none"``, ``"space-time"``, ...)."""
         return self._levy
