@@ -23,6 +23,7 @@ from .errors import (
     DTypeError,
     IncompatibleComponentsError,
     NonFiniteError,
+    OutputError,
     PluginValidationError,
     ShapeError,
     StochClosureError,
@@ -76,4 +77,5 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "OutputError",
 ]

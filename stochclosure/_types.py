@@ -33,6 +33,7 @@ __all__ = [
     "check_finite",
     "check_time",
     "describe",
+    "channels_last_hint",
 ]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -46,6 +47,28 @@ def describe(x: Any) -> str:
     if isinstance(x, Tensor):
         return f"Tensor(shape={tuple(x.shape)}, dtype={x.dtype}, device={x.device})"
     return f"{type(x).__name__} {x!r}"[:200]
+
+
+def channels_last_hint(shape: Sequence[int], channels: int | None = None) -> str | None:
+    """A fix hint when ``shape`` looks like a channels-last field ``(batch, *spatial, C)``.
+
+    The library's fields are channels-first ``(batch, C, *spatial)``. A shape whose last axis is
+    small (at most 4, or equal to ``channels``) while axis 1 is a larger grid size is taken for an
+    image-style layout.
+
+    Returns:
+        The hint (``"... x.movedim(-1, 1) ..."``) or ``None`` when the layout looks right.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 3:
+        return None
+    last, second = shape[-1], shape[1]
+    small = last == channels if channels is not None else last <= 4
+    if small and second >= 8 and last < second and (channels is None or second != channels):
+        want = (shape[0], last, *shape[1:-1])
+        return (f"this looks channels-last (batch, *spatial, C); stochclosure wants channels-first (batch, C, "
+                f"*spatial): use x.movedim(-1, 1) to get shape {want}")
+    return None
 
 
 def check_finite(name: str, x: Tensor) -> Tensor:
@@ -226,12 +249,34 @@ class Conditioning:
             ShapeError, NonFiniteError, DTypeError: naming the offending attribute.
         """
         sizes = {}
-        for name in self._BATCHED:
+        dtypes, devices = {}, {}
+        for name in (*self._BATCHED, "obs_points"):
             v = getattr(self, name)
             if v is None:
                 continue
-            check_tensor(f"cond.{name}", v, min_rank=2)
-            sizes[name] = int(v.shape[0])
+            check_tensor(f"cond.{name}", v, min_rank=2, finite=False)
+            dtypes[name], devices[name] = v.dtype, v.device
+            if name != "obs_points":
+                sizes[name] = int(v.shape[0])
+                if v.shape[0] == 0:
+                    raise ShapeError(format_error(f"cond.{name}", "at least one batch member", f"shape {tuple(v.shape)}",
+                                                  "an empty batch has nothing to condition on"))
+        if len(set(devices.values())) > 1:
+            raise DeviceError(format_error("cond", "every tensor on one device", f"devices {devices}",
+                                           "move the condition with cond.to(device)"))
+        if len({d for k, d in dtypes.items() if k != "obs_points"}) > 1:
+            raise DTypeError(format_error("cond", "one floating dtype for fields/history/obs_values/features",
+                                          f"dtypes { {k: str(d) for k, d in dtypes.items() if k != 'obs_points'} }",
+                                          "cast the condition with cond.to(torch.float32)"))
+        for name in self._BATCHED:
+            v = getattr(self, name)
+            if v is not None:
+                check_finite(f"cond.{name}", v)
+        if self.fields is not None:
+            hint = channels_last_hint(self.fields.shape)
+            if hint:
+                raise ShapeError(format_error("cond.fields", "a channels-first field (batch, C, *spatial)",
+                                              f"shape {tuple(self.fields.shape)}", hint))
         if len(set(sizes.values())) > 1:
             raise ShapeError(format_error("cond", "one batch size across fields/history/obs_values/features",
                                           f"batch sizes {sizes}"))
@@ -251,10 +296,16 @@ class Conditioning:
             if self.obs_points.shape[0] != self.obs_values.shape[-1]:
                 raise ShapeError(format_error("cond.obs_points", f"{self.obs_values.shape[-1]} points (one per value)",
                                               f"{self.obs_points.shape[0]} points"))
+            check_finite("cond.obs_points", self.obs_points)
             lo, hi = float(self.obs_points.min()), float(self.obs_points.max())
             if lo < 0.0 or hi >= 1.0:
                 raise ShapeError(format_error("cond.obs_points", "physical coordinates in [0, 1)",
                                               f"values in [{lo:g}, {hi:g}]", "wrap them with points % 1.0"))
+            uniq = torch.unique(self.obs_points.detach(), dim=0).shape[0]
+            if uniq != self.obs_points.shape[0]:
+                raise ShapeError(format_error("cond.obs_points", "distinct measurement points",
+                                              f"{self.obs_points.shape[0] - uniq} duplicated of {self.obs_points.shape[0]}",
+                                              "average the values measured at the same point and keep one copy"))
         if batch is not None and sizes and any(s not in (batch, 1) for s in sizes.values()):
             raise ShapeError(format_error("cond", f"batch size {batch} (or 1 to broadcast)", f"batch sizes {sizes}",
                                           "repeat the condition per member with cond.repeat_interleave(n)"))

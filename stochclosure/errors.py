@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "OutputError",
     "format_error",
 ]
 
@@ -84,3 +85,7 @@ class ConfigError(StochClosureError, ValueError):
 
 class DatasetError(StochClosureError, ValueError):
     """A dataset file is missing, foreign, incomplete, or lacks a requested dataset."""
+
+
+class OutputError(StochClosureError, OSError):
+    """An output location cannot be written (read-only, missing permission, disk full)."""

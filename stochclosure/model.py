@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ._types import Conditioning
-from .errors import ConfigError, IncompatibleComponentsError, ShapeError, format_error
+from .errors import ConfigError, DeviceError, IncompatibleComponentsError, ShapeError, format_error
 from .registry import resolve
 from .samplers.base import AbstractSampler, Callback, NoiseSource, check_steps
 from .scores.base import bind_score
@@ -112,6 +112,8 @@ class ClosureModel(nn.Module):
             check_steps(n, "n")
         if steps is not None:
             check_steps(steps)
+        if cond.batch_size == 0:
+            cond.validate()  # raises, naming the empty tensor
         b = cond.batch_size or 1
         grid = tuple(grid) if grid is not None else cond.spatial_shape
         if grid is None:
@@ -122,6 +124,11 @@ class ClosureModel(nn.Module):
                 if v is not None:
                     device = v.device
                     break
+        own = self.target_mean.device
+        if device is not None and torch.device(device) != own:
+            raise DeviceError(format_error("cond", f"tensors on the model's device {own}", f"device {device}",
+                                           f"move the condition with cond.to('{own}') or the model with "
+                                           f"model.to('{device}')"))
         k = 1 if n is None else n
         event = (self.channels, *grid)
         cond_rep = cond.index(torch.arange(k * b) % b) if cond.batch_size else cond

@@ -1,7 +1,8 @@
 """``stochclosure train --config FILE.yaml [--resume]``: train a closure model on an HDF5 dataset.
 
-The YAML file (read with ``yaml.safe_load``) has four blocks; relative paths are relative to
-the YAML file::
+The YAML file (read with ``yaml.safe_load``) has four blocks. Relative paths are relative to
+the YAML file and must stay inside its folder, or inside the folder named by an optional
+top-level ``root`` key (see :mod:`stochclosure._io`); absolute paths are used as given::
 
     data:                       # a file written by `stochclosure generate`
       path: ns2d_tiny.h5
@@ -34,12 +35,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ._io import resolve_config_path
 from .cli import command
 from .errors import ConfigError, format_error
 
 __all__ = ["load_train_config", "run_training"]
 
-_BLOCKS = {"data", "model", "trainer", "out", "seed"}
+_BLOCKS = {"data", "model", "trainer", "out", "seed", "root"}
 _DATA_KEYS = {"path", "closure", "resolution", "history", "obs", "val_split"}
 _MODEL_KEYS = {"sde", "score", "sampler", "channels"}
 
@@ -54,7 +56,8 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(format_error("--config", "valid YAML", f"a parse error ({exc})")) from exc
+        raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
+                                       f"a parse error ({str(exc).splitlines()[0]})", "fix the YAML syntax")) from None
     if not isinstance(cfg, dict):
         raise ConfigError(format_error("--config", "a mapping with blocks data, model, trainer, out",
                                        type(cfg).__name__))
@@ -72,10 +75,42 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
             raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
     if "path" not in cfg["data"] or "score" not in cfg["model"]:
         raise ConfigError(format_error("data.path / model.score", "both set", "missing"))
-    base = path.parent
-    cfg["data"]["path"] = str((base / cfg["data"]["path"]).resolve())
-    cfg["out"] = str((base / cfg["out"]).resolve())
+    _check_types(cfg)
+    root = cfg.pop("root", None)
+    cfg["data"]["path"] = resolve_config_path(cfg["data"]["path"], "data.path", path, root)
+    cfg["out"] = resolve_config_path(cfg["out"], "out", path, root)
     return cfg
+
+
+# key -> (accepted types, description); None is accepted where the default is None
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "seed": ((int,), "an integer"),
+    "data.closure": ((str, type(None)), "a closure name"),
+    "data.resolution": ((int, type(None)), "an integer grid size"),
+    "data.history": ((int,), "a non-negative integer"),
+    "data.obs": ((bool,), "true or false"),
+    "data.val_split": ((str, type(None)), "a split name or null"),
+    "model.sde": ((str, dict), "an SDE name or {type: ...}"),
+    "model.score": ((str, dict), "a score-operator name or {type: ...}"),
+    "model.sampler": ((str, dict), "a sampler name or {type: ...}"),
+    "model.channels": ((int, type(None)), "a positive integer"),
+    "trainer": ((dict, type(None)), "a mapping of Trainer arguments"),
+}
+
+
+def _check_types(cfg: dict[str, Any]) -> None:
+    for key, (types, what) in _TYPES.items():
+        block, _, name = key.partition(".")
+        section = cfg if not name else cfg.get(block) or {}
+        name = name or block
+        if name not in section:
+            continue
+        v = section[name]
+        bad = not isinstance(v, types) or (isinstance(v, bool) and bool not in types)
+        if not bad and key in ("data.history", "data.resolution", "model.channels") and v is not None:
+            bad = v < (0 if key == "data.history" else 1)
+        if bad:
+            raise ConfigError(format_error(key, what, f"{type(v).__name__} {v!r}", "fix the value in the YAML file"))
 
 
 def run_training(cfg: dict[str, Any], resume: bool = False, progress: bool = True) -> Any:

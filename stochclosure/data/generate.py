@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import yaml
 
+from .._io import preflight_output
 from ..cli import command
 from ..config import check_config_keys
 from ..errors import ConfigError, format_error
@@ -74,8 +75,13 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(format_error("--config", "an existing YAML file", repr(str(p))))
-    with open(p) as fh:
-        raw = yaml.safe_load(fh) or {}
+    try:
+        with open(p) as fh:
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
+                                       f"a parse error ({str(exc).splitlines()[0]})",
+                                       "fix the YAML syntax")) from None
     if not isinstance(raw, dict):
         raise ConfigError(format_error("config", "a YAML mapping", type(raw).__name__))
     return normalise_config(raw)
@@ -97,6 +103,24 @@ def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(format_error(f"config.{key}", "a positive integer", repr(cfg[key])))
     if cfg["dtype"] not in ("float32", "float64") or cfg["store_dtype"] not in ("float32", "float64"):
         raise ConfigError(format_error("config.dtype", "'float32' or 'float64'", repr(cfg["dtype"])))
+    if not isinstance(raw.get("system") or {}, dict):
+        raise ConfigError(format_error("config.system", "a mapping of the system's constructor arguments",
+                                       f"{type(raw['system']).__name__} {raw['system']!r}"))
+    for key in ("seed", "spinup_steps"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(format_error(f"config.{key}", "a non-negative integer", f"{type(v).__name__} {v!r}"))
+    for key, kind, example in (("resolutions", int, "[64, 32]"), ("closures", str, "[G, H]")):
+        v = cfg[key]
+        if v is not None and (not isinstance(v, list) or not v
+                              or not all(isinstance(x, kind) and not isinstance(x, bool) for x in v)):
+            raise ConfigError(format_error(f"config.{key}", f"null or a non-empty list of {kind.__name__}",
+                                           f"{type(v).__name__} {v!r}", f"write e.g. {key}: {example}"))
+    v = cfg["obs_grid"]
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise ConfigError(format_error("config.obs_grid", "null or a non-negative integer", f"{type(v).__name__} {v!r}"))
+    if cfg["coarsen"] not in ("stride", "spectral"):
+        raise ConfigError(format_error("config.coarsen", "'stride' or 'spectral'", repr(cfg["coarsen"])))
     return cfg
 
 
@@ -199,6 +223,7 @@ def generate(system_name: str, config: dict[str, Any], out: str | os.PathLike[st
     cfg = {**cfg, "resolutions": [int(r) for r in resolutions], "closures": closures, "obs_grid": int(obs_grid)}
     chash = _config_hash(system_name, spec, cfg)
     out = Path(out)
+    preflight_output(out, "--out")
     if out.exists():
         with open_checked(out, system_name) as f:
             if f.attrs.get("config_hash") != chash:

@@ -61,7 +61,14 @@ def open_checked(path: str | os.PathLike[str], system: str | None = None) -> h5p
         raise DatasetError(format_error("path", f"a file with attribute format={FORMAT!r}",
                                         f"{str(p)!r} with format={fmt!r}",
                                         "this file was not written by `stochclosure generate`"))
-    version = int(f.attrs.get("format_version", -1))
+    raw_version = f.attrs.get("format_version", -1)
+    try:
+        version = int(raw_version)
+    except (TypeError, ValueError):
+        f.close()
+        raise DatasetError(format_error("path", "an integer attribute format_version",
+                                        f"{str(p)!r} with format_version={raw_version!r}"[:300],
+                                        "the file is corrupt or was not written by `stochclosure generate`")) from None
     if version > FORMAT_VERSION:
         f.close()
         raise DatasetError(format_error("path", f"format_version <= {FORMAT_VERSION}", f"version {version}",
@@ -72,6 +79,24 @@ def open_checked(path: str | os.PathLike[str], system: str | None = None) -> h5p
         raise DatasetError(format_error("system", f"a dataset of system {system!r}",
                                         f"{str(p)!r} of system {found!r}", "pass the matching file or system"))
     return f
+
+
+def json_attr(f: h5py.File, key: str, path: str) -> Any:
+    """Read attribute ``key`` as JSON (attributes are only ever parsed as JSON, never unpickled).
+
+    Raises:
+        DatasetError: the attribute is missing or is not valid JSON text.
+    """
+    if key not in f.attrs:
+        raise DatasetError(format_error(key, f"attribute {key!r} in {path!r}", f"attributes {sorted(f.attrs)}",
+                                        "regenerate the file with `stochclosure generate`"))
+    raw = f.attrs[key]
+    try:
+        return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(format_error(key, f"JSON text in attribute {key!r} of {path!r}",
+                                        f"unparsable data ({type(raw).__name__}, {exc})",
+                                        "the file is corrupt or was not written by stochclosure")) from None
 
 
 def _require(f: h5py.File, key: str, path: str) -> h5py.Dataset:
@@ -114,8 +139,11 @@ class ClosureH5Dataset(Dataset):
             raise DatasetError(format_error("history", "a non-negative integer", repr(history)))
         self.path, self.dtype, self.history, self.with_fields = str(path), dtype, int(history), fields
         with open_checked(path, system) as f:
-            closures = json.loads(f.attrs["closures"])
-            resolutions = json.loads(f.attrs["resolutions"])
+            closures = json_attr(f, "closures", self.path)
+            resolutions = json_attr(f, "resolutions", self.path)
+            if not isinstance(closures, list) or not isinstance(resolutions, list):
+                raise DatasetError(format_error("closures/resolutions", f"JSON lists in the attributes of {self.path!r}",
+                                                f"{closures!r} and {resolutions!r}", "regenerate the file"))
             self.closure = closures[0] if closure is None else closure
             if self.closure not in closures:
                 raise DatasetError(format_error("closure", f"one of {closures} stored in {self.path!r}",
@@ -136,8 +164,8 @@ class ClosureH5Dataset(Dataset):
                 _require(f, self._obs_key, self.path)
             pts = np.asarray(_require(f, "obs_points", self.path))
             self.obs_points: Tensor | None = torch.as_tensor(pts, dtype=dtype) if self.obs else None
-            self.system = str(f.attrs["system"])
-            self.system_config = json.loads(f.attrs["system_config"])
+            self.system = str(f.attrs.get("system"))
+            self.system_config = json_attr(f, "system_config", self.path)
         if self.history >= n_t:
             raise DatasetError(format_error("history", f"fewer than the {n_t} records per trajectory", repr(history)))
         idx = np.arange(n_traj) if split is None else np.flatnonzero(split_arr == SPLITS.index(split))
