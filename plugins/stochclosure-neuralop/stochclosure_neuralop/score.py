@@ -40,10 +40,54 @@ from stochclosure.registry import resolve
 from stochclosure.scores.base import AbstractScoreOperator
 from stochclosure.sdes.base import AbstractSDE, expand_as_batch
 
-__all__ = ["FNOScore", "GaussianFourierEmbedding", "periodic_coordinates"]
+__all__ = ["FNOScore", "GaussianFourierEmbedding", "periodic_coordinates", "contract_dense_bmm",
+           "use_bmm_contraction"]
 
 _PRECONDITIONINGS = ("edm", "noise")
 _COORDS = ("sincos", "none")
+_CONTRACTIONS = ("bmm", "einsum")
+
+
+def contract_dense_bmm(x: Tensor, weight: Any, separable: bool = False) -> Tensor:
+    """Dense spectral contraction ``out[b, o, *k] = sum_i x[b, i, *k] w[i, o, *k]`` as one batched matmul.
+
+    The same contraction as neuraloperator's ``_contract_dense`` (``einsum("bixy,ioxy->boxy")``) with
+    the retained modes as the batch of a ``torch.bmm``: ``(M, B, I) @ (M, I, O)``. On CPUs the einsum
+    path (through tensorly / opt_einsum) is several times slower (``benchmarks/cpu_speed.py``).
+
+    Args:
+        x: ``(B, I, *modes)`` complex Fourier coefficients.
+        weight: ``(I, O, *modes)`` complex weights (a tensor or a tltorch ``DenseTensor``).
+        separable: Must be ``False`` (separable weights keep neuraloperator's path).
+
+    Returns:
+        ``(B, O, *modes)``.
+    """
+    if separable:
+        raise ConfigError(format_error("separable", "False for the bmm contraction", "True"))
+    if not torch.is_tensor(weight):
+        weight = weight.to_tensor()
+    b, i = x.shape[:2]
+    o, modes = weight.shape[1], tuple(x.shape[2:])
+    m = math.prod(modes)
+    xm = x.reshape(b, i, m).permute(2, 0, 1)
+    wm = weight.reshape(i, o, m).permute(2, 0, 1)
+    return torch.bmm(xm, wm).permute(1, 2, 0).reshape(b, o, *modes)
+
+
+def use_bmm_contraction(blocks: nn.Module) -> int:
+    """Switch every dense, non-separable ``SpectralConv`` in ``blocks`` to :func:`contract_dense_bmm`.
+
+    Weights and state dicts are untouched; other convolutions (factorised, separable) keep their
+    own contraction. Returns the number of convolutions switched.
+    """
+    count = 0
+    for conv in getattr(blocks, "convs", []):
+        dense = getattr(conv, "factorization", None) is None and not getattr(conv, "separable", True)
+        if dense and hasattr(conv, "_contract"):
+            conv._contract = contract_dense_bmm
+            count += 1
+    return count
 
 
 def periodic_coordinates(grid: tuple[int, ...], dtype: torch.dtype = torch.float32,
@@ -140,7 +184,7 @@ class FNOScore(AbstractScoreOperator):
                  width: int = 20, modes: int = 8, layers: int = 4, lifting_ratio: float = 2.0,
                  projection_ratio: float = 2.0, embed_dim: int = 64, embed_scale: float = 1.0,
                  coords: str = "sincos", preconditioning: str = "edm", data_std: float = 1.0,
-                 reference_grid: tuple[int, ...] | None = None) -> None:
+                 reference_grid: tuple[int, ...] | None = None, contraction: str = "bmm") -> None:
         super().__init__()
         self.sde: AbstractSDE = resolve("sde", sde)
         self.channels = _positive_int("channels", channels)
@@ -159,6 +203,8 @@ class FNOScore(AbstractScoreOperator):
                                            repr(preconditioning)))
         if not data_std > 0:
             raise ConfigError(format_error("data_std", "a positive float", repr(data_std)))
+        if contraction not in _CONTRACTIONS:
+            raise ConfigError(format_error("contraction", f"one of {list(_CONTRACTIONS)}", repr(contraction)))
         self.coords, self.preconditioning, self.data_std = coords, preconditioning, float(data_std)
         if reference_grid is not None:
             reference_grid = tuple(int(g) for g in reference_grid)
@@ -179,6 +225,9 @@ class FNOScore(AbstractScoreOperator):
                                   n_layers=2, n_dim=self.n_dim)
         # odd n_modes => neuraloperator keeps |k| <= modes - 1 symmetrically on every axis
         self.blocks = FNOBlocks(width, width, n_modes=[2 * self.modes - 1] * self.n_dim, n_layers=self.layers)
+        self.contraction = contraction
+        if contraction == "bmm":
+            use_bmm_contraction(self.blocks)
         self.projection = ChannelMLP(in_channels=width, out_channels=self.channels,
                                      hidden_channels=int(projection_ratio * width), n_layers=2, n_dim=self.n_dim)
         self.embedding = GaussianFourierEmbedding(embed_dim, embed_scale)

@@ -175,3 +175,40 @@ def test_reference_grid_denoises_at_the_equivalent_noise_level():
     torch.testing.assert_close(score32, want, rtol=1e-3, atol=1e-3)
     with pytest.raises(sc.ConfigError, match="reference_grid"):
         FNOScore(reference_grid=(8, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bmm_contraction_matches_neuraloperator_einsum(dtype):
+    """The batched-matmul mode contraction gives neuraloperator's einsum result, values and gradients."""
+    from neuralop.layers.spectral_convolution import _contract_dense
+    from stochclosure_neuralop import contract_dense_bmm
+
+    gen = torch.Generator().manual_seed(0)
+    cdt = torch.complex64 if dtype == torch.float32 else torch.complex128
+    x = torch.randn(3, 5, 7, 4, dtype=cdt, generator=gen)
+    w = torch.randn(5, 6, 7, 4, dtype=cdt, generator=gen)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(contract_dense_bmm(x, w), _contract_dense(x, w), rtol=tol, atol=tol)
+
+    ops = []
+    for contraction in ("einsum", "bmm"):
+        torch.manual_seed(1)
+        ops.append(_randomised(FNOScore("vp", encoder={"type": "field", "channels": 1}, width=8, modes=4, layers=2,
+                                        contraction=contraction)))
+    ops[1].load_state_dict(ops[0].state_dict())
+    assert ops[1].spec()["contraction"] == "bmm" and ops[0].spec()["contraction"] == "einsum"
+    xs, t, cond = ops[0].example_inputs(4, torch.Generator().manual_seed(2))
+    tol = 1e-5  # the modules run in float32
+    outs, grads = [], []
+    for op in ops:
+        out = op(xs, t, cond)
+        (g,) = torch.autograd.grad(out.square().sum(), op.blocks.convs[0].weight.tensor)
+        outs.append(out.detach())
+        grads.append(g)
+    torch.testing.assert_close(outs[1], outs[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(grads[1], grads[0], rtol=10 * tol, atol=10 * tol)
+
+
+def test_contraction_option_validated():
+    with pytest.raises(sc.ConfigError, match="contraction"):
+        FNOScore("vp", contraction="fast")
