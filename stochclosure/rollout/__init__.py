@@ -27,10 +27,14 @@ from .handlers import (
     rollout_option,
 )
 from .result import RolloutResult
+from .distributed import distributed_ensemble
+from .resume import resumable_ensemble
 
 __all__ = [
     "rollout",
     "ensemble",
+    "resumable_ensemble",
+    "distributed_ensemble",
     "RolloutResult",
     "Hold",
     "ClosureAR1",

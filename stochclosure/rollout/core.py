@@ -35,7 +35,7 @@ from pyro.poutine.runtime import get_plates
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._types import Conditioning, check_tensor
+from .._types import Conditioning, channels_last_hint, check_tensor
 from ..distributions import ClosureDistribution, KeyedNormal, MemberSeed, mix_seeds
 from ..errors import ConfigError, ShapeError, format_error
 from .handlers import rollout_option
@@ -209,7 +209,8 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
             history: int = 0, init_perturbation: float | None = None, deterministic: int | None = None,
             deterministic_seed: int = 0, sampler: Any = None, sampler_steps: int | None = None, keyed: bool = True,
             record_every: int = 1, progress: bool = False, prefix: str = "",
-            state_event_ndim: int | None = None) -> RolloutResult:
+            state_event_ndim: int | None = None, start: dict[str, Any] | None = None,
+            on_step: Callable[[dict[str, Any]], None] | None = None) -> RolloutResult:
     """Advance ``system`` for ``n_steps`` steps with closures drawn from ``closure``.
 
     At every resampling step ``s`` the condition ``y = make_condition(state, history, obs_s)``
@@ -244,6 +245,11 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
         progress: Show a tqdm progress bar.
         prefix: Prefix of every site name (several rollouts in one program).
         state_event_ndim: Rank of one state ``(C, *spatial)``; default from the system.
+        start: Continue an interrupted rollout from a carry passed to ``on_step`` (see
+            :mod:`stochclosure.rollout.resume`); ``state0`` then only fixes shapes.
+        on_step: Called after every solver step with the carry: a dict with ``step`` (steps done),
+            ``state``, the between-draws policy state ``anchor``, ``e``, ``z``, the ``past`` states,
+            and ``records``, ``rec_steps``, ``closures``, ``seconds`` so far (not copies).
 
     Returns:
         A :class:`RolloutResult` (states ``(time, *batch, C, *spatial)``, timings, trace).
@@ -267,7 +273,15 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
     dt = float(system.dt if dt is None else dt)
     make_condition = default_condition if make_condition is None else make_condition
     ne = _event_ndim(system, state_event_ndim)
+    hint = channels_last_hint(state0.shape if state0.dim() == ne + 1 else (1, *state0.shape)) \
+        if isinstance(state0, Tensor) and state0.dim() >= ne >= 3 else None
+    if hint:
+        raise ShapeError(format_error("state0", "a channels-first state (C, *spatial) or (B, C, *spatial)",
+                                      f"shape {tuple(state0.shape)}", hint))
     check_tensor("state0", state0, rank=(ne, ne + 1))
+    if state0.dim() == ne + 1 and state0.shape[0] == 0:
+        raise ShapeError(format_error("state0", "at least one initial state (B >= 1)", f"shape {tuple(state0.shape)}",
+                                      "pass one state (C, *spatial) or a non-empty batch"))
     event = tuple(state0.shape[state0.dim() - ne:])
     is_model = isinstance(closure, torch.nn.Module) and hasattr(closure, "sample")
     if closure is not None and not is_model and not callable(closure):
@@ -298,19 +312,26 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
 
         state = full(state0, "state0")
         seeds = pyro.sample(prefix + "member_seed", MemberSeed(batch)) if keyed else None
-        if init_perturbation:
-            state = state + float(init_perturbation) * _std_normal(prefix + "init_noise", batch, event, seeds,
-                                                                    state.dtype)
-        pyro.deterministic(prefix + "state/0", state, event_dim=ne)
-        records, rec_steps = [state], [0]
-        closures: dict[int, Tensor] = {}
         past: deque[Tensor] = deque(maxlen=max(history, 1))
-        anchor: Tensor | None = None
-        e: Tensor | None = None
-        z: Tensor | None = None
-        seconds = []
-        bar = tqdm(total=n_steps, disable=not progress, desc=prefix + "rollout", leave=False)
-        for s in range(n_steps):
+        if start is None:
+            if init_perturbation:
+                state = state + float(init_perturbation) * _std_normal(prefix + "init_noise", batch, event, seeds,
+                                                                        state.dtype)
+            pyro.deterministic(prefix + "state/0", state, event_dim=ne)
+            records, rec_steps = [state], [0]
+            closures: dict[int, Tensor] = {}
+            anchor: Tensor | None = None
+            e: Tensor | None = None
+            z: Tensor | None = None
+            seconds: list[float] = []
+            first = 0
+        else:  # resume: the carry holds everything the loop below reads
+            state, anchor, e, z = start["state"], start["anchor"], start["e"], start["z"]
+            past.extend(start["past"])
+            records, rec_steps = list(start["records"]), list(start["rec_steps"])
+            closures, seconds, first = dict(start["closures"]), list(start["seconds"]), int(start["step"])
+        bar = tqdm(total=n_steps, initial=first, disable=not progress, desc=prefix + "rollout", leave=False)
+        for s in range(first, n_steps):
             tic = time.perf_counter()
             u: Tensor | None = None
             if closure is not None:
@@ -355,6 +376,9 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
                 rec_steps.append(s + 1)
             seconds.append(time.perf_counter() - tic)
             bar.update(1)
+            if on_step is not None:
+                on_step({"step": s + 1, "state": state, "anchor": anchor, "e": e, "z": z, "past": list(past),
+                         "records": records, "rec_steps": rec_steps, "closures": closures, "seconds": seconds})
         bar.close()
 
     spatial_names = ("x",) if ne == 2 else ("y", "x") if ne == 3 else tuple(f"s{i}" for i in range(ne - 1))

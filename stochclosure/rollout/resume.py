@@ -1,0 +1,178 @@
+"""Checkpointed ensembles: a long rollout that survives a kill and resumes exactly.
+
+:func:`resumable_ensemble` runs :func:`~stochclosure.rollout.ensemble` and every
+``checkpoint_every`` steps writes everything the rollout loop carries (state, the between-draws
+policy state, history, the member keys, the records and closures so far) to one safetensors file,
+atomically (temporary file, fsync, rename). A restarted call with the same arguments continues
+from the last checkpoint. Because every random draw of member ``j`` at step ``s`` comes from a
+generator keyed by ``(member_seed[j], site name)`` (``keyed=True``), the resumed run draws exactly
+what the uninterrupted run would have drawn: the result is identical, with no step lost or done
+twice. The checkpoint never holds code: safetensors tensors plus JSON metadata.
+
+The pyro trace of a resumed result holds the sites of the resumed part only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from torch import Tensor
+
+from .._io import preflight_output
+from ..checkpoint import load_tensors, save_tensors
+from ..errors import CheckpointError, ConfigError, format_error
+from .core import rollout
+from .result import RolloutResult
+
+__all__ = ["resumable_ensemble", "run_fingerprint", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "stochclosure.rollout-checkpoint"
+FORMAT_VERSION = 1
+
+
+def _digest_tensor(h: Any, t: Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def run_fingerprint(system: Any, closure: Any, state0: Tensor, n_steps: int, members: int, seed: int,
+                    kwargs: dict[str, Any]) -> str:
+    """SHA-256 naming one ensemble run: system, closure (config and weights), state0, sizes, seed, options."""
+    h = hashlib.sha256()
+    spec = system.spec() if hasattr(system, "spec") else repr(system)
+    h.update(json.dumps({"system": spec, "n_steps": n_steps, "members": members, "seed": seed,
+                         "kwargs": {k: repr(v) for k, v in sorted(kwargs.items()) if k != "progress"}},
+                        sort_keys=True, default=repr).encode())
+    _digest_tensor(h, state0)
+    if isinstance(closure, torch.nn.Module):
+        from ..checkpoint import model_config
+
+        if hasattr(closure, "score"):
+            h.update(json.dumps(model_config(closure), sort_keys=True, default=repr).encode())
+        for k, v in sorted(closure.state_dict().items()):
+            h.update(k.encode())
+            _digest_tensor(h, v)
+    else:
+        h.update(repr(closure).encode())
+    return h.hexdigest()
+
+
+def _save(path: Path, carry: dict[str, Any], seeds: Tensor | None, fingerprint: str) -> None:
+    tensors: dict[str, Tensor] = {"state": carry["state"], "seconds": torch.tensor(carry["seconds"],
+                                                                                     dtype=torch.float64)}
+    if seeds is not None:
+        tensors["seeds"] = seeds
+    for k in ("anchor", "e", "z"):
+        if carry[k] is not None:
+            tensors[k] = carry[k]
+    for i, p in enumerate(carry["past"]):
+        tensors[f"past.{i}"] = p
+    for i, r in enumerate(carry["records"]):
+        tensors[f"records.{i}"] = r
+    for s, u in carry["closures"].items():
+        tensors[f"closures.{s}"] = u
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
+            "step": int(carry["step"]), "rec_steps": [int(r) for r in carry["rec_steps"]],
+            "closure_steps": sorted(int(s) for s in carry["closures"]), "n_past": len(carry["past"])}
+    save_tensors(path, tensors, {"stochclosure": json.dumps(meta)})
+
+
+def _load(path: Path, fingerprint: str) -> tuple[dict[str, Any], Tensor | None]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("stochclosure", "null"))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        raise CheckpointError(format_error("checkpoint", "a rollout checkpoint (safetensors)",
+                                           f"{str(path)!r}, unreadable ({exc})",
+                                           "delete it to start the rollout over")) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(format_error("checkpoint", f"a rollout checkpoint ({FORMAT} v{FORMAT_VERSION})",
+                                           f"{str(path)!r} of another kind or version",
+                                           "delete it or pass another checkpoint path"))
+    if meta.get("fingerprint") != fingerprint:
+        raise ConfigError(format_error("checkpoint", "the checkpoint of this same run (system, closure, state0, "
+                                       "steps, members, seed and options)", f"{str(path)!r}, written by another run",
+                                       "rerun with the original arguments, or delete the checkpoint"))
+    t = load_tensors(path)
+    carry = {"step": meta["step"], "state": t["state"], "anchor": t.get("anchor"), "e": t.get("e"),
+             "z": t.get("z"), "past": [t[f"past.{i}"] for i in range(meta["n_past"])],
+             "records": [t[f"records.{i}"] for i in range(len(meta["rec_steps"]))], "rec_steps": meta["rec_steps"],
+             "closures": {s: t[f"closures.{s}"] for s in meta["closure_steps"]}, "seconds": t["seconds"].tolist()}
+    return carry, t.get("seeds")
+
+
+def resumable_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, members: int, *, seed: int,
+                       checkpoint: str | os.PathLike[str], checkpoint_every: int = 50,
+                       **kwargs: Any) -> RolloutResult:
+    """:func:`~stochclosure.rollout.ensemble` with periodic checkpoints; resumes after a kill.
+
+    Args:
+        system: The reduced solver.
+        closure: The closure (see :func:`~stochclosure.rollout.rollout`).
+        state0: ``(C, *spatial)`` or ``(B, C, *spatial)`` initial state(s).
+        n_steps: Solver steps.
+        members: Ensemble size.
+        seed: Seeds the ensemble (required: a resumed run must draw the same member keys).
+        checkpoint: Checkpoint file (``.safetensors``); continued from when it exists. A checkpoint
+            of another run raises :class:`~stochclosure.errors.ConfigError`.
+        checkpoint_every: Solver steps between checkpoints (one is also written at the end).
+        **kwargs: Other :func:`~stochclosure.rollout.rollout` arguments; ``keyed`` must stay True.
+
+    Returns:
+        The :class:`~stochclosure.rollout.RolloutResult` an uninterrupted
+        ``ensemble(..., seed=seed)`` returns (same states and closures).
+
+    Raises:
+        ConfigError: bad ``checkpoint_every``, ``keyed=False`` or a checkpoint of another run.
+        CheckpointError: an unreadable checkpoint file.
+        OutputError: the checkpoint's folder cannot be written.
+    """
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ConfigError(format_error("checkpoint_every", "a positive integer", repr(checkpoint_every)))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(format_error("seed", "an integer (a resumed run must redraw the same member keys)",
+                                       repr(seed)))
+    if not kwargs.get("keyed", True):
+        raise ConfigError(format_error("keyed", "True for a resumable rollout", "False",
+                                       "per-member keyed streams make a resumed run draw what the original would"))
+    for bad in ("start", "on_step", "members"):
+        if bad in kwargs:
+            raise ConfigError(format_error(bad, "not set (resumable_ensemble manages it)", repr(kwargs[bad])))
+    path = Path(checkpoint)
+    preflight_output(path, "checkpoint")
+    fingerprint = run_fingerprint(system, closure, state0, n_steps, members, seed, kwargs)
+    start, seeds = _load(path, fingerprint) if path.exists() else (None, None)
+    got: dict[str, Tensor | None] = {"seeds": seeds}
+
+    def on_step(carry: dict[str, Any]) -> None:
+        if carry["step"] % checkpoint_every == 0 or carry["step"] == n_steps:
+            _save(path, carry, got["seeds"], fingerprint)
+
+    def program() -> RolloutResult:
+        return rollout(system, closure, state0, n_steps, members=members, start=start, on_step=on_step, **kwargs)
+
+    site = kwargs.get("prefix", "") + "member_seed"
+    run = program if seeds is None else poutine.condition(program, data={site: seeds})
+
+    class _Grab(Messenger):  # the member keys, known once the first site ran, go into the checkpoints
+        def _postprocess_message(self, msg: dict[str, Any]) -> None:
+            if msg["name"] == site:
+                got["seeds"] = msg["value"]
+
+    with _Grab():
+        result = poutine.seed(run, rng_seed=seed)()
+    if start is None and n_steps == 0:
+        _save(path, {"step": 0, "state": result.states[-1], "anchor": None, "e": None, "z": None, "past": [],
+                     "records": list(result.states), "rec_steps": result.steps.tolist(), "closures": {},
+                     "seconds": []}, got["seeds"], fingerprint)
+    return result
