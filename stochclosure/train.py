@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._types import Conditioning
+from ._io import preflight_output
+from ._types import Conditioning, check_finite
 from .checkpoint import (
     EMA_FILE,
     MODEL_FILE,
@@ -41,7 +42,7 @@ from .checkpoint import (
 )
 from .data.base import collate_closure
 from .errors import CheckpointError, ConfigError, NonFiniteError, format_error
-from .losses import dsm_loss
+from .losses import dsm_loss, sample_times
 from .model import ClosureModel
 
 __all__ = ["Trainer", "TrainResult", "EMA", "default_t_range", "target_statistics", "SCHEDULES"]
@@ -50,6 +51,33 @@ SCHEDULES = ("constant", "cosine", "step")
 OPTIM_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 LATEST = "latest"
+
+
+def _join_process_group(device: str | torch.device) -> tuple[int, int, str | torch.device]:
+    """``(world size, rank, device)``; joins the process group when launched by torchrun."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0, device
+    import torch.distributed as dist
+
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_world_size(), dist.get_rank(), device
+
+
+def _global_mean(value: float, world: int, device: torch.device) -> float:
+    """Mean of a per-rank scalar over the ranks (the value itself in one process)."""
+    if world <= 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t) / world
 
 
 def default_t_range(model: ClosureModel) -> tuple[float, float]:
@@ -68,16 +96,26 @@ def _collate_for(dataset: Any) -> Callable[[list[dict[str, Tensor]]], tuple[Tens
     return lambda items: collate_closure(items, points)
 
 
-def target_statistics(dataset: Any, channels: int, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+def target_statistics(dataset: Any, channels: int, batch_size: int = 256,
+                      max_items: int = 32768) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std of the dataset's targets (one streaming pass, float64).
+
+    Datasets larger than ``max_items`` are estimated from ``max_items`` evenly spaced items
+    (items are read one by one, and a full pass over a long record set costs minutes while the
+    estimate's relative error is below a percent).
 
     Returns:
         ``(mean, std)``, each ``(channels,)`` float32; std is floored at ``1e-8``.
     """
     collate = _collate_for(dataset)
+    n_items = len(dataset)
+    if n_items > max_items:
+        index = torch.linspace(0, n_items - 1, max_items).round().long().tolist()
+    else:
+        index = list(range(n_items))
     n, s1, s2 = 0, torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, len(dataset), batch_size):
-        target, _ = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+    for start in range(0, len(index), batch_size):
+        target, _ = collate([dataset[i] for i in index[start:start + batch_size]])
         if target.shape[1] != channels:
             raise ConfigError(format_error("dataset target", f"{channels} channels (the model's)",
                                            f"shape {tuple(target.shape[1:])} per item",
@@ -191,6 +229,14 @@ class Trainer:
         val_batches: Cap on validation batches (``None``: the whole set).
         progress: Show a tqdm progress bar.
         device: Training device.
+
+    Data-parallel training: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), the
+    trainer joins the process group (gloo on CPU, NCCL on GPU, device ``cuda:LOCAL_RANK``), wraps
+    the score operator in :class:`~torch.nn.parallel.DistributedDataParallel` and gives rank ``r``
+    the ``r``-th slice of each global batch of ``batch_size`` items (``batch_size`` must divide by
+    the number of processes), with the diffusion noise of the global batch drawn on every rank
+    from the same seeded generator and sliced alike, so the averaged gradient, and therefore every
+    step, equals the single-process one up to float rounding. Rank 0 writes the checkpoints.
     """
 
     def __init__(self, model: ClosureModel, train_data: Any, val_data: Any = None, *, batch_size: int = 32,
@@ -223,9 +269,19 @@ class Trainer:
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.val_every, self.val_batches, self.progress = val_every, val_batches, bool(progress)
+        self.world, self.rank, device = _join_process_group(device)
+        if self.world > 1 and batch_size % self.world:
+            raise ConfigError(format_error("batch_size", f"a multiple of the {self.world} processes",
+                                           repr(batch_size), "every rank takes an equal slice of the global batch"))
         self.device = torch.device(device)
         self.model.to(self.device)
         self.params = [p for p in model.score.parameters() if p.requires_grad]
+        self.net: Any = model.score
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(model.score, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr, weight_decay=weight_decay)
         self.ema = EMA(model, ema_decay) if ema_decay > 0 else None
         self.noise_gen = torch.Generator().manual_seed(self.seed)
@@ -268,11 +324,21 @@ class Trainer:
         target, cond = collate([dataset[int(i)] for i in idx])
         return target.to(self.device), cond.to(self.device)
 
-    def _loss(self, target: Tensor, cond: Conditioning, gen: torch.Generator) -> Tensor:
+    def _loss(self, target: Tensor, cond: Conditioning, gen: torch.Generator, net: Any = None,
+              shard: tuple[int, int, int] | None = None) -> Tensor:
+        # inputs are checked before the network: an FFT would spread one NaN pixel over the sample
+        check_finite("target", target)
+        cond.validate()
         x0 = self.model.normalise(target)
         c = None if cond.is_empty() else cond
-        return dsm_loss(self.model.score, self.model.sde, x0, c, t_range=self.t_range, weighting=self.weighting,
-                        generator=gen)
+        t = z = None
+        if shard is not None:  # this rank's slice of the noise the single-process run draws for the global batch
+            lo, hi, total = shard
+            t = sample_times(self.model.sde, total, self.t_range, generator=gen, dtype=x0.dtype, device=x0.device)
+            z = torch.randn((total, *x0.shape[1:]), generator=gen, dtype=x0.dtype).to(x0.device)
+            t, z = t[lo:hi], z[lo:hi]
+        return dsm_loss(self.model.score if net is None else net, self.model.sde, x0, c, t_range=self.t_range,
+                        weighting=self.weighting, generator=gen, t=t, z=z)
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -395,6 +461,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
+        if self.checkpoint_dir is not None:
+            preflight_output(self.checkpoint_dir, "checkpoint_dir", is_dir=True)
         latest = self.latest_checkpoint() if resume else None
         if latest is not None:
             self.load_checkpoint(latest)
@@ -405,18 +473,25 @@ class Trainer:
         resumed_from = self.step
         self.model.train()
         val = None
-        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress, desc="train", leave=False)
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress or self.rank > 0, desc="train",
+                   leave=False)
         try:
             while self.step < self.max_steps:
                 lr = self.lr_at(self.step)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                target, cond = self._batch(self.train_data, self.batch_indices(self.step).tolist(), self._collate)
-                loss = self._loss(target, cond, self.noise_gen)
+                idx = self.batch_indices(self.step)
+                shard = None
+                if self.world > 1:
+                    per = len(idx) // self.world
+                    shard = (self.rank * per, (self.rank + 1) * per, len(idx))
+                    idx = idx[shard[0]:shard[1]]
+                target, cond = self._batch(self.train_data, idx.tolist(), self._collate)
+                loss = self._loss(target, cond, self.noise_gen, self.net, shard)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # DistributedDataParallel averages the gradients over the ranks here
                 gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip else float("inf"))
-                loss_value = float(loss.detach())
+                loss_value = _global_mean(float(loss.detach()), self.world, self.device)
                 if not (math.isfinite(loss_value) and math.isfinite(float(gnorm))):
                     kept = f"the last good checkpoint {self.last_checkpoint} is kept" if self.last_checkpoint \
                         else "no checkpoint was written yet"
@@ -440,7 +515,12 @@ class Trainer:
                     self._window = [0.0, 0]
                 if self.checkpoint_dir is not None and (self.step % self.checkpoint_every == 0
                                                         or self.step == self.max_steps):
-                    self.save_checkpoint()
+                    if self.rank == 0:
+                        self.save_checkpoint()
+                    else:
+                        self.last_checkpoint = self.checkpoint_dir / f"step-{self.step:08d}"
+                    if self.world > 1:
+                        torch.distributed.barrier()
         finally:
             bar.close()
         if self.ema is not None:

@@ -1,5 +1,8 @@
 """``stochclosure train --config FILE.yaml [--resume]``: train a closure model on an HDF5 dataset.
 
+Data-parallel on several processes: ``torchrun --standalone --nproc_per_node N -m stochclosure
+train --config FILE.yaml`` (see :class:`~stochclosure.train.Trainer`).
+
 The YAML file (read with ``yaml.safe_load``) has four blocks. Relative paths are relative to
 the YAML file and must stay inside its folder, or inside the folder named by an optional
 top-level ``root`` key (see :mod:`stochclosure._io`); absolute paths are used as given::
@@ -148,8 +151,18 @@ def run_training(cfg: dict[str, Any], resume: bool = False, progress: bool = Tru
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     cfg = load_train_config(args.config)
-    result = run_training(cfg, resume=args.resume, progress=not args.no_progress)
+    try:
+        result = run_training(cfg, resume=args.resume, progress=not args.no_progress)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # launched by torchrun
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) > 0:
+        return 0  # rank 0 reports for everyone
     summary = {"steps": result.steps, "resumed_from": result.resumed_from, "train_loss": result.train_loss,
                "val_loss": result.val_loss, "seconds": round(result.seconds, 2),
                "checkpoint": str(result.checkpoint) if result.checkpoint else None}
