@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "OutputError",
+    "ResolutionWarning",
     "format_error",
 ]
 
@@ -89,3 +90,7 @@ class DatasetError(StochClosureError, ValueError):
 
 class OutputError(StochClosureError, OSError):
     """An output location cannot be written (read-only, missing permission, disk full)."""
+
+
+class ResolutionWarning(UserWarning):
+    """A grid too coarse for a component: it runs, but part of the component goes unused."""

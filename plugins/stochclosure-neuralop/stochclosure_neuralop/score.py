@@ -26,6 +26,7 @@ matching loss into an unweighted regression on ``F`` for either choice.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +35,7 @@ from neuralop.layers.fno_block import FNOBlocks
 from torch import Tensor, nn
 
 from stochclosure._types import Conditioning, check_tensor
-from stochclosure.errors import ConfigError, ShapeError, format_error
+from stochclosure.errors import ConfigError, ResolutionWarning, ShapeError, format_error
 from stochclosure.fft import spectral_resample
 from stochclosure.registry import resolve
 from stochclosure.scores.base import AbstractScoreOperator
@@ -235,6 +236,7 @@ class FNOScore(AbstractScoreOperator):
         self.noise_mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.film = nn.Linear(hidden, 2 * width * self.layers)
         self._coord_cache: dict[tuple[Any, ...], Tensor] = {}
+        self._warned_grids: set[tuple[int, ...]] = set()
         nn.init.zeros_(self.film.weight)  # FiLM starts as the identity
         nn.init.zeros_(self.film.bias)
 
@@ -295,9 +297,13 @@ class FNOScore(AbstractScoreOperator):
             raise ShapeError(format_error("x", f"{self.channels} channels (FNOScore(channels=...))",
                                           f"shape {tuple(x.shape)}", "build the operator with the target's channels"))
         check_tensor("t", t, rank=1, batch=x.shape[0], finite=False)
-        if min(x.shape[2:]) < 2 * self.modes - 1:
-            raise ShapeError(format_error("x", f"at least {2 * self.modes - 1} points per axis for modes={self.modes}",
-                                          f"grid {tuple(x.shape[2:])}", "use a finer grid or fewer modes"))
+        if min(x.shape[2:]) < 2 * self.modes - 1 and tuple(x.shape[2:]) not in self._warned_grids:
+            # it runs (the Fourier layers keep the modes the grid holds) but the upper weights go unused
+            self._warned_grids.add(tuple(x.shape[2:]))
+            warnings.warn(format_error("x", f"at least {2 * self.modes - 1} points per axis for modes={self.modes}",
+                                       f"grid {tuple(x.shape[2:])}, which holds only |k| <= {(min(x.shape[2:]) - 1) // 2}",
+                                       "use a finer grid or fewer modes; the unused modes' weights are ignored"),
+                          ResolutionWarning, stacklevel=3)
         if self.encoder is not None and (cond is None or cond.is_empty()):
             raise ShapeError(format_error("cond", f"a Conditioning for the encoder {type(self.encoder).__name__}",
                                           "None", "pass the condition, or build FNOScore(encoder=None)"))
