@@ -251,6 +251,10 @@ class Trainer:
                         ("keep_checkpoints", keep_checkpoints), ("val_every", val_every), ("step_size", step_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(format_error(name, "a positive integer", repr(v)))
+        for name, v in (("lr", lr), ("min_lr_ratio", min_lr_ratio), ("gamma", gamma), ("weight_decay", weight_decay),
+                        ("ema_decay", ema_decay), ("warmup_steps", warmup_steps), ("grad_clip", grad_clip or 0.0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(format_error(name, "a finite number", f"{type(v).__name__} {v!r}"))
         if schedule not in SCHEDULES:
             raise ConfigError(format_error("schedule", f"one of {list(SCHEDULES)}", repr(schedule)))
         if not lr > 0:
