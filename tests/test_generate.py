@@ -91,6 +91,25 @@ def test_lazy_dataset_items_follow_the_protocol(ns_file):
     assert set(no_obs[0]) == {"target"} and no_obs.obs_points is None
 
 
+def test_in_memory_items_equal_the_lazy_ones(ns_file):
+    for history in (0, 2):
+        lazy = ClosureH5Dataset(ns_file, split="train", closure="G", resolution=32, history=history, in_memory=False)
+        mem = ClosureH5Dataset(ns_file, split="train", closure="G", resolution=32, history=history, in_memory=True)
+        auto = ClosureH5Dataset(ns_file, split="train", closure="G", resolution=32, history=history)
+        assert lazy._memory is None and mem._memory is not None and auto._memory is not None  # small file
+        assert len(lazy) == len(mem)
+        for i in range(len(lazy)):
+            a, b = lazy[i], mem[i]
+            assert set(a) == set(b)
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    ClosureH5Dataset.IN_MEMORY_BYTES, old = 0, ClosureH5Dataset.IN_MEMORY_BYTES
+    try:
+        assert ClosureH5Dataset(ns_file, split="train", closure="G", resolution=32)._memory is None
+    finally:
+        ClosureH5Dataset.IN_MEMORY_BYTES = old
+
+
 def test_dataset_errors_are_typed_and_explain(ns_file, tmp_path):
     with pytest.raises(DatasetError, match="no file"):
         ClosureH5Dataset(tmp_path / "missing.h5")

@@ -128,11 +128,17 @@ class ClosureH5Dataset(Dataset):
         fields: Include the current state as ``fields``.
         system: If given, the file must come from this system.
         dtype: dtype of the returned tensors.
+        in_memory: Read the split's arrays into memory once instead of chunk by chunk per item;
+            ``None`` (default) does so when they take at most :attr:`IN_MEMORY_BYTES`. Items are
+            identical either way; small items (e.g. Lorenz-96 rings) load many times faster.
     """
+
+    IN_MEMORY_BYTES: int = 256 * 2**20
 
     def __init__(self, path: str | os.PathLike[str], split: str | None = "train", closure: str | None = None,
                  resolution: int | None = None, obs: bool = True, history: int = 0, fields: bool = True,
-                 system: str | None = None, dtype: torch.dtype = torch.float32) -> None:
+                 system: str | None = None, dtype: torch.dtype = torch.float32,
+                 in_memory: bool | None = None) -> None:
         if split is not None and split not in SPLITS:
             raise DatasetError(format_error("split", f"one of {SPLITS} or None", repr(split)))
         if history < 0:
@@ -173,6 +179,17 @@ class ClosureH5Dataset(Dataset):
         self._per_traj = n_t - self.history
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        self._memory: dict[str, np.ndarray] | None = None
+        keys = [self._target_key] + [self._state_key] * (self.with_fields or self.history > 0) \
+            + [self._obs_key] * self.obs
+        if in_memory is None:
+            with h5py.File(self.path, "r") as f:
+                size = sum(f[k].dtype.itemsize * int(np.prod(f[k].shape[1:])) for k in set(keys)) * len(idx)
+            in_memory = size <= self.IN_MEMORY_BYTES
+        if in_memory and len(idx):
+            with h5py.File(self.path, "r") as f:
+                self._memory = {k: np.asarray(f[k][np.sort(idx).tolist()]) for k in set(keys)}
+            self._row = {int(tr): r for r, tr in enumerate(np.sort(idx))}
 
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
@@ -189,10 +206,17 @@ class ClosureH5Dataset(Dataset):
         i = i % len(self)
         traj = int(self.trajectories[i // self._per_traj])
         t = self.history + i % self._per_traj
-        f = self._h5()
+        memory = self._memory
+        if memory is not None:
+            row = self._row[traj]
 
-        def read(key: str, sl: Any) -> Tensor:
-            return torch.as_tensor(np.asarray(f[key][sl])).to(self.dtype)
+            def read(key: str, sl: Any) -> Tensor:
+                return torch.as_tensor(np.array(memory[key][(row, *sl[1:])])).to(self.dtype)
+        else:
+            f = self._h5()
+
+            def read(key: str, sl: Any) -> Tensor:
+                return torch.as_tensor(np.asarray(f[key][sl])).to(self.dtype)
 
         item = {"target": read(self._target_key, (traj, t))}
         if self.with_fields:
