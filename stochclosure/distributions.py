@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ._types import Conditioning
 from .errors import IncompatibleComponentsError, ShapeError, StochClosureError, format_error
-from .samplers.base import GaussianNoise, GridSampler, NoiseSource
+from .samplers.base import GaussianNoise, NoiseSource
 from .scores.base import bind_score
 
 __all__ = [
@@ -303,6 +303,11 @@ class ClosureDistribution(pdist.TorchDistribution):
             "mean of k draws" deterministic closure).
         init_noise: Standard-normal starting noise ``batch_shape + event_shape`` of the sampler
             (scaled by the sampler's prior std); used to correlate successive draws in time.
+        warm_start: A previous closure ``batch_shape + event_shape`` in physical units: the
+            sampler starts at its first time ``t0`` from ``alpha_t0 normalise(warm_start) +
+            sigma_t0 z`` (the forward SDE's marginal around it) instead of a prior draw, i.e. an
+            SDEdit-style refresh (Meng et al. 2022) of the previous sample. Pair it with a sampler
+            whose ``t_start`` is small (see :class:`stochclosure.rollout.WarmStart`).
         likelihood: :class:`ProbabilityFlowLikelihood` enabling :meth:`log_prob`.
         dtype: Sample dtype.
     """
@@ -315,7 +320,7 @@ class ClosureDistribution(pdist.TorchDistribution):
                  generator: torch.Generator | None = None, seeds: Tensor | None = None,
                  frozen_seed: int | None = None, average: int = 1, init_noise: Tensor | None = None,
                  likelihood: ProbabilityFlowLikelihood | None = None, dtype: torch.dtype = torch.float32,
-                 validate_args: bool | None = None) -> None:
+                 validate_args: bool | None = None, warm_start: Tensor | None = None) -> None:
         cond = Conditioning() if cond is None else cond
         n_cond = cond.batch_size
         if batch_shape is None:
@@ -340,7 +345,10 @@ class ClosureDistribution(pdist.TorchDistribution):
         self.model, self.cond, self.grid = model, cond, grid
         self.sampler, self.steps, self.generator, self.seeds = sampler, steps, generator, seeds
         self.frozen_seed, self.average, self.init_noise = frozen_seed, average, init_noise
-        self.likelihood, self.dtype = likelihood, dtype
+        if warm_start is not None and tuple(warm_start.shape) != batch_shape + event:
+            raise ShapeError(format_error("warm_start", f"shape {batch_shape + event}",
+                                          f"shape {tuple(warm_start.shape)}"))
+        self.likelihood, self.dtype, self.warm_start = likelihood, dtype, warm_start
         super().__init__(torch.Size(batch_shape), torch.Size(event), validate_args=validate_args)
 
     @property
@@ -350,7 +358,7 @@ class ClosureDistribution(pdist.TorchDistribution):
     def _kwargs(self) -> dict[str, Any]:
         return dict(grid=self.grid, sampler=self.sampler, steps=self.steps, generator=self.generator,
                     seeds=self.seeds, frozen_seed=self.frozen_seed, average=self.average, init_noise=self.init_noise,
-                    likelihood=self.likelihood, dtype=self.dtype)
+                    likelihood=self.likelihood, dtype=self.dtype, warm_start=self.warm_start)
 
     def with_options(self, **changes: Any) -> ClosureDistribution:
         """A copy with some constructor options changed (used by handlers)."""
@@ -370,18 +378,31 @@ class ClosureDistribution(pdist.TorchDistribution):
             kw["seeds"] = self.seeds.expand(new)
         if self.init_noise is not None:
             kw["init_noise"] = self.init_noise.expand(new + tuple(self.event_shape))
+        if self.warm_start is not None:
+            kw["warm_start"] = self.warm_start.expand(new + tuple(self.event_shape))
         return ClosureDistribution(self.model, cond, batch_shape=new, **kw)
 
     # -- sampling ------------------------------------------------------------------------------------
-    def _prior_std(self) -> float:
+    def _start_time(self) -> tuple[float, Any]:
         sampler = self.model._resolve_sampler(self.sampler)
-        if not isinstance(sampler, GridSampler):
+        if not hasattr(sampler, "time_grid") or not hasattr(sampler, "data_std"):
             raise IncompatibleComponentsError(
                 f"controlling the starting noise needs a grid sampler (with time_grid and data_std), got "
                 f"{type(sampler).__name__}; fix: use a built-in sampler or drop seeds/frozen_seed/init_noise")
         steps = sampler.steps if self.steps is None else self.steps
-        t0 = float(sampler.time_grid(self.model.sde, steps)[0])
+        return float(sampler.time_grid(self.model.sde, steps)[0]), sampler
+
+    def _prior_std(self) -> float:
+        t0, sampler = self._start_time()
         return float(self.model.sde.prior_std(torch.full((1,), t0, dtype=torch.float64), sampler.data_std)[0])
+
+    def _warm_init(self, z0: Tensor) -> Tensor:
+        """``alpha_t0 normalise(warm_start) + sigma_t0 z0`` for ``z0`` ``(k, n_b, *event)``."""
+        t0, _ = self._start_time()
+        alpha, sigma = self.model.sde.marginal_coefficients(torch.full((1,), t0, dtype=torch.float64))
+        event = tuple(self.event_shape)
+        prev = self.model.normalise(self.warm_start.reshape(-1, *event).to(z0.dtype))
+        return float(alpha[0]) * prev.reshape(1, -1, *event) + float(sigma[0]) * z0
 
     def sample(self, sample_shape: Any = torch.Size()) -> Tensor:
         """Draw ``sample_shape + batch_shape + event_shape`` closures in one sampler solve."""
@@ -414,7 +435,16 @@ class ClosureDistribution(pdist.TorchDistribution):
                 raise ShapeError(format_error("sample_shape", "() with init_noise (one draw per element)",
                                               f"{sample_shape} x average={self.average}"))
             z0 = self.init_noise.reshape(1, n_b, *event)
-        if z0 is not None:
+        if self.warm_start is not None:
+            if k != 1:
+                raise ShapeError(format_error("sample_shape", "() with warm_start (one draw per element)",
+                                              f"{sample_shape} x average={self.average}"))
+            if z0 is None:
+                z0 = torch.randn((1, n_b, *event), generator=kw["generator"])
+                kw["noise"] = GaussianNoise(kw["generator"])
+            x0 = self._warm_init(z0)
+            kw["x_init"] = x0.reshape(k * rep if rep > 1 else k, n_b if rep == 1 else 1, *event)
+        elif z0 is not None:
             kw["x_init"] = (z0 * self._prior_std()).reshape(k * rep if rep > 1 else k, n_b if rep == 1 else 1, *event)
         u = self.model.sample(cond if cond.batch_size else None, n=k * rep, **kw)
         u = u.reshape(k, n_b, *event)

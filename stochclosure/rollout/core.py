@@ -41,7 +41,7 @@ from ..errors import ConfigError, ShapeError, format_error
 from .handlers import rollout_option
 from .result import RolloutResult
 
-__all__ = ["rollout", "ensemble", "Hold", "ClosureAR1", "NoiseAR1", "Observation", "StreamedObservations",
+__all__ = ["rollout", "ensemble", "Hold", "ClosureAR1", "NoiseAR1", "WarmStart", "Observation", "StreamedObservations",
            "default_condition", "regular_points"]
 
 
@@ -73,6 +73,84 @@ class ClosureAR1:
             raise ConfigError(format_error("phi", "a value in [0, 1]", repr(self.phi)))
         if not self.sigma >= 0.0:
             raise ConfigError(format_error("sigma", "a non-negative std", repr(self.sigma)))
+
+    @classmethod
+    def fit(cls, closure_series: Tensor, dt: float, step_dt: float | None = None) -> ClosureAR1:
+        """Fit ``phi`` and ``sigma`` to a closure time series (a fitted decorrelation time).
+
+        With ``x_t = U_t - mean_t U_t`` (temporal anomalies at each point, each trajectory), the
+        lag-1 autocorrelation ``r = sum x_t x_{t+1} / sum x_t^2`` (pooled over points and
+        trajectories, clipped to ``[0, 1)``) at the series interval ``dt`` gives the decorrelation
+        time ``tau = -dt / log r``. For solver steps ``step_dt``: ``phi = r^(step_dt / dt)`` and
+        ``sigma = std(x) sqrt(1 - phi^2)``, so the perturbation's stationary std is the closure's
+        temporal std and, for a true AR(1) closure, ``Var(U_{t+s} - U_t)`` is matched to first order
+        in ``s``.
+
+        Args:
+            closure_series: ``(T, *batch, *event)`` closures at times ``i * dt``, ``T >= 3``.
+            dt: Physical time between entries of the series.
+            step_dt: Solver time step of the rollout (default ``dt``).
+
+        Returns:
+            The fitted :class:`ClosureAR1`.
+        """
+        check_tensor("closure_series", closure_series, min_rank=2)
+        if closure_series.shape[0] < 3:
+            raise ShapeError(format_error("closure_series", "at least 3 times on the first axis",
+                                          f"shape {tuple(closure_series.shape)}"))
+        if not dt > 0 or (step_dt is not None and not step_dt > 0):
+            raise ConfigError(format_error("dt/step_dt", "positive time steps", f"dt={dt}, step_dt={step_dt}"))
+        x = closure_series.double()
+        x = x - x.mean(0, keepdim=True)
+        r = float((x[1:] * x[:-1]).sum() / (x[:-1] ** 2).sum().clamp_min(1e-300))
+        r = min(max(r, 0.0), 1.0 - 1e-12)
+        phi = r ** ((dt if step_dt is None else step_dt) / dt)
+        return cls(phi=phi, sigma=float(x.pow(2).mean().sqrt()) * math.sqrt(max(1.0 - phi**2, 0.0)))
+
+    def decorrelation_time(self, step_dt: float) -> float:
+        """``tau = -step_dt / log(phi)`` (``inf`` for a random walk ``phi = 1``)."""
+        return math.inf if self.phi >= 1.0 else (0.0 if self.phi <= 0.0 else -step_dt / math.log(self.phi))
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Refresh the previous closure by a short reverse-SDE solve from a small noise level (SDEdit).
+
+    At every resampling step after the first, the previous draw ``U*`` is noised to diffusion
+    time ``t_start`` through the forward SDE's marginal, ``x = alpha_t normalise(U*) + sigma_t z``,
+    and the model's sampler (or the rollout's ``sampler``) runs from ``t_start`` with ``steps``
+    steps (Meng et al. 2022, SDEdit). The closure is held in between. Because ``x`` has the law
+    of the noised data at ``t_start`` when ``U*`` is a draw of the closure law for a nearby
+    condition, a few steps suffice; the new draw keeps the large-scale part of ``U*`` (signal
+    above the noise) and re-draws the small scales for the current condition. ``t_start >= T``
+    (the SDE's final time) is exactly a fresh full draw (``alpha_T``, e.g. ``7e-3`` for the
+    default VP SDE, is dropped). The first draw of a rollout is always a full draw.
+
+    Attributes:
+        t_start: Diffusion time to noise the previous draw to, in ``(0, T]``.
+        steps: Sampler steps from ``t_start`` (``None``: the sampler's own).
+    """
+
+    t_start: float = 0.2
+    steps: int | None = 2
+
+    def __post_init__(self) -> None:
+        if not self.t_start > 0:
+            raise ConfigError(format_error("t_start", "a diffusion time > 0", repr(self.t_start)))
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise ConfigError(format_error("steps", "a positive integer or None", repr(self.steps)))
+
+    def sampler_for(self, model: Any, sampler: Any = None) -> Any:
+        """The sampler of warm draws: ``sampler`` (or the model's) with ``t_start`` set."""
+        from ..registry import resolve
+
+        base = model.sampler if sampler is None else resolve("sampler", sampler)
+        spec = base.spec()
+        if "t_start" not in spec:
+            raise ConfigError(format_error("sampler", "a sampler with a t_start option (a grid sampler)",
+                                           f"{spec.get('type')!r}", "use e.g. dpm_solver_pp_2m or consistency"))
+        return resolve("sampler", {**spec, "t_start": float(self.t_start)})
 
 
 @dataclass(frozen=True)
@@ -229,7 +307,8 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
         dt: Time step (default ``system.dt``).
         t0: Physical time of ``state0``.
         resample_every: Solver steps between fresh closure draws.
-        between: Policy between draws (default :class:`Hold`).
+        between: Policy between draws (default :class:`Hold`; :class:`ClosureAR1`,
+            :class:`NoiseAR1`, :class:`WarmStart`).
         observations: Sparse measurements per step, or ``None``.
         make_condition: ``(state (N, C, *grid), history (N, k, C, *grid) | None, obs) -> Conditioning``;
             default :func:`default_condition`.
@@ -265,8 +344,9 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(format_error("resample_every", "a positive integer", repr(every)))
     between = rollout_option("between", name="_option/between", default=Hold() if between is None else between)
-    if not isinstance(between, (Hold, ClosureAR1, NoiseAR1)):
-        raise ConfigError(format_error("between", "Hold(), ClosureAR1(phi, sigma) or NoiseAR1(rho)", repr(between)))
+    if not isinstance(between, (Hold, ClosureAR1, NoiseAR1, WarmStart)):
+        raise ConfigError(format_error("between", "Hold(), ClosureAR1(phi, sigma), NoiseAR1(rho) or WarmStart(t_start)",
+                                       repr(between)))
     if not rollout_option("closure", name="_option/closure", default=True):
         closure = None
     init_perturbation = rollout_option("init_perturbation", name="_option/init_perturbation", default=init_perturbation)
@@ -287,8 +367,14 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
     if closure is not None and not is_model and not callable(closure):
         raise ConfigError(format_error("closure", "a ClosureModel, a callable cond -> U, or None",
                                        type(closure).__name__))
-    if isinstance(between, NoiseAR1) and (deterministic or not is_model):
-        between = Hold()  # frozen or absent sampler noise: nothing to correlate
+    if isinstance(between, (NoiseAR1, WarmStart)) and (deterministic or not is_model):
+        between = Hold()  # frozen or absent sampler noise: nothing to correlate or refresh
+    warm_sampler = None
+    if isinstance(between, WarmStart):
+        if between.t_start >= closure.sde.T:
+            between = Hold()  # noised to T the previous draw carries weight alpha_T only: a full draw
+        else:
+            warm_sampler = between.sampler_for(closure, sampler)
 
     with ExitStack() as stack:
         if state0.dim() == ne + 1:
@@ -348,8 +434,12 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
                             eta = _std_normal(f"{prefix}closure_noise/{s}", batch, event, seeds, state.dtype)
                             z = eta if z is None else between.rho * z + math.sqrt(1 - between.rho**2) * eta
                             kw["init_noise"] = z
-                        law = ClosureDistribution(closure, cond, batch_shape=batch, sampler=sampler,
-                                                  steps=sampler_steps, dtype=state.dtype, **kw)
+                        draw_sampler, draw_steps = sampler, sampler_steps
+                        if warm_sampler is not None and anchor is not None:
+                            kw["warm_start"] = anchor
+                            draw_sampler, draw_steps = warm_sampler, between.steps
+                        law = ClosureDistribution(closure, cond, batch_shape=batch, sampler=draw_sampler,
+                                                  steps=draw_steps, dtype=state.dtype, **kw)
                         if deterministic:
                             law = law.with_options(frozen_seed=deterministic_seed, average=int(deterministic),
                                                    seeds=None, init_noise=None)
