@@ -112,8 +112,9 @@ class ClosureModel(nn.Module):
             check_steps(n, "n")
         if steps is not None:
             check_steps(steps)
-        if cond.batch_size == 0:
-            cond.validate()  # raises, naming the empty tensor
+        sizes = {v.shape[0] for v in (cond.fields, cond.history, cond.obs_values, cond.features) if v is not None}
+        if 0 in sizes or len(sizes) > 1:
+            cond.validate()  # raises, naming the empty tensor or the disagreeing batch sizes
         b = cond.batch_size or 1
         grid = tuple(grid) if grid is not None else cond.spatial_shape
         if grid is None:
