@@ -52,13 +52,13 @@ def load_rollout_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(format_error("--config", "an existing YAML file", f"{str(path)!r} (not found)"))
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
                                        f"a parse error ({str(exc).splitlines()[0]})", "fix the YAML syntax")) from None
     if not isinstance(raw, dict):
         raise ConfigError(format_error("--config", "a mapping with keys model, system, out", type(raw).__name__))
     allowed = {*ROLLOUT_DEFAULTS, *_REQUIRED, "root"}
-    unknown = sorted(set(raw) - allowed)
+    unknown = sorted(str(k) for k in set(raw) - allowed)
     if unknown:
         raise ConfigError(format_error(unknown[0], f"one of the keys {sorted(allowed)}", f"unknown key(s) {unknown}",
                                        "check the spelling against `stochclosure rollout --help`"))

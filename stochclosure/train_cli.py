@@ -58,7 +58,7 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(format_error("--config", "an existing YAML file", f"{str(path)!r} (not found)"))
     try:
         cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
                                        f"a parse error ({str(exc).splitlines()[0]})", "fix the YAML syntax")) from None
     if not isinstance(cfg, dict):
@@ -68,7 +68,7 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
         section = cfg if not block else cfg.get(block) or {}
         if not isinstance(section, dict):
             raise ConfigError(format_error(block, "a mapping", type(section).__name__))
-        unknown = sorted(set(section) - allowed)
+        unknown = sorted(str(k) for k in set(section) - allowed)
         if unknown:
             where = f"{block}.{unknown[0]}" if block else unknown[0]
             raise ConfigError(format_error(where, f"one of the keys {sorted(allowed)}", f"unknown key(s) {unknown}",
@@ -76,6 +76,8 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
     for key in ("data", "model", "out"):
         if key not in cfg:
             raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
+        if key != "out" and not isinstance(cfg[key], dict):
+            raise ConfigError(format_error(key, "a mapping", f"{type(cfg[key]).__name__} {cfg[key]!r}"))
     if "path" not in cfg["data"] or "score" not in cfg["model"]:
         raise ConfigError(format_error("data.path / model.score", "both set", "missing"))
     _check_types(cfg)

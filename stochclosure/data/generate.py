@@ -78,7 +78,7 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with open(p) as fh:
             raw = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
                                        f"a parse error ({str(exc).splitlines()[0]})",
                                        "fix the YAML syntax")) from None
@@ -89,23 +89,25 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:
     """Check keys and fill defaults; unknown keys raise :class:`ConfigError` naming them."""
-    unknown = [k for k in raw if k not in DEFAULTS and k != "system"]
+    unknown = [str(k) for k in raw if k not in DEFAULTS and k != "system"]
     if unknown:
         raise ConfigError(format_error(f"config.{unknown[0]}", f"one of the keys {['system', *DEFAULTS]}",
                                        f"unknown key(s) {unknown}", "check the spelling (see configs/*.yaml)"))
+    if not isinstance(raw.get("system") or {}, dict):
+        raise ConfigError(format_error("config.system", "a mapping of the system's constructor arguments",
+                                       f"{type(raw['system']).__name__} {raw['system']!r}"))
     cfg = {**DEFAULTS, **{k: v for k, v in raw.items() if k != "system"}}
     cfg["system"] = dict(raw.get("system") or {})
     split = cfg["split"]
-    if not isinstance(split, dict) or set(split) - set(SPLITS) or abs(sum(split.values()) - 1) > 1e-9:
+    if (not isinstance(split, dict) or set(split) - set(SPLITS)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in split.values())
+            or abs(sum(split.values()) - 1) > 1e-9):
         raise ConfigError(format_error("config.split", f"fractions for {SPLITS} summing to 1", repr(split)))
     for key in ("trajectories", "batch_size", "records", "record_every"):
         if not (isinstance(cfg[key], int) and cfg[key] >= 1):
             raise ConfigError(format_error(f"config.{key}", "a positive integer", repr(cfg[key])))
     if cfg["dtype"] not in ("float32", "float64") or cfg["store_dtype"] not in ("float32", "float64"):
         raise ConfigError(format_error("config.dtype", "'float32' or 'float64'", repr(cfg["dtype"])))
-    if not isinstance(raw.get("system") or {}, dict):
-        raise ConfigError(format_error("config.system", "a mapping of the system's constructor arguments",
-                                       f"{type(raw['system']).__name__} {raw['system']!r}"))
     for key in ("seed", "spinup_steps"):
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
