@@ -9,7 +9,7 @@ CFGS := setup.cfg constraints-cpu.txt $(wildcard plugins/*/setup.cfg) $(wildcard
 STAMP := $(VENV)/.installed-$(shell cat $(CFGS) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast demo docs lint clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ test-fast: install
 
 demo: install
 	$(VENV)/bin/stochclosure demo
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict
 
 lint: install
 	$(VENV)/bin/ruff check stochclosure plugins tests benchmarks
