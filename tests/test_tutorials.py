@@ -83,10 +83,11 @@ def test_03_uncertainty_quantification(tmp_path):
     assert syn["under-dispersed"]["spread_skill_ratio"] < 0.7 < 1.5 < syn["over-dispersed"]["spread_skill_ratio"]
     assert syn["calibrated"]["crps"] < min(v["crps"] for k, v in syn.items() if k != "calibrated")
     sc = res["lorenz96"]["scores"]
-    assert sc["deterministic (cubic)"]["rmse_final"] < sc["no closure"]["rmse_final"]
+    assert sc["deterministic (cubic)"]["rmse_mid"] < sc["no closure"]["rmse_mid"]
     ar1 = next(v for k, v in sc.items() if k.startswith("stochastic, AR(1)"))
-    assert ar1["spread_final"] > sc["deterministic (cubic)"]["spread_final"]
-    assert sc["AR(1), noise x3 (over-dispersed)"]["spread_skill_final"] > ar1["spread_skill_final"]
+    assert ar1["spread_mid"] > sc["deterministic (cubic)"]["spread_mid"]
+    assert sc["AR(1), noise x3 (over-dispersed)"]["spread_skill_mid"] > ar1["spread_skill_mid"]
+    assert ar1["crps_mean"] < sc["deterministic (cubic)"]["crps_mean"]
     ns = res["navier_stokes"]["scores"]
     assert ns["stochastic"]["rel_error_final"] < ns["no closure"]["rel_error_final"]
     assert 0 < ns["stochastic"]["spread_skill_final"] < 1
