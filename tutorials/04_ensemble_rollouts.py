@@ -198,7 +198,9 @@ plt.close(fig)
 
 # %% [markdown]
 # Drawing every step reproduces the full model's spread; holding draws inflates it (roughly by
-# `sqrt(n)` for white forcing), an AR(1) in between or correlated noise sits in between. For a
+# `sqrt(n)` for white forcing). `ClosureAR1` adds its innovations on top of the held draw (a
+# little more spread still), and `NoiseAR1(0.8)` correlates successive draws, which inflates the
+# spread much as holding does, at the cost of a draw every step. For a
 # closure that *is* correlated in time (Lorenz-96 in tutorial 03, a slowly varying subgrid
 # term) the opposite holds: independent draws average out and hold / AR(1) is the right model.
 #
