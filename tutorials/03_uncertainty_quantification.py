@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -118,7 +117,7 @@ train = l96.generate_records(4 if SMOKE else 8, generator=torch.Generator().manu
                              record_every=10, n_records=100 if SMOKE else 300)["fields"][l96.K]
 X, U = train["state"].float(), train["U"].float()           # (trajectories, records, 1, K)
 ar1 = PolynomialAR1Closure.fit(X, U, dt=record_dt)
-print(f"cubic closure {['%.3g' % a for a in ar1.coefficients]}, residual std {ar1.sigma:.3f}, "
+print(f"cubic closure {[f'{a:.3g}' for a in ar1.coefficients]}, residual std {ar1.sigma:.3f}, "
       f"lag-{record_dt:g} autocorrelation {ar1.phi:.3f}")
 
 # %% [markdown]
