@@ -111,6 +111,7 @@ ENSEMBLE = textwrap.dedent('''
 
 def test_two_process_ensemble_has_the_single_process_members(tmp_path):
     import test_rollout
+
     from stochclosure.rollout import ClosureAR1, ensemble
     from stochclosure.systems import LinearRelaxation
 

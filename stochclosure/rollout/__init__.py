@@ -17,6 +17,7 @@ from .core import (
     regular_points,
     rollout,
 )
+from .distributed import distributed_ensemble
 from .handlers import (
     DeterministicClosure,
     RolloutOptions,
@@ -28,7 +29,6 @@ from .handlers import (
     rollout_option,
 )
 from .result import RolloutResult
-from .distributed import distributed_ensemble
 from .resume import resumable_ensemble
 
 __all__ = [
