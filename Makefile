@@ -34,7 +34,7 @@ docs: install
 	$(VENV)/bin/mkdocs build --strict
 
 lint: install
-	$(VENV)/bin/ruff check stochclosure plugins tests benchmarks
+	$(VENV)/bin/ruff check stochclosure plugins tests benchmarks tutorials
 
 clean:
 	rm -rf $(VENV) build *.egg-info
