@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_commands() -> None:
     # Commands living in other modules register themselves on import.
-    from . import demo, rollout_cli, sampler_check, train_cli  # noqa: F401
+    from . import demo, distill, rollout_cli, sampler_check, train_cli  # noqa: F401
     from .data import generate  # noqa: F401
 
 

@@ -3,6 +3,7 @@
 from . import grids
 from .base import AbstractSampler, CountingScore, GaussianNoise, GridSampler, NoiseSource, StepInfo
 from .brownian import BrownianNoise
+from .consistency import ConsistencySampler, consistency_sampling
 from .dpm_solver import DPMSolverPP2M, dpm_solver_pp_2m
 from .edm import EDMHeun, edm_heun
 from .euler_maruyama import EulerMaruyama, TruncatedKarrasEM, euler_maruyama
@@ -30,4 +31,6 @@ __all__ = [
     "DPMSolverPP2M",
     "edm_heun",
     "dpm_solver_pp_2m",
+    "ConsistencySampler",
+    "consistency_sampling",
 ]

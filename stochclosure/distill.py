@@ -1,0 +1,279 @@
+"""Few-evaluation closures: distil a trained closure model into a consistency model.
+
+**Method.** Consistency distillation (Song et al. 2023) trains a student ``f(x_t, t)`` to return
+the end point ``x_0`` of the teacher's probability-flow ODE trajectory through ``x_t``. Song et
+al. bootstrap the target from the student's own (EMA) value one ODE step later; here the teacher
+solves the *whole* remaining interval instead (``teacher_steps`` DPM-Solver++(2M) steps from ``t``
+to ``eps``, then Tweedie's denoising step), so each target is the exact consistency value up to
+the teacher's solver error and no bootstrapping bias accumulates. At ``t = T`` this is the
+knowledge distillation of Luhman & Luhman (2021); at smaller ``t`` it gives the re-noising steps
+of multistep consistency sampling and the warm starts of :class:`~stochclosure.rollout.WarmStart`.
+Each training step draws a batch ``(U, y)``, one level ``t`` from ``levels``, ``x_t = alpha_t
+normalise(U) + sigma_t z``, the teacher's target ``x_0(x_t)`` (no gradients) and minimises
+``|f(x_t, t, y) - x_0(x_t)|^2`` (normalised units). Because the teacher's ODE map is a
+deterministic function of ``x_t``, the regression's minimiser is the map itself, so the student's
+one-step law is the teacher's ODE law, not its mean.
+
+**Components.** :class:`ConsistencyScore` (registered score operator ``consistency``) wraps the
+student network (``backbone``, e.g. ``fno``, initialised with the teacher's weights) and exposes
+``f`` through the score interface: ``score = (alpha_t f - x) / sigma_t^2``, so Tweedie's formula
+returns ``f``. :class:`~stochclosure.samplers.consistency.ConsistencySampler` (registered sampler
+``consistency``) samples with 1-2 evaluations. A distilled model is a plain
+:class:`~stochclosure.ClosureModel` checkpoint: :func:`~stochclosure.checkpoint.load_model`
+rebuilds it like any other.
+
+**Training.** :class:`Distiller` is the :class:`~stochclosure.train.Trainer` with this loss, so
+it has the same schedule, EMA, validation, checkpoints and exact resume after a kill;
+``stochclosure distill --config FILE.yaml [--resume]`` runs it from a YAML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ._types import Conditioning, check_tensor
+from .cli import command
+from .errors import ConfigError, format_error
+from .model import ClosureModel
+from .registry import resolve
+from .scores.base import AbstractScoreOperator, bind_score
+from .sdes.base import expand_as_batch
+from .train import Trainer
+
+__all__ = ["ConsistencyScore", "Distiller", "consistency_targets", "make_student", "load_distill_config",
+           "run_distillation"]
+
+
+class ConsistencyScore(AbstractScoreOperator):
+    """The score interface of a consistency-distilled student (registered as ``consistency``).
+
+    ``forward`` is the backbone's score; the name marks the operator as distilled (its Tweedie
+    denoiser ``(x + sigma_t^2 score) / alpha_t`` is the consistency function, not the posterior
+    mean) and the configuration records how it was made.
+
+    Args:
+        backbone: The student network's score operator (name, spec or instance), usually the
+            teacher's architecture so that it starts from the teacher's weights.
+        teacher_sampler: Spec of the teacher ODE solver used for the targets (provenance).
+        levels: Diffusion times the student was trained at (provenance; the consistency sampler
+            should evaluate at these times).
+    """
+
+    conditional: ClassVar[bool] = True
+
+    def __init__(self, backbone: Any, teacher_sampler: Any = None, levels: list[float] | None = None) -> None:
+        super().__init__()
+        self.backbone = resolve("score_operator", backbone)
+        self.teacher_sampler = teacher_sampler
+        self.levels = None if levels is None else [float(v) for v in levels]
+        self.sde = getattr(self.backbone, "sde", None)
+        self.spatial_dims = tuple(getattr(self.backbone, "spatial_dims", (2,)))  # type: ignore[misc]
+        self.resolution_invariant = bool(getattr(self.backbone, "resolution_invariant", False))  # type: ignore[misc]
+
+    def forward(self, x: Tensor, t: Tensor, cond: Conditioning | None = None) -> Tensor:
+        return self.backbone(x, t, cond)
+
+    @classmethod
+    def example(cls) -> ConsistencyScore:
+        return cls({"type": "gaussian", "sde": "vp", "std": 1.0})
+
+    def example_inputs(self, batch: int, generator: torch.Generator | None = None
+                       ) -> tuple[Tensor, Tensor, Conditioning | None]:
+        return self.backbone.example_inputs(batch, generator)
+
+
+def consistency_targets(teacher: ClosureModel, x_t: Tensor, t: float, cond: Conditioning | None,
+                        sampler: Any) -> Tensor:
+    """The teacher's probability-flow ODE end points ``x_0(x_t)`` (normalised units, no gradients).
+
+    Args:
+        teacher: The trained closure model.
+        x_t: ``(B, C, *grid)`` points at diffusion time ``t``.
+        t: The common diffusion time of the batch.
+        cond: Condition with batch ``B`` (or ``None``).
+        sampler: A deterministic grid sampler spec (e.g. ``{"type": "dpm_solver_pp_2m", "steps": 6}``);
+            its ``t_start`` is set to ``t``.
+
+    Returns:
+        ``(B, C, *grid)``.
+    """
+    base = resolve("sampler", sampler)
+    if getattr(base, "stochastic", True):
+        raise ConfigError(format_error("teacher_sampler", "a deterministic (ODE) sampler, e.g. dpm_solver_pp_2m",
+                                       f"{type(base).__name__} (stochastic)",
+                                       "consistency targets are the end points of the probability-flow ODE"))
+    ode = resolve("sampler", {**base.spec(), "t_start": float(t)})
+    with torch.no_grad():
+        score_fn = bind_score(teacher.score, cond, validate=False)
+        return ode.sample(score_fn, teacher.sde, tuple(x_t.shape), x_init=x_t, dtype=x_t.dtype, device=x_t.device)
+
+
+def make_student(teacher: ClosureModel, levels: list[float], teacher_sampler: Any, steps: int = 1) -> ClosureModel:
+    """A student :class:`ClosureModel`: the teacher's network (copied weights) behind :class:`ConsistencyScore`.
+
+    Args:
+        teacher: The trained model.
+        levels: Training diffusion times, decreasing, the first one the sampler's start.
+        teacher_sampler: Spec of the teacher's ODE solver.
+        steps: Default number of consistency steps (evaluation times ``levels[:steps]``).
+    """
+    levels = [float(v) for v in levels]
+    if not levels or any(b >= a for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
+        raise ConfigError(format_error("levels", "decreasing positive diffusion times", repr(levels)))
+    if not 1 <= steps <= len(levels):
+        raise ConfigError(format_error("steps", f"an integer in [1, {len(levels)}] (one per level)", repr(steps)))
+    spec = resolve("sampler", teacher_sampler).spec()
+    score = ConsistencyScore(teacher.score.spec(), teacher_sampler=spec, levels=levels)
+    score.backbone.load_state_dict(teacher.score.state_dict())
+    return ClosureModel(teacher.sde.spec(), score, {"type": "consistency", "times": levels[:steps]},
+                        channels=teacher.channels, target_mean=teacher.target_mean.clone(),
+                        target_std=teacher.target_std.clone())
+
+
+class Distiller(Trainer):
+    """:class:`~stochclosure.train.Trainer` whose loss is the consistency-distillation regression.
+
+    Args:
+        student: From :func:`make_student` (its score is trained; normalisation is the teacher's).
+        teacher: The trained closure model (frozen).
+        train_data, val_data: Closure datasets (the teacher's training data).
+        levels: Diffusion times to train at, drawn uniformly per step (default: the student's).
+        teacher_sampler: Teacher ODE solver spec (default: the student's record of it).
+        **kwargs: Any :class:`~stochclosure.train.Trainer` option (``normalise_targets`` is forced off).
+    """
+
+    def __init__(self, student: ClosureModel, teacher: ClosureModel, train_data: Any, val_data: Any = None, *,
+                 levels: list[float] | None = None, teacher_sampler: Any = None, **kwargs: Any) -> None:
+        kwargs["normalise_targets"] = False
+        kwargs.setdefault("t_range", (student.sde.eps, student.sde.T))
+        super().__init__(student, train_data, val_data, **kwargs)
+        self.teacher = teacher.to(self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        score = student.score
+        self.levels = [float(v) for v in (levels if levels is not None else getattr(score, "levels", None) or [])]
+        if not self.levels:
+            raise ConfigError(format_error("levels", "at least one diffusion time", "none"))
+        self.teacher_sampler = teacher_sampler if teacher_sampler is not None else getattr(score, "teacher_sampler",
+                                                                                          None)
+        if self.teacher_sampler is None:
+            raise ConfigError(format_error("teacher_sampler", "an ODE sampler spec", "None"))
+        self.config.update({"levels": self.levels, "teacher_sampler": resolve("sampler", self.teacher_sampler).spec()})
+
+    def _loss(self, target: Tensor, cond: Conditioning, gen: torch.Generator, net: Any = None,
+              shard: tuple[int, int, int] | None = None) -> Tensor:
+        check_tensor("target", target, finite=True)
+        x0 = self.model.normalise(target)
+        c = None if cond.is_empty() else cond
+        i = int(torch.randint(len(self.levels), (1,), generator=gen))
+        t = self.levels[i]
+        z = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(x0.device)
+        if shard is not None:
+            lo, hi, total = shard
+            z = torch.randn((total, *x0.shape[1:]), generator=gen, dtype=x0.dtype).to(x0.device)[lo:hi]
+        sde = self.model.sde
+        tb = torch.full((x0.shape[0],), t, dtype=x0.dtype, device=x0.device)
+        alpha, sigma = sde.marginal_coefficients(tb)
+        x_t = expand_as_batch(alpha, x0) * x0 + expand_as_batch(sigma, x0) * z
+        y = consistency_targets(self.teacher, x_t, t, c, self.teacher_sampler)
+        score = (self.model.score if net is None else net)(x_t, tb, c)
+        f = sde.denoise(x_t, tb, score)
+        return ((f - y) ** 2).mean()
+
+
+# -- the command line ------------------------------------------------------------------------------------
+_BLOCKS = {"teacher", "data", "student", "trainer", "out", "seed"}
+_STUDENT_KEYS = {"levels", "teacher_sampler", "steps"}
+
+
+def load_distill_config(path: str | Path) -> dict[str, Any]:
+    """Read a distillation YAML file (blocks ``teacher``, ``data``, ``student``, ``trainer``, ``out``, ``seed``).
+
+    ``teacher`` is a checkpoint path; ``data`` is the training block of ``stochclosure train``;
+    ``student`` has ``levels`` (decreasing diffusion times), ``teacher_sampler`` (ODE sampler spec)
+    and ``steps`` (the distilled model's default number of evaluations). Relative paths are
+    relative to the YAML file. Unknown keys raise :class:`ConfigError`.
+    """
+    import yaml
+
+    from .train_cli import _DATA_KEYS
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(format_error("--config", "an existing YAML file", f"{str(path)!r} (not found)"))
+    cfg = yaml.safe_load(path.read_text())
+    if not isinstance(cfg, dict):
+        raise ConfigError(format_error("--config", "a mapping", type(cfg).__name__))
+    for block, allowed in (("", _BLOCKS), ("data", _DATA_KEYS), ("student", _STUDENT_KEYS)):
+        section = cfg if not block else cfg.get(block) or {}
+        unknown = sorted(set(section) - allowed)
+        if unknown:
+            raise ConfigError(format_error(f"{block}.{unknown[0]}" if block else unknown[0],
+                                           f"one of the keys {sorted(allowed)}", f"unknown key(s) {unknown}"))
+    for key in ("teacher", "data", "out"):
+        if key not in cfg:
+            raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
+    base = path.parent
+    cfg["teacher"] = str((base / cfg["teacher"]).resolve())
+    cfg["data"]["path"] = str((base / cfg["data"]["path"]).resolve())
+    cfg["out"] = str((base / cfg["out"]).resolve())
+    return cfg
+
+
+def run_distillation(cfg: dict[str, Any], resume: bool = False, progress: bool = True) -> Any:
+    """Build teacher, student, data and :class:`Distiller` from ``cfg`` and train (see :func:`load_distill_config`)."""
+    from .checkpoint import load_model
+    from .config import check_config_keys
+    from .data.hdf5 import ClosureH5Dataset
+
+    d = cfg["data"]
+    common = {"closure": d.get("closure"), "resolution": d.get("resolution"), "history": int(d.get("history", 0)),
+              "obs": bool(d.get("obs", True))}
+    train = ClosureH5Dataset(d["path"], split="train", **common)
+    val_split = d.get("val_split", "val")
+    val = ClosureH5Dataset(d["path"], split=val_split, **common) if val_split else None
+    if val is not None and len(val) == 0:
+        val = None
+    teacher = load_model(cfg["teacher"])
+    st = dict(cfg.get("student") or {})
+    levels = st.get("levels") or [teacher.sde.T]
+    teacher_sampler = st.get("teacher_sampler") or {"type": "dpm_solver_pp_2m", "steps": 6}
+    student = make_student(teacher, levels, teacher_sampler, steps=int(st.get("steps", 1)))
+    kw = dict(cfg.get("trainer") or {})
+    check_config_keys(Trainer, {"model": None, "train_data": None, **kw}, where="trainer")
+    kw.pop("normalise_targets", None)
+    kw.setdefault("seed", int(cfg.get("seed", 0)))
+    kw.setdefault("progress", progress)
+    return Distiller(student, teacher, train, val, checkpoint_dir=cfg["out"], **kw).fit(resume=resume)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_distill_config(args.config)
+    result = run_distillation(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"distilled {result.steps} steps" + (f" (resumed from step {result.resumed_from})" if result.resumed_from
+                                               else "")
+          + f" in {result.seconds:.1f} s: loss {result.train_loss:.4g}"
+          + (f", validation loss {result.val_loss:.4g}" if result.val_loss is not None else ""))
+    print(f"checkpoint: {result.checkpoint}")
+    if args.json:
+        print(json.dumps({"steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
+                          "seconds": round(result.seconds, 2),
+                          "checkpoint": str(result.checkpoint) if result.checkpoint else None}))
+    return 0
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="distillation YAML (blocks teacher, data, student, trainer, out)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in `out`")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+
+
+_run.add_args = _add_args  # type: ignore[attr-defined]
+command("distill", "distil a trained closure model into a 1-2 evaluation consistency model (resumable)")(_run)
