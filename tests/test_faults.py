@@ -124,7 +124,6 @@ def test_sigkill_during_rollout_cli_then_restart_gives_the_uninterrupted_file(tm
     killed_at = __import__("json").loads(__import__("safetensors").safe_open(str(ckpt), "pt").metadata()
                                          ["stochclosure"])["step"]
     assert 0 < killed_at < 300
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [] or True  # temporaries are hidden
     done = subprocess.run(cmd, capture_output=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert out.exists() and not ckpt.exists()
