@@ -63,7 +63,7 @@ def fno(batch: int, n: int, contraction: str = "bmm", dtype: torch.dtype = torch
     if dtype == torch.float64:
         for p in m.parameters():
             p.data = p.data.to(torch.complex128 if p.is_complex() else torch.float64)
-        for name, buf in m.named_buffers():
+        for _name, buf in m.named_buffers():
             if buf.is_floating_point():
                 buf.data = buf.data.double()
     gen = torch.Generator().manual_seed(1)
