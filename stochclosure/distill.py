@@ -142,7 +142,8 @@ class Distiller(Trainer):
     Args:
         student: From :func:`make_student` (its score is trained; normalisation is the teacher's).
         teacher: The trained closure model (frozen).
-        train_data, val_data: Closure datasets (the teacher's training data).
+        train_data: Closure dataset (the teacher's training data).
+        val_data: Validation dataset or ``None``.
         levels: Diffusion times to train at, drawn uniformly per step (default: the student's).
         teacher_sampler: Teacher ODE solver spec (default: the student's record of it).
         **kwargs: Any :class:`~stochclosure.train.Trainer` option (``normalise_targets`` is forced off).
