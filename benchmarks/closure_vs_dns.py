@@ -79,7 +79,7 @@ def settings(quick: bool) -> dict[str, Any]:
                 "distill_batch": 8, "teacher_ode_steps": 4, "levels": [1.0, 0.3], "dt_factors": [1, 2, 5],
                 "horizons": [0.02, 0.04], "starts": [0], "members": 3, "offline_times": [0, 5], "offline_n": 4,
                 "cost_steps": 4, "cost_repeats": 2, "reference_steps": 4, "resample": [1, 4], "ar_every": 4}
-    return {"width": 16, "modes": 12, "layers": 4, "train_steps": 1200, "batch": 32, "distill_steps": 200,
+    return {"width": 16, "modes": 12, "layers": 4, "train_steps": 900, "batch": 32, "distill_steps": 200,
             "distill_batch": 16, "teacher_ode_steps": 6, "levels": [1.0, 0.3], "dt_factors": [1, 2, 5, 10, 20],
             "horizons": [0.1, 0.25, 0.5], "starts": [0, 50], "members": 4, "offline_times": [0, 40, 80, 120],
             "offline_n": 16, "cost_steps": 40, "cost_repeats": 2, "reference_steps": 10, "resample": [1, 4, 10],
