@@ -608,6 +608,31 @@ def report(work: Path, out_md: Path, quick: bool, info: dict[str, Any]) -> dict[
         lines.append("* No learned stochastic closure setting matched Smagorinsky's accuracy at every horizon.")
     for n, ratio in within:
         lines.append(f"* {n}: CRPS at t = {hmax} is {ratio:.3f}x that of the many-step closure ({ref_name}).")
+    # the two goals of issue 10, met or missed by how much
+    learned = [(n, r, c, sp, e) for n, r, c, sp, e in rows if r["nfe_per_step"] > 0]
+    fastest = max(learned, key=lambda x: x[3]) if learned else None
+    lines += ["", "## Goals", ""]
+    if best and best[3] >= 5:
+        lines.append(f"* >= 5x cheaper than the DNS at Smagorinsky's accuracy or better: **met** ({best[0]}, "
+                     f"{_fmt(best[3])}x).")
+    elif best:
+        lines.append(f"* >= 5x cheaper than the DNS at Smagorinsky's accuracy or better: **missed**, best "
+                     f"{_fmt(best[3])}x ({best[0]}), {_fmt(5 / best[3])}x short.")
+    elif fastest:
+        def worst(key: str) -> float:
+            return max(fastest[1]["horizons"][h][key] / max(smag_row[h][key], 1e-300) for h in fastest[1]["horizons"])
+        lines.append(f"* >= 5x cheaper than the DNS at Smagorinsky's accuracy or better: **missed**: no learned setting "
+                     f"is as accurate as Smagorinsky at every horizon; the fastest learned setting ({fastest[0]}, "
+                     f"{_fmt(fastest[3])}x) has up to {_fmt(worst('mean_rel_error'))}x Smagorinsky's ensemble-mean "
+                     f"error and {_fmt(worst('spectrum_error'))}x its spectrum error.")
+    ok2 = [(n, q) for n, q in within if q <= 1.1]
+    if ok2:
+        lines.append("* <= 0.5 network evaluations per step with CRPS within 10 % of the many-step closure: **met** by "
+                     + ", ".join(f"{n} ({q:.3f}x)" for n, q in ok2) + ".")
+    elif within:
+        n, q = min(within, key=lambda x: x[1])
+        lines.append(f"* <= 0.5 network evaluations per step with CRPS within 10 % of the many-step closure: "
+                     f"**missed**, closest {n} at {q:.3f}x ({100 * (q - 1.1):.1f} points over the 10 % margin).")
     lines.append("")
     out_md.write_text("\n".join(lines) + "\n")
     payload = {"quick": quick, "info": info, "settings": cfg, "dt": dt, "smagorinsky": smag, "ar1": ar1,
