@@ -392,7 +392,7 @@ def stage_rollouts(work: Path, system: Any, teacher: Any, student: Any, smag: An
     rec_dt = float(test["time"][1] - test["time"][0])
     horizons = cfg["horizons"]
     n_steps = int(round(max(horizons) / dt_c))
-    rec_every = int(round(min(horizons) / dt_c))
+    rec_every = math.gcd(*[int(round(h / dt_c)) for h in horizons])
     starts = cfg["starts"]
     state0 = test["state"][:, starts].flatten(0, 1)  # cases: trajectories x start records
     for name, spec in _rollout_settings(cfg, ar1, smag).items():
