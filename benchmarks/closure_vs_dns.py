@@ -340,6 +340,7 @@ def _rollout_settings(cfg: dict[str, Any], ar1: dict[str, float], smag: Any) -> 
     }
     ref, k_max = cfg["reference_steps"], cfg["resample"][-1]
     out[f"many-step DPM++{ref}, every {k_max}"] = {"closure": "teacher", "every": k_max}
+    out[f"many-step DPM++{ref}, every 1"] = {"closure": "teacher", "every": 1}
     out[f"DPM++3, every {cfg['resample'][-1]}"] = {"closure": "teacher", "every": cfg["resample"][-1],
                                                    "sampler": {"type": "dpm_solver_pp_2m", "steps": 3}}
     for k in cfg["resample"]:
@@ -409,10 +410,13 @@ def stage_rollouts(work: Path, system: Any, teacher: Any, student: Any, smag: An
             ens = ens.reshape(-1, *ens.shape[-4:]) if ens.dim() == 5 else ens[None]  # (M, B, 1, n, n)
             truth = test["state"][:, [s + int(round(h / rec_dt)) for s in starts]].flatten(0, 1)
             finite = bool(torch.isfinite(ens).all())
-            row = {"mean_rel_error": float(_rel_err(ens.mean(0), truth).mean()) if finite else float("inf"),
-                   "crps": float(metrics.crps_ensemble(ens, truth, fair=ens.shape[0] > 1).mean())
-                   if finite else float("inf"),
-                   "spectrum_error": _spectrum_error(ens, truth) if finite else float("inf")}
+            row = {"mean_rel_error": float("inf"), "crps": float("inf"), "spectrum_error": float("inf")}
+            if finite:
+                err = _rel_err(ens.mean(0), truth)
+                crps = metrics.crps_ensemble(ens, truth, fair=ens.shape[0] > 1).mean((-3, -2, -1))
+                row = {"mean_rel_error": float(err.mean()), "mean_rel_error_se": float(err.std() / len(err) ** 0.5),
+                       "crps": float(crps.mean()), "crps_se": float(crps.std() / len(crps) ** 0.5),
+                       "spectrum_error": _spectrum_error(ens, truth)}
             if ens.shape[0] > 1 and finite:
                 row["spread_skill"] = float(metrics.spread_skill_ratio(ens, truth).mean())
             rows[str(h)] = row
@@ -514,8 +518,8 @@ def report(work: Path, out_md: Path, quick: bool, info: dict[str, Any]) -> dict[
     dns_per_step = dns * cost["dt_coarse"]
     breakeven = (dns_per_step - c_step) / c_eval
     five = (dns_per_step / 5 - c_step) / c_eval
-    many = [n for n in roll if n.startswith("many-step")]
-    ref_name = many[-1] if many else None
+    many = [n for n in roll if n.startswith("many-step") and n.endswith("every 1")]
+    ref_name = many[0] if many else None
     lines = [
         "# Learned stochastic subgrid closure vs DNS" + (" (quick smoke run)" if quick else ""),
         "",
@@ -570,7 +574,7 @@ def report(work: Path, out_md: Path, quick: bool, info: dict[str, Any]) -> dict[
         "and spectrum error at every horizon no larger than Smagorinsky's.",
         "",
         "| setting | NFE / step | cost (s / time unit) | speed-up vs DNS | "
-        + " | ".join(f"err t={h}" for h in cfg["horizons"]) + f" | CRPS t={hmax} | spectrum err t={hmax} | "
+        + " | ".join(f"err t={h}" for h in cfg["horizons"]) + f" | CRPS t={hmax} (± s.e.) | spectrum err t={hmax} | "
         f"spread-skill t={hmax} | as good as Smagorinsky |",
         "|---|---|---|---|" + "---|" * len(cfg["horizons"]) + "---|---|---|---|",
         f"| DNS {nf}², batch {cost['cases']} | - | {_fmt(dns)} | 1 | " + " | ".join("0" for _ in cfg["horizons"])
@@ -582,7 +586,8 @@ def report(work: Path, out_md: Path, quick: bool, info: dict[str, Any]) -> dict[
         hz = r["horizons"]
         lines.append(f"| {name} | {r['nfe_per_step']:.3g} | {_fmt(c) if c else '-'} | {_fmt(speed)} | "
                      + " | ".join(_fmt(hz[str(h)]["mean_rel_error"]) for h in cfg["horizons"])
-                     + f" | {_fmt(hz[hmax]['crps'])} | {_fmt(hz[hmax]['spectrum_error'])} | "
+                     + f" | {_fmt(hz[hmax]['crps'])} ± {_fmt(hz[hmax].get('crps_se', float('nan')), 2)} | "
+                     f"{_fmt(hz[hmax]['spectrum_error'])} | "
                      f"{_fmt(hz[hmax]['spread_skill']) if 'spread_skill' in hz[hmax] else '-'} | "
                      f"{'yes' if equal else 'no'} |")
     good = [(n, r, c, s) for n, r, c, s, e in rows if e and r["nfe_per_step"] > 0]
@@ -625,6 +630,7 @@ def report(work: Path, out_md: Path, quick: bool, info: dict[str, Any]) -> dict[
                      f"is as accurate as Smagorinsky at every horizon; the fastest learned setting ({fastest[0]}, "
                      f"{_fmt(fastest[3])}x) has up to {_fmt(worst('mean_rel_error'))}x Smagorinsky's ensemble-mean "
                      f"error and {_fmt(worst('spectrum_error'))}x its spectrum error.")
+    caveats = _caveats(rows, roll, smag_row, hmax, cost, best)
     ok2 = [(n, q) for n, q in within if q <= 1.1]
     if ok2:
         lines.append("* <= 0.5 network evaluations per step with CRPS within 10 % of the many-step closure: **met** by "
@@ -633,6 +639,7 @@ def report(work: Path, out_md: Path, quick: bool, info: dict[str, Any]) -> dict[
         n, q = min(within, key=lambda x: x[1])
         lines.append(f"* <= 0.5 network evaluations per step with CRPS within 10 % of the many-step closure: "
                      f"**missed**, closest {n} at {q:.3f}x ({100 * (q - 1.1):.1f} points over the 10 % margin).")
+    lines += ["", "## Caveats", ""] + caveats
     lines.append("")
     out_md.write_text("\n".join(lines) + "\n")
     payload = {"quick": quick, "info": info, "settings": cfg, "dt": dt, "smagorinsky": smag, "ar1": ar1,
@@ -644,6 +651,44 @@ def report(work: Path, out_md: Path, quick: bool, info: dict[str, Any]) -> dict[
                "crps_ratio_vs_many_step": dict(within)}
     out_md.with_suffix(".json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return payload
+
+
+def _caveats(rows: list[Any], roll: dict[str, Any], smag_row: dict[str, Any], hmax: str, cost: dict[str, Any],
+             best: Any) -> list[str]:
+    """Statistical and practical limits of the table, computed from it."""
+    learned = [(n, r) for n, r, *_ in rows if r["nfe_per_step"] > 0]
+    out = []
+    if learned:
+        crps = [r["horizons"][hmax]["crps"] for _, r in learned]
+        se = max(r["horizons"][hmax].get("crps_se", 0.0) for _, r in learned)
+        out.append(f"* Sampling noise: the CRPS of the learned settings at t = {hmax} spans {_fmt(min(crps))}-"
+                   f"{_fmt(max(crps))}, while its standard error over the {roll['no closure']['cases']} test cases is "
+                   f"about {_fmt(se, 2)}: differences between samplers and policies are within one or two standard "
+                   "errors; the CRPS gain over Smagorinsky is about two, only the gap to no closure is clearly larger.")
+        ss = [(n, r["horizons"][hmax].get("spread_skill")) for n, r in learned]
+        ss = [(n, v) for n, v in ss if v is not None]
+        if ss:
+            lo, hi = min(ss, key=lambda x: x[1]), max(ss, key=lambda x: x[1])
+            out.append(f"* Every ensemble is under-dispersed (spread-skill at t = {hmax} from {_fmt(lo[1], 2)}, "
+                       f"{lo[0]}, to {_fmt(hi[1], 2)}, {hi[0]}; 1 is calibrated): the learned closure's uncertainty "
+                       "spreads the trajectories much less than their error grows. Drawing a fresh closure every step "
+                       "averages the closure noise out in time; holding a draw for several steps keeps more spread.")
+    if best:
+        e_b = roll[best[0]]["horizons"][hmax]
+        out.append(f"* Against Smagorinsky the gain is mostly in the spectrum ({_fmt(e_b['spectrum_error'])} vs "
+                   f"{_fmt(smag_row[hmax]['spectrum_error'])}) and the CRPS ({_fmt(e_b['crps'])} vs "
+                   f"{_fmt(smag_row[hmax]['crps'])}); the ensemble-mean error is only slightly lower "
+                   f"({_fmt(e_b['mean_rel_error'])} vs {_fmt(smag_row[hmax]['mean_rel_error'])}, standard error "
+                   f"{_fmt(e_b.get('mean_rel_error_se', float('nan')), 2)}).")
+        m = cost["members"]
+        out.append(f"* Costs are per trajectory (per member). A {m}-member ensemble of {best[0]} costs {m}x as much, "
+                   f"{_fmt(best[3] / m)}x cheaper than one DNS trajectory.")
+    out.append(f"* Most of the margin comes from the time step: the DNS is held to dt = {cost['dt_dns']:g} by the "
+               "stability limit dt |u|^2 < 2 nu of its explicit advection (a wavenumber-independent limit; above it the "
+               "fastest growth is at the finest resolved scales, which 256² keeps and 32² does not), while the "
+               f"coarse model runs accurately at dt = {cost['dt_coarse']:g}; with equal time steps the break-even "
+               "number of evaluations per step would be 10x smaller.")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
