@@ -102,7 +102,7 @@ class CountingScore:
 def check_steps(steps: Any, name: str = "steps") -> int:
     """Validate a step count (a positive int)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(format_error(name, "a positive integer", repr(steps), "use e.g. steps=10"))
+        raise ConfigError(format_error(name, "a positive integer", repr(steps), f"use e.g. {name}=10"))
     return steps
 
 
