@@ -524,9 +524,9 @@ def report(work: Path, out_md: Path, quick: bool, info: dict[str, Any]) -> dict[
         "# Learned stochastic subgrid closure vs DNS" + (" (quick smoke run)" if quick else ""),
         "",
         f"`python benchmarks/closure_vs_dns.py{' --quick' if quick else ''}` ({info['machine']}, torch {info['torch']},"
-        f" 1 thread, allocator tuned: {info['allocator']}; load average {_fmt(cost['load_average'], 2)} while timing;"
-        f" the machine's 2 cores were shared with other jobs, so absolute times are pessimistic and ratios are"
-        f" measured interleaved in one run).",
+        f" 1 thread, allocator tuned: {info['allocator']}; load average {_fmt(cost['load_average'], 2)} while timing"
+        + ("; the 2 cores were shared with other jobs, so absolute times are pessimistic" if cost["load_average"] >= 2
+           else "") + "; every cost is measured interleaved with the others in one run).",
         "",
         "## Setting",
         "",
