@@ -273,7 +273,7 @@ def write_results(res: dict[str, Any], quick: bool) -> Path:
 
 
 def goals(res: dict[str, Any]) -> list[str]:
-    """The issue's goals, each checked against the numbers above (met / missed, by how much)."""
+    """The experiment's goals, each checked against the numbers above (met / missed, by how much)."""
     L = ["## Goals", ""]
     off = res.get("offline", {})
     for m in ("G_sparse_interp", "G_sparse_smooth"):

@@ -28,7 +28,7 @@ def test_pretrained_closure_reproduces_recorded_offline_error():
 
     Same seeds, same computation: the only differences come from floating-point summation
     order, so the recorded errors are reproduced to 5 % (relative); the absolute level is also
-    checked against the goal of issue 7 (relative Frobenius error <= 0.10 at the training grid).
+    checked against the reference-experiment goal (relative Frobenius error <= 0.10 at the training grid).
     """
     info = pretrained.pretrained_info()
     spec = info["offline_test"]
