@@ -388,7 +388,9 @@ class ClosureDistribution(pdist.TorchDistribution):
         if not hasattr(sampler, "time_grid") or not hasattr(sampler, "data_std"):
             raise IncompatibleComponentsError(
                 f"controlling the starting noise needs a grid sampler (with time_grid and data_std), got "
-                f"{type(sampler).__name__}; fix: use a built-in sampler or drop seeds/frozen_seed/init_noise")
+                f"{type(sampler).__name__}; fix: subclass stochclosure.samplers.GridSampler (or use a built-in "
+                f"sampler), or drop seeds/frozen_seed/init_noise: in rollout/ensemble pass keyed=False (per-member "
+                f"seeds), no deterministic= and no NoiseAR1 policy")
         steps = sampler.steps if self.steps is None else self.steps
         return float(sampler.time_grid(self.model.sde, steps)[0]), sampler
 

@@ -173,3 +173,25 @@ def test_member_seed_and_keyed_normal():
     assert torch.equal(KeyedNormal(s[1:2], 7, (2, 4)).sample()[0], z[1])
     ref = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum((-2, -1))
     assert torch.allclose(kn.log_prob(z), ref)
+
+
+def test_keyed_draws_with_a_non_grid_sampler_name_the_ways_out():
+    """A sampler written straight against AbstractSampler cannot take per-member starting noise."""
+    from stochclosure.errors import IncompatibleComponentsError
+    from stochclosure.samplers import AbstractSampler
+
+    class PriorOnly(AbstractSampler):
+        def sample(self, score_fn, sde, shape, *, steps=None, generator=None, noise=None, callback=None,
+                   x_init=None, dtype=torch.float32, device=None):
+            return torch.randn(shape, generator=generator, dtype=dtype)
+
+        def nfe(self, steps=None):
+            return 0
+
+    model = sc.ClosureModel("vp", field_model().score, PriorOnly())
+    c = cond(2)
+    with pytest.raises(IncompatibleComponentsError, match="keyed=False") as err:
+        ClosureDistribution(model, c, seeds=torch.tensor([1, 2])).sample()
+    assert "GridSampler" in str(err.value)
+    # without per-member seeds it samples
+    assert ClosureDistribution(model, c).sample().shape == (2, 1, 8, 8)
