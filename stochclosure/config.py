@@ -13,13 +13,45 @@ import functools
 import inspect
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import ConfigError, format_error
 
-__all__ = ["Configurable", "to_jsonable", "check_config_keys"]
+__all__ = ["Configurable", "to_jsonable", "check_config_keys", "load_yaml_mapping"]
+
+
+def load_yaml_mapping(path: str | os.PathLike[str], expected: str = "a YAML mapping",
+                      empty_ok: bool = False) -> dict[str, Any]:
+    """Read a ``--config`` YAML file safely (``yaml.safe_load``: plain data, no ``!!python`` tags).
+
+    Args:
+        path: The YAML file.
+        expected: What the top level should be, for the error message.
+        empty_ok: Read an empty file as ``{}`` instead of rejecting it.
+
+    Raises:
+        ConfigError: a missing file, a parse error or a top level that is not a mapping, each
+            naming ``--config``.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(format_error("--config", "an existing YAML file", f"{str(p)!r} (not found)"))
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
+                                       f"a parse error ({str(exc).splitlines()[0]})", "fix the YAML syntax")) from None
+    if raw is None and empty_ok:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(format_error("--config", expected, type(raw).__name__))
+    return raw
 
 
 def to_jsonable(value: Any, key: str = "config") -> Any:

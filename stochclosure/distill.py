@@ -201,16 +201,11 @@ def load_distill_config(path: str | Path) -> dict[str, Any]:
     and ``steps`` (the distilled model's default number of evaluations). Relative paths are
     relative to the YAML file. Unknown keys raise :class:`ConfigError`.
     """
-    import yaml
-
+    from .config import load_yaml_mapping
     from .train_cli import _DATA_KEYS
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(format_error("--config", "an existing YAML file", f"{str(path)!r} (not found)"))
-    cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict):
-        raise ConfigError(format_error("--config", "a mapping", type(cfg).__name__))
+    cfg = load_yaml_mapping(path, "a mapping with blocks teacher, data, student, trainer, out")
     for block, allowed in (("", _BLOCKS), ("data", _DATA_KEYS), ("student", _STUDENT_KEYS)):
         section = cfg if not block else cfg.get(block) or {}
         unknown = sorted(set(section) - allowed)

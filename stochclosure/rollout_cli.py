@@ -33,6 +33,7 @@ from typing import Any
 
 from ._io import preflight_output, resolve_config_path
 from .cli import command
+from .config import load_yaml_mapping
 from .errors import ConfigError, format_error
 
 __all__ = ["load_rollout_config", "run_rollout", "ROLLOUT_DEFAULTS"]
@@ -45,18 +46,8 @@ _REQUIRED = ("model", "system", "out")
 
 def load_rollout_config(path: str | Path) -> dict[str, Any]:
     """Read and check a rollout YAML file (unknown keys and wrong types raise :class:`ConfigError`)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(format_error("--config", "an existing YAML file", f"{str(path)!r} (not found)"))
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
-                                       f"a parse error ({str(exc).splitlines()[0]})", "fix the YAML syntax")) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(format_error("--config", "a mapping with keys model, system, out", type(raw).__name__))
+    raw = load_yaml_mapping(path, "a mapping with keys model, system, out")
     allowed = {*ROLLOUT_DEFAULTS, *_REQUIRED, "root"}
     unknown = sorted(str(k) for k in set(raw) - allowed)
     if unknown:

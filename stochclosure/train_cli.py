@@ -40,6 +40,7 @@ from typing import Any
 
 from ._io import resolve_config_path
 from .cli import command
+from .config import load_yaml_mapping
 from .errors import ConfigError, format_error
 
 __all__ = ["load_train_config", "run_training"]
@@ -51,19 +52,8 @@ _MODEL_KEYS = {"sde", "score", "sampler", "channels"}
 
 def load_train_config(path: str | Path) -> dict[str, Any]:
     """Read and check a training YAML file (unknown keys raise :class:`ConfigError` naming them)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(format_error("--config", "an existing YAML file", f"{str(path)!r} (not found)"))
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
-                                       f"a parse error ({str(exc).splitlines()[0]})", "fix the YAML syntax")) from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(format_error("--config", "a mapping with blocks data, model, trainer, out",
-                                       type(cfg).__name__))
+    cfg = load_yaml_mapping(path, "a mapping with blocks data, model, trainer, out")
     for block, allowed in (("", _BLOCKS), ("data", _DATA_KEYS), ("model", _MODEL_KEYS)):
         section = cfg if not block else cfg.get(block) or {}
         if not isinstance(section, dict):

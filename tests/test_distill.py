@@ -121,3 +121,17 @@ def test_make_student_copies_the_teacher_and_validates():
         make_student(teacher, [0.3, 1.0], {"type": "dpm_solver_pp_2m"})
     with pytest.raises(sc.ConfigError, match="teacher_sampler"):
         consistency_targets(teacher, x, 0.5, cond, {"type": "euler_maruyama", "steps": 3})
+
+
+def test_distill_config_parse_errors_are_config_errors(tmp_path):
+    from stochclosure.distill import load_distill_config
+    from stochclosure.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: [unclosed\n")
+    with pytest.raises(ConfigError, match="--config.*valid YAML"):
+        load_distill_config(bad)
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("teacher: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="no !!python tags"):
+        load_distill_config(tagged)

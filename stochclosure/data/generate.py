@@ -40,11 +40,10 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-import yaml
 
 from .._io import preflight_output
 from ..cli import command
-from ..config import check_config_keys
+from ..config import check_config_keys, load_yaml_mapping
 from ..errors import ConfigError, format_error
 from .hdf5 import FORMAT, FORMAT_VERSION, SPLITS, open_checked
 
@@ -72,19 +71,7 @@ DEFAULTS: dict[str, Any] = {
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a generation YAML file into ``{"system": {...}, **generation keys}`` (defaults filled)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(format_error("--config", "an existing YAML file", repr(str(p))))
-    try:
-        with open(p) as fh:
-            raw = yaml.safe_load(fh) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
-                                       f"a parse error ({str(exc).splitlines()[0]})",
-                                       "fix the YAML syntax")) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(format_error("config", "a YAML mapping", type(raw).__name__))
-    return normalise_config(raw)
+    return normalise_config(load_yaml_mapping(path, empty_ok=True))
 
 
 def normalise_config(raw: dict[str, Any]) -> dict[str, Any]:
