@@ -30,7 +30,6 @@ it has the same schedule, EMA, validation, checkpoints and exact resume after a 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -251,16 +250,10 @@ def run_distillation(cfg: dict[str, Any], resume: bool = False, progress: bool =
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_distill_config(args.config)
+    from .train_cli import print_summary
+
     result = run_distillation(cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"distilled {result.steps} steps" + (f" (resumed from step {result.resumed_from})" if result.resumed_from
-                                               else "")
-          + f" in {result.seconds:.1f} s: loss {result.train_loss:.4g}"
-          + (f", validation loss {result.val_loss:.4g}" if result.val_loss is not None else ""))
-    print(f"checkpoint: {result.checkpoint}")
-    if args.json:
-        print(json.dumps({"steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
-                          "seconds": round(result.seconds, 2),
-                          "checkpoint": str(result.checkpoint) if result.checkpoint else None}))
+    print_summary(result, "distilled", args.json)
     return 0
 
 

@@ -155,17 +155,28 @@ def _run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) > 0:
         return 0  # rank 0 reports for everyone
+    print_summary(result, "trained", args.json)
+    return 0
+
+
+def print_summary(result: Any, verb: str, as_json: bool) -> None:
+    """Print a training-like run's one-line summary and checkpoint (and a JSON line with ``as_json``).
+
+    Args:
+        result: A :class:`~stochclosure.train.TrainResult`.
+        verb: ``"trained"``, ``"distilled"``, ...
+        as_json: Also print the summary as one JSON line.
+    """
     summary = {"steps": result.steps, "resumed_from": result.resumed_from, "train_loss": result.train_loss,
                "val_loss": result.val_loss, "seconds": round(result.seconds, 2),
                "checkpoint": str(result.checkpoint) if result.checkpoint else None}
-    print(f"trained {result.steps} steps"
+    print(f"{verb} {result.steps} steps"
           + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
           + f" in {result.seconds:.1f} s: train loss {result.train_loss:.4g}"
           + (f", validation loss {result.val_loss:.4g}" if result.val_loss is not None else ""))
     print(f"checkpoint: {summary['checkpoint']}")
-    if args.json:
+    if as_json:
         print(json.dumps(summary))
-    return 0
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:

@@ -78,3 +78,36 @@ def test_config_errors_are_one_line_and_name_the_key(tmp_path, dataset, capsys):
         cfg.write_text(yaml.safe_dump(text))
         run_training(load_train_config(cfg), progress=False)
     assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_distill_cli_runs_resumes_and_loads(tmp_path, dataset, capsys):
+    cfg = yaml.safe_load(write_config(tmp_path, dataset).read_text())
+    cfg["model"] = {"sde": "vp", "sampler": {"type": "dpm_solver_pp_2m", "steps": 4},
+                    "score": {"type": "fno", "sde": "vp", "width": 8, "modes": 4, "layers": 2, "embed_dim": 16,
+                              "encoder": "field"}}
+    cfg["trainer"]["max_steps"] = 6
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "teacher.yaml"), "--no-progress", "--json"]) == 0
+    teacher = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"]
+    dcfg = {"teacher": teacher,
+            "data": {"path": str(dataset), "closure": "H", "resolution": 16, "obs": False, "val_split": "val"},
+            "student": {"levels": [1.0, 0.3], "steps": 1, "teacher_sampler": {"type": "dpm_solver_pp_2m", "steps": 3}},
+            "trainer": {"batch_size": 4, "max_steps": 4, "checkpoint_every": 2, "val_every": 2, "val_batches": 1},
+            "out": "student", "seed": 0}
+    (tmp_path / "distill.yaml").write_text(yaml.safe_dump(dcfg))
+    assert main(["distill", "--config", str(tmp_path / "distill.yaml"), "--no-progress", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("distilled 4 steps")
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and summary["checkpoint"].endswith("student/step-00000004")
+    student = load_model(summary["checkpoint"])
+    ds = __import__("stochclosure.data.hdf5", fromlist=["x"]).ClosureH5Dataset(dataset, split="test", resolution=16,
+                                                                               obs=False)
+    _, cond = ds.collate([ds[0]])
+    u = student.sample(cond, n=2, generator=torch.Generator().manual_seed(0))
+    assert u.shape == (2, 1, 1, 16, 16) and bool(torch.isfinite(u).all())
+    # a longer run resumes from step 4
+    dcfg["trainer"]["max_steps"] = 6
+    (tmp_path / "distill.yaml").write_text(yaml.safe_dump(dcfg))
+    assert main(["distill", "--config", str(tmp_path / "distill.yaml"), "--resume", "--no-progress"]) == 0
+    assert "resumed from step 4" in capsys.readouterr().out
