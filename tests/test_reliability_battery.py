@@ -1,4 +1,4 @@
-"""Every row of the bad-input battery (stochclosure.testing.bad_inputs) raises its typed error.
+"""Every row of the bad-input battery (tests/battery) raises its typed error.
 
 The same table generates benchmarks/results/reliability.md (benchmarks/reliability.py).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from stochclosure import errors
-from stochclosure.testing.bad_inputs import CASES, Context, run_case
+from battery import CASES, Context, run_case
 
 pytest.importorskip("stochclosure_neuralop")
 
