@@ -6,9 +6,9 @@ The same table generates benchmarks/results/reliability.md (benchmarks/reliabili
 from __future__ import annotations
 
 import pytest
+from battery import CASES, Context, run_case
 
 from stochclosure import errors
-from battery import CASES, Context, run_case
 
 pytest.importorskip("stochclosure_neuralop")
 
