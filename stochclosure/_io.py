@@ -9,19 +9,29 @@ used as given; a relative path is resolved against the folder of the configurati
 stay inside that folder, or inside the folder named by the configuration's optional top-level
 ``root`` key (itself relative to the configuration file). So ``../../etc/passwd`` in a config is
 refused unless the author declared, explicitly, a root that contains it.
+
+Two processes must never write the same output: :func:`exclusive_lock` takes an advisory
+``fcntl`` lock on ``<output>.lock`` for the whole job (the second process gets a one-line
+:class:`~stochclosure.errors.OutputError` naming the holder's pid, before any work), and
+:func:`temporary_name` gives every process its own temporary file beside the target, so a
+failed writer can never truncate another's file before the atomic ``os.replace``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ConfigError, OutputError, format_error
 
-__all__ = ["preflight_output", "resolve_config_path", "config_root", "MIN_FREE_BYTES"]
+__all__ = ["preflight_output", "resolve_config_path", "config_root", "exclusive_lock", "temporary_name",
+           "MIN_FREE_BYTES"]
 
 MIN_FREE_BYTES = 16 * 2**20
 """Free space required by default before a job starts (16 MiB)."""
@@ -119,3 +129,66 @@ def resolve_config_path(value: object, key: str, config_path: str | os.PathLike[
                                        "write an absolute path, or declare a wider folder with a top-level "
                                        "`root:` key in the config"))
     return str(resolved)
+
+
+def temporary_name(target: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
+    """A temporary path beside ``target`` that no other process uses (host, pid and a random tag).
+
+    Write there, then ``os.replace`` onto ``target``: the rename is atomic on one file system, and
+    two writers never share (or truncate) a temporary file.
+
+    Args:
+        target: The file that will be replaced.
+        suffix: Ending of the temporary name.
+
+    Returns:
+        ``target.parent / ".<name>.<host>-<pid>-<random><suffix>"`` (not created).
+    """
+    target = Path(target)
+    tag = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+    return target.with_name(f".{target.name}.{tag}{suffix}")
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | os.PathLike[str], argument: str = "out") -> Iterator[Path]:
+    """Hold an exclusive advisory lock on ``<target>.lock`` for the duration of a job.
+
+    The lock is released by the kernel when the process ends, even by SIGKILL, so a killed job
+    never leaves a stale lock behind (the lock file itself stays, harmlessly). The holder's pid
+    is written into the file for the message a second process gets.
+
+    Args:
+        target: The output (file or folder) the job writes.
+        argument: Name of the argument for the message (``"--out"``, ``"out"``).
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        OutputError: another process holds the lock (naming its pid), or the lock file cannot be
+            created.
+    """
+    import fcntl
+
+    target = Path(target)
+    lock = target.with_name(target.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(format_error(argument, f"a lockable output {str(target)!r}",
+                                       f"{str(lock)!r} cannot be created ({exc.strerror or exc})",
+                                       "choose a writable location")) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise OutputError(format_error(argument, f"an output no other process is writing: {str(target)!r}",
+                                           f"locked by another running process (pid {holder})",
+                                           "wait for it to finish, or choose another output")) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
