@@ -33,6 +33,9 @@ __all__ = [
     "spread_skill_ratio",
     "rank_histogram",
     "rank_histogram_chi2",
+    "r2_score",
+    "interval_coverage",
+    "offline_scores",
     "isotropic_spectrum",
     "enstrophy_spectrum",
     "energy_spectrum",
@@ -84,6 +87,17 @@ def mse(pred: Tensor, truth: Tensor, dims: int | Sequence[int] | None = None) ->
     """Mean squared error over ``dims`` (default: all)."""
     _check_like("pred", pred, truth)
     return (pred - truth).pow(2).mean(_dims(truth, dims))
+
+
+def r2_score(pred: Tensor, truth: Tensor) -> Tensor:
+    """Coefficient of determination ``1 - sum (truth - pred)^2 / sum (truth - mean(truth))^2`` over all entries.
+
+    The mean is taken over everything (one number for a whole test set); 1 is perfect, 0 is the
+    constant mean, negative is worse than that.
+    """
+    _check_like("pred", pred, truth)
+    t = truth.double()
+    return 1 - (t - pred.double()).pow(2).sum() / (t - t.mean()).pow(2).sum()
 
 
 # -- probabilistic scores -------------------------------------------------------------------------------
@@ -166,6 +180,49 @@ def spread_skill_ratio(ensemble: Tensor, truth: Tensor, member_dim: int = 0,
     spread, rmse = spread_skill(ensemble, truth, member_dim, dims)
     m = ensemble.shape[member_dim]
     return math.sqrt((m + 1) / m) * spread / rmse
+
+
+def interval_coverage(ensemble: Tensor, truth: Tensor, level: float = 0.8, member_dim: int = 0) -> Tensor:
+    """Fraction of ``truth`` entries inside the ensemble's central ``level`` interval.
+
+    The interval runs between the empirical ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles
+    of the members (linear interpolation). With ``M`` members exchangeable with the truth (a
+    calibrated ensemble) the expected coverage is ``level (M - 1) / (M + 1)``: the truth's rank is
+    uniform on ``M + 1`` places, of which the interval spans ``level (M - 1)``.
+
+    Returns:
+        A scalar tensor in ``[0, 1]``.
+    """
+    if not 0 < level < 1:
+        raise ShapeError(format_error("level", "a probability in (0, 1)", repr(level)))
+    ens = _check_ensemble(ensemble, truth, member_dim).double()
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(ens.reshape(ens.shape[0], -1), q, dim=0)
+    t = truth.double().reshape(-1)
+    return ((t >= lo) & (t <= hi)).double().mean()
+
+
+def offline_scores(ensemble: Tensor, truth: Tensor, member_dim: int = 0, level: float = 0.8) -> dict[str, float]:
+    """The offline scorecard of closure draws: R^2 of the ensemble mean, fair CRPS, energy score,
+    spread-skill ratio and interval coverage, each averaged over the test set.
+
+    Args:
+        ensemble: ``(M, N, C, *grid)`` draws (members at ``member_dim``).
+        truth: ``(N, C, *grid)`` true closures.
+        member_dim: Position of the member axis.
+        level: Central interval for the coverage.
+
+    Returns:
+        ``{"r2", "crps", "energy", "spread_skill", "coverage"}`` (``crps`` and ``energy`` in the
+        closure's units, per entry and per field).
+    """
+    ens = _check_ensemble(ensemble, truth, member_dim)
+    event = truth.dim() - 1
+    return {"r2": float(r2_score(ens.mean(0), truth)),
+            "crps": float(crps_ensemble(ens, truth, fair=ens.shape[0] > 1).mean()),
+            "energy": float(energy_score(ens, truth, event_dims=event).mean()),
+            "spread_skill": float(spread_skill_ratio(ens, truth)) if ens.shape[0] > 1 else float("nan"),
+            "coverage": float(interval_coverage(ens, truth, level))}
 
 
 def rank_histogram(ensemble: Tensor, truth: Tensor, member_dim: int = 0,

@@ -129,3 +129,22 @@ def test_ensemble_shape_errors_name_the_argument():
         metrics.crps_ensemble(torch.zeros(4, 3), torch.zeros(5))
     with pytest.raises(ShapeError, match="at least 2 members"):
         metrics.crps_ensemble(torch.zeros(1, 3), torch.zeros(3), fair=True)
+
+
+def test_r2_coverage_and_the_offline_scorecard_on_a_calibrated_gaussian_ensemble():
+    """Truth and members exchangeable N(mu, 1): coverage ~ level, spread-skill ~ 1, R^2 = var(mu) share."""
+    from stochclosure.metrics import interval_coverage, offline_scores, r2_score
+
+    g = torch.Generator().manual_seed(11)
+    mu = 2.0 * torch.randn(200, 1, 8, 8, generator=g, dtype=torch.float64)
+    truth = mu + torch.randn(mu.shape, generator=g, dtype=torch.float64)
+    ens = mu + torch.randn((64, *mu.shape), generator=g, dtype=torch.float64)
+    assert abs(float(r2_score(mu, truth)) - 0.8) < 0.02  # var(mu) / var(truth) = 4 / 5; n = 12800
+    # the empirical interval of M exchangeable members covers level (M - 1) / (M + 1) on average
+    expected = 0.8 * 63 / 65
+    assert abs(float(interval_coverage(ens, truth, 0.8)) - expected) < 0.015
+    card = offline_scores(ens, truth)
+    assert abs(card["spread_skill"] - 1) < 0.03 and abs(card["r2"] - 0.8) < 0.02
+    assert abs(card["coverage"] - expected) < 0.015
+    assert card["crps"] > 0 and card["energy"] > 0
+    assert float(r2_score(truth, truth)) == 1.0
