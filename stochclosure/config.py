@@ -36,6 +36,7 @@ MAX_YAML_NODES = 100_000
 """Most values a YAML configuration may expand to, aliases counted at every use (alias bombs)."""
 
 
+@functools.lru_cache(maxsize=1)
 def _yaml_loader() -> type:
     """A ``yaml.SafeLoader`` that bounds nesting and the size the document expands to.
 
@@ -157,7 +158,7 @@ def json_nesting(text: str) -> int:
 
 
 def load_json_text(text: str | bytes, where: str, error: type[Exception] = ConfigError, *,
-                   max_chars: int = 16 * 2**20, max_depth: int = MAX_NESTING) -> Any:
+                   max_chars: int = 16 * 2**20, max_depth: int = MAX_NESTING, source: str | None = None) -> Any:
     """Parse JSON read from a file or an attribute, bounded in size and nesting.
 
     Args:
@@ -166,6 +167,7 @@ def load_json_text(text: str | bytes, where: str, error: type[Exception] = Confi
         error: The error class to raise (``CheckpointError``, ``DatasetError``, ...).
         max_chars: Longest text accepted.
         max_depth: Deepest nesting accepted.
+        source: The file the text comes from, when ``where`` does not say it (an attribute name).
 
     Returns:
         The parsed value.
@@ -173,23 +175,24 @@ def load_json_text(text: str | bytes, where: str, error: type[Exception] = Confi
     Raises:
         error: text that is too long, too deeply nested, not UTF-8 or not JSON, naming ``where``.
     """
+    at = f" in {source!r}" if source else ""
     if isinstance(text, bytes):
         try:
             text = text.decode()
         except UnicodeDecodeError as exc:
-            raise error(format_error(where, "UTF-8 JSON text", f"undecodable bytes ({exc})",
+            raise error(format_error(where, "UTF-8 JSON text", f"undecodable bytes ({exc}){at}",
                                      "the file is corrupt or of another kind")) from None
     if len(text) > max_chars:
-        raise error(format_error(where, f"JSON text of at most {max_chars} characters", f"{len(text)} characters",
+        raise error(format_error(where, f"JSON text of at most {max_chars} characters", f"{len(text)} characters{at}",
                                  "the file is corrupt or of another kind"))
     depth = json_nesting(text)
     if depth > max_depth:
-        raise error(format_error(where, f"JSON nested at most {max_depth} levels deep", f"{depth} levels",
+        raise error(format_error(where, f"JSON nested at most {max_depth} levels deep", f"{depth} levels{at}",
                                  "the file is corrupt or of another kind"))
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise error(format_error(where, "valid JSON", f"unparsable text ({str(exc)[:200]})",
+        raise error(format_error(where, "valid JSON", f"unparsable text ({str(exc)[:200]}){at}",
                                  "the file is corrupt or truncated")) from None
 
 
