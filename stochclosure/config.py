@@ -118,7 +118,11 @@ def load_yaml_mapping(path: str | os.PathLike[str], expected: str = "a YAML mapp
         raise ConfigError(format_error("--config", f"a YAML file of at most {MAX_CONFIG_BYTES // 2**20} MiB",
                                        f"{str(p)!r} of {size / 2**20:.1f} MiB", "pass the configuration file"))
     try:
-        raw = yaml.load(p.read_text(), Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+        loader = _yaml_loader()(p.read_text())  # a yaml.SafeLoader subclass
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except _YamlLimit as exc:
         got, fix = exc.args
         raise ConfigError(format_error("--config", "a plain YAML configuration", f"{got} in {str(p)!r}", fix)) from None
