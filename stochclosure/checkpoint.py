@@ -439,7 +439,7 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         size = cfg_path.stat().st_size
         if size > MAX_CONFIG_BYTES:
             raise CheckpointError(format_error(str(cfg_path), f"at most {MAX_CONFIG_BYTES // 2**20} MiB of JSON",
-                                               f"{size / 2**20:.1f} MiB", "the file is not a checkpoint configuration"))
+                                               f"{size} bytes", "the file is not a checkpoint configuration"))
         cfg = load_json_text(cfg_path.read_bytes(), str(cfg_path), CheckpointError, max_chars=MAX_CONFIG_BYTES)
         return _check_header(cfg, str(cfg_path))
     if not path.is_file():

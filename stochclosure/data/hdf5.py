@@ -146,13 +146,20 @@ def _check_layout(f: h5py.File, path: str, target: h5py.Dataset, state: h5py.Dat
         raise DatasetError(format_error("time", "a 1-D dataset of record times", f"shape {time.shape} in {path!r}",
                                         "regenerate the file"))
     n_traj, n_t = len(split), len(time)
-    for key, ds in ((target.name.lstrip("/"), target), (state.name.lstrip("/"), state)):
+    t_key, s_key = target.name.lstrip("/"), state.name.lstrip("/")
+    both = f"(target {t_key} has {target.shape[:2]}, state {s_key} has {state.shape[:2]}) in {path!r}"
+    fix = "the file is truncated or was edited; regenerate it"
+    if target.shape[:2] == state.shape[:2]:  # the fields agree: /split or /time is the odd one out
+        if target.shape[0] != n_traj:
+            raise DatasetError(format_error("split", f"{target.shape[0]} labels, one per trajectory", f"{n_traj} {both}",
+                                            fix))
+        if target.shape[1] != n_t:
+            raise DatasetError(format_error("time", f"{target.shape[1]} record times", f"{n_t} {both}", fix))
+    for key, ds in ((t_key, target), (s_key, state)):
         if ds.shape[:2] != (n_traj, n_t):
             raise DatasetError(format_error(
                 key, f"{n_traj} trajectories x {n_t} records (the lengths of /split and /time)",
-                f"{ds.shape[0]} x {ds.shape[1]} (target {target.name.lstrip('/')} has {target.shape[:2]}, state "
-                f"{state.name.lstrip('/')} has {state.shape[:2]}) in {path!r}",
-                "the file is truncated or was edited; regenerate it"))
+                f"{ds.shape[0]} x {ds.shape[1]} {both}", fix))
     if target.shape[3:] != state.shape[3:]:
         raise DatasetError(format_error(target.name.lstrip("/"), f"the grid {state.shape[3:]} of the state",
                                         f"grid {target.shape[3:]} in {path!r}", "regenerate the file"))
@@ -213,7 +220,7 @@ def _read_statistics(ds: h5py.Dataset, key: str, path: str) -> tuple[np.ndarray,
             raise DatasetError(format_error(argument, f"{channels} finite numbers", f"unreadable data ({exc})",
                                             "regenerate the file")) from None
         if raw.dtype.kind not in "fiu" or raw.shape not in ((channels,), () if channels == 1 else (channels,)):
-            raise DatasetError(format_error(argument, f"{channels} numbers (one per channel)",
+            raise DatasetError(format_error(argument, f"{channels} number(s), one per channel",
                                             f"dtype {raw.dtype}, shape {raw.shape}: {_short(raw.tolist())} in {path!r}",
                                             "regenerate the file"))
         values = raw.astype(np.float64).reshape(channels)
