@@ -65,7 +65,8 @@ from ..config import check_config_keys, load_json_text, load_yaml_mapping
 from ..errors import ConfigError, OutputError, format_error
 from .hdf5 import FORMAT, FORMAT_VERSION, SPLITS, open_checked
 
-__all__ = ["DEFAULTS", "load_config", "generate", "batch_seed"]
+__all__ = ["DEFAULTS", "MAX_COUNT", "MAX_SEED", "load_config", "normalise_config", "check_compression", "generate",
+           "batch_seed"]
 
 DEFAULTS: dict[str, Any] = {
     "trajectories": 8,        # number of trajectories N
