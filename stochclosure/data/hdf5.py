@@ -139,11 +139,13 @@ def _check_layout(f: h5py.File, path: str, target: h5py.Dataset, state: h5py.Dat
         if not isinstance(ds, h5py.Dataset) or ds.ndim < 3:
             raise DatasetError(format_error(key.lstrip("/"), "a field dataset (N, T, C, *grid)",
                                             f"shape {getattr(ds, 'shape', None)} in {path!r}", "regenerate the file"))
-    if split.ndim != 1:
+    if not isinstance(split, h5py.Dataset) or split.ndim != 1:
         raise DatasetError(format_error("split", "a 1-D dataset of labels, one per trajectory",
-                                        f"shape {split.shape} in {path!r}", "regenerate the file"))
-    if time.ndim != 1:
-        raise DatasetError(format_error("time", "a 1-D dataset of record times", f"shape {time.shape} in {path!r}",
+                                        f"shape {getattr(split, 'shape', 'none (a group)')} in {path!r}",
+                                        "regenerate the file"))
+    if not isinstance(time, h5py.Dataset) or time.ndim != 1:
+        raise DatasetError(format_error("time", "a 1-D dataset of record times",
+                                        f"shape {getattr(time, 'shape', 'none (a group)')} in {path!r}",
                                         "regenerate the file"))
     n_traj, n_t = len(split), len(time)
     t_key, s_key = target.name.lstrip("/"), state.name.lstrip("/")
