@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import shutil
@@ -37,6 +38,13 @@ def gen_config(ctx: Context, name: str, text: str) -> Any:
     return load_config(ctx.path(name, text))
 
 
+def _release(proc: subprocess.Popen[str]) -> None:
+    """Let a lock holder go: closing its standard input ends it."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    proc.wait(timeout=30)
+
+
 def locked_generate(ctx: Context) -> list[str]:
     """``generate`` argv on an ``--out`` whose lock a second, still running process holds."""
     out = ctx.folder / "locked.h5"
@@ -47,7 +55,8 @@ def locked_generate(ctx: Context) -> list[str]:
               "print('held', flush=True)\nsys.stdin.read()\n")
     proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    ctx.__dict__.setdefault("_holders", []).append(proc)  # released when the stdin pipe closes (end of the run)
+    proc.stdout.close()
+    atexit.register(_release, proc)  # the holder keeps the lock until the battery's process ends
     return ["generate", "--system", "lorenz96", "--config", str(ctx.path("locked.yaml", L96)), "--out", str(out),
             "--no-progress"]
 
