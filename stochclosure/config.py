@@ -14,6 +14,7 @@ import inspect
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,82 @@ import torch
 
 from .errors import ConfigError, format_error
 
-__all__ = ["Configurable", "to_jsonable", "check_config_keys", "load_yaml_mapping"]
+__all__ = ["Configurable", "to_jsonable", "check_config_keys", "load_yaml_mapping", "load_json_text", "json_nesting",
+           "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_YAML_NODES"]
+
+
+MAX_CONFIG_BYTES = 4 * 2**20
+"""Largest ``--config`` YAML file read (4 MiB; configurations are a few kB)."""
+
+MAX_NESTING = 100
+"""Deepest nesting of lists/mappings accepted in a YAML configuration or a JSON document."""
+
+MAX_YAML_NODES = 100_000
+"""Most values a YAML configuration may expand to, aliases counted at every use (alias bombs)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    """A ``yaml.SafeLoader`` that bounds nesting and the size the document expands to.
+
+    ``yaml.safe_load`` builds an alias once and shares it, so a "billion laughs" document
+    (``&a [x, x, ...]``, ``&b [*a, *a, ...]``, ...) loads in microseconds and then hangs whatever
+    walks it (hashing, printing, validation). This loader counts, while composing, the number of
+    values each node expands to (an alias counts the full size of its anchor at every use) and
+    refuses a document above :data:`MAX_YAML_NODES`, nesting deeper than :data:`MAX_NESTING`, or
+    an alias that refers to its own enclosing node (a recursive structure).
+    """
+    import yaml
+    from yaml.events import AliasEvent
+    from yaml.nodes import MappingNode, SequenceNode
+
+    class BoundedSafeLoader(yaml.SafeLoader):
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._sizes: dict[int, int] = {}
+            self._depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            alias = self.check_event(AliasEvent)
+            self._depth += 1
+            try:
+                if self._depth > MAX_NESTING:
+                    raise _YamlLimit(f"nesting deeper than {MAX_NESTING} levels", "flatten the configuration")
+                node = super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+            size = self._sizes.get(id(node))
+            if size is None:
+                if alias:
+                    raise _YamlLimit("an alias to its own enclosing node (a recursive structure)",
+                                     "remove the self-referencing alias")
+                if isinstance(node, SequenceNode):
+                    size = 1 + sum(self._sizes.get(id(c), 1) for c in node.value)
+                elif isinstance(node, MappingNode):
+                    size = 1 + sum(self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value)
+                else:
+                    size = 1
+                self._sizes[id(node)] = size
+            if size > MAX_YAML_NODES:
+                raise _YamlLimit(f"a document expanding to more than {MAX_YAML_NODES} values (aliases counted "
+                                 "at every use)", "write the values out instead of nesting aliases")
+            return node
+
+    return BoundedSafeLoader
+
+
+class _YamlLimit(Exception):
+    """A YAML document beyond the loader's bounds: ``args`` are (what was found, how to fix it)."""
 
 
 def load_yaml_mapping(path: str | os.PathLike[str], expected: str = "a YAML mapping",
                       empty_ok: bool = False) -> dict[str, Any]:
-    """Read a ``--config`` YAML file safely (``yaml.safe_load``: plain data, no ``!!python`` tags).
+    """Read a ``--config`` YAML file safely: plain data only, bounded in size, nesting and expansion.
+
+    The loader is ``yaml.SafeLoader`` (no ``!!python`` tags) that also refuses, before building
+    anything, a file above :data:`MAX_CONFIG_BYTES`, nesting deeper than :data:`MAX_NESTING` and
+    documents whose aliases expand to more than :data:`MAX_YAML_NODES` values ("billion laughs").
+    Anchors and aliases within those bounds are allowed. Every command's ``--config`` is read here.
 
     Args:
         path: The YAML file.
@@ -34,16 +105,31 @@ def load_yaml_mapping(path: str | os.PathLike[str], expected: str = "a YAML mapp
         empty_ok: Read an empty file as ``{}`` instead of rejecting it.
 
     Raises:
-        ConfigError: a missing file, a parse error or a top level that is not a mapping, each
-            naming ``--config``.
+        ConfigError: a missing or oversized file, a parse error, a document beyond the bounds or a
+            top level that is not a mapping, each naming ``--config``.
     """
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(format_error("--config", "an existing YAML file", f"{str(p)!r} (not found)"))
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(format_error("--config", f"a YAML file of at most {MAX_CONFIG_BYTES // 2**20} MiB",
+                                       f"{str(p)!r} of {size / 2**20:.1f} MiB", "pass the configuration file"))
     try:
-        raw = yaml.safe_load(p.read_text())
+        loader = _yaml_loader()(p.read_text())  # a yaml.SafeLoader subclass
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except _YamlLimit as exc:
+        got, fix = exc.args
+        raise ConfigError(format_error("--config", "a plain YAML configuration", f"{got} in {str(p)!r}", fix)) from None
+    except RecursionError:
+        raise ConfigError(format_error("--config", "a plain YAML configuration",
+                                       f"nesting deeper than {MAX_NESTING} levels in {str(p)!r}",
+                                       "flatten the configuration")) from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(format_error("--config", "valid YAML (plain data, no !!python tags)",
                                        f"a parse error ({str(exc).splitlines()[0]})", "fix the YAML syntax")) from None
@@ -52,6 +138,66 @@ def load_yaml_mapping(path: str | os.PathLike[str], expected: str = "a YAML mapp
     if not isinstance(raw, dict):
         raise ConfigError(format_error("--config", expected, type(raw).__name__))
     return raw
+
+
+def json_nesting(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON ``text`` (brackets inside strings ignored).
+
+    Linear in the text (NumPy on the bracket positions), so it can run before ``json.loads``,
+    whose recursion a deeply nested document would exhaust.
+
+    Example:
+        >>> json_nesting('{"a": [1, [2, "]]]"]]}')
+        3
+    """
+    import numpy as np
+
+    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    codes = np.frombuffer(stripped.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    steps = np.zeros(codes.shape, dtype=np.int8)
+    steps[(codes == ord("[")) | (codes == ord("{"))] = 1
+    steps[(codes == ord("]")) | (codes == ord("}"))] = -1
+    at = np.flatnonzero(steps)
+    return int(np.cumsum(steps[at], dtype=np.int64).max()) if at.size else 0
+
+
+def load_json_text(text: str | bytes, where: str, error: type[Exception] = ConfigError, *,
+                   max_chars: int = 16 * 2**20, max_depth: int = MAX_NESTING, source: str | None = None) -> Any:
+    """Parse JSON read from a file or an attribute, bounded in size and nesting.
+
+    Args:
+        text: The JSON text (bytes are decoded as UTF-8).
+        where: What is parsed (a path, ``"attribute 'closures' of data.h5"``), for the message.
+        error: The error class to raise (``CheckpointError``, ``DatasetError``, ...).
+        max_chars: Longest text accepted.
+        max_depth: Deepest nesting accepted.
+        source: The file the text comes from, when ``where`` does not say it (an attribute name).
+
+    Returns:
+        The parsed value.
+
+    Raises:
+        error: text that is too long, too deeply nested, not UTF-8 or not JSON, naming ``where``.
+    """
+    at = f" in {source!r}" if source else ""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError as exc:
+            raise error(format_error(where, "UTF-8 JSON text", f"undecodable bytes ({exc}){at}",
+                                     "the file is corrupt or of another kind")) from None
+    if len(text) > max_chars:
+        raise error(format_error(where, f"JSON text of at most {max_chars} characters", f"{len(text)} characters{at}",
+                                 "the file is corrupt or of another kind"))
+    depth = json_nesting(text)
+    if depth > max_depth:
+        raise error(format_error(where, f"JSON nested at most {max_depth} levels deep", f"{depth} levels{at}",
+                                 "the file is corrupt or of another kind"))
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise error(format_error(where, "valid JSON", f"unparsable text ({str(exc)[:200]}){at}",
+                                 "the file is corrupt or truncated")) from None
 
 
 def to_jsonable(value: Any, key: str = "config") -> Any:

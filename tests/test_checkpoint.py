@@ -145,3 +145,202 @@ def test_weights_that_do_not_fit_raise(tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(sc.CheckpointError, match="weights matching the rebuilt model"):
         load_model(d)
+
+
+# -- loading trusts nothing: links, dtypes, statistics, nesting, size, the SDE -------------------------------------
+
+def rewrite_weights(d, edit, name="model.safetensors"):
+    """Apply ``edit(tensors)`` to a weight file of checkpoint ``d``, keep its metadata, update its SHA-256."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = d / name
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(path))
+    edit(tensors)
+    save_file(tensors, str(path), metadata=meta)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["files"][name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def edit_config(d, edit):
+    cfg = json.loads((d / "config.json").read_text())
+    edit(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def test_links_leaving_the_checkpoint_folder_are_refused(tmp_path):
+    d = small_model().save(tmp_path / "ckpt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (d / "model.safetensors").rename(elsewhere / "model.safetensors")
+    (d / "model.safetensors").symlink_to(elsewhere / "model.safetensors")
+    with pytest.raises(sc.CheckpointError, match=r"model.safetensors'.*expected a file inside the checkpoint folder"
+                                                 r".*a link resolving to .*elsewhere/model.safetensors"):
+        load_model(d)
+    # a link that stays inside the folder is fine
+    (d / "model.safetensors").unlink()
+    (d / "weights").mkdir()
+    (elsewhere / "model.safetensors").rename(d / "weights" / "model.safetensors")
+    (d / "model.safetensors").symlink_to(d / "weights" / "model.safetensors")
+    assert torch.equal(load_model(d).state_dict()["score.film.weight"], small_model().state_dict()["score.film.weight"])
+    (d / "config.json").rename(elsewhere / "config.json")
+    (d / "config.json").symlink_to(elsewhere / "config.json")
+    with pytest.raises(sc.CheckpointError, match=r"config.json'.*expected a file inside the checkpoint folder"):
+        read_config(d)
+    (d / "config.json").unlink()
+    (elsewhere / "config.json").rename(d / "config.json")
+    edit_config(d, lambda c: c["files"].update({"../../outside.safetensors": "0" * 64}))
+    with pytest.raises(sc.CheckpointError, match=r"files'.*expected plain file names"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("dtype,ok", [(torch.int8, False), (torch.int64, False), (torch.bool, False),
+                                      (torch.float64, False), (torch.float16, True), (torch.bfloat16, True)])
+def test_weight_dtype_rule(tmp_path, dtype, ok):
+    m = small_model()
+    d = m.save(tmp_path / "ckpt")
+    rewrite_weights(d, lambda t: t.__setitem__("score.film.weight", t["score.film.weight"].to(dtype)))
+    if ok:  # an exact widening: the values arrive unchanged
+        loaded = load_model(d).state_dict()["score.film.weight"]
+        assert loaded.dtype == torch.float32
+        assert torch.equal(loaded, m.state_dict()["score.film.weight"].to(dtype).float())
+    else:
+        with pytest.raises(sc.CheckpointError, match=r"'score.film.weight'.*expected a floating tensor of dtype "
+                                                     rf"float32 .*got {str(dtype).replace('torch.', '')}"):
+            load_model(d)
+
+
+def test_complex_spectral_weights_must_stay_complex(tmp_path):
+    d = small_model().save(tmp_path / "ckpt")
+    key = next(k for k, v in small_model().state_dict().items() if v.is_complex())
+    rewrite_weights(d, lambda t: t.__setitem__(key, t[key].real.contiguous()))
+    with pytest.raises(sc.CheckpointError, match=rf"'{key}'.*expected a complex tensor of dtype complex64.*float32"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("target_mean", [float("nan")], r"expected finite numbers, got \[nan\]"),
+    ("target_std", [float("inf")], r"expected finite numbers, got \[inf\]"),
+    ("target_std", [0.0], r"expected positive numbers"),
+    ("target_mean", ["0.3"], r"expected a list of numbers, one per channel, got \['0.3'\]"),
+    ("target_mean", None, r"expected a list of numbers, one per channel, got None"),
+    ("target_std", [None], r"expected a list of numbers"),
+    ("target_std", [True], r"expected a list of numbers"),
+    ("target_mean", [0.1, 0.2], r"expected 1 values \(one per channel\), got 2"),
+    ("target_mean", {"a": 1}, r"expected a list of numbers"),
+])
+def test_bad_normalisation_statistics_in_the_config_are_refused(tmp_path, name, value, match):
+    d = small_model().save(tmp_path / "ckpt")
+    edit_config(d, lambda c: c["normalisation"].__setitem__(name, value))
+    with pytest.raises(sc.CheckpointError, match=rf"'normalisation.{name}'.*{match}"):
+        load_model(d)
+
+
+def test_bad_normalisation_statistics_in_the_weights_are_refused(tmp_path):
+    m = small_model()
+    for name, value, match in (("target_std", float("inf"), "positive finite numbers among the weights"),
+                               ("target_mean", float("nan"), "finite numbers among the weights")):
+        d = m.save(tmp_path / name)
+        rewrite_weights(d, lambda t, name=name, value=value: t.__setitem__(name, torch.tensor([value])))
+        with pytest.raises(sc.CheckpointError, match=rf"'{name}'.*expected {match}"):
+            load_model(d)
+    d = m.save(tmp_path / "mismatch")
+    rewrite_weights(d, lambda t: t.__setitem__("target_mean", torch.tensor([7.0])))
+    with pytest.raises(sc.CheckpointError, match=r"'normalisation.target_mean'.*expected the values stored with the "
+                                                 r"weights, \[7.0\], got \[0.30000001192092896\]"):
+        load_model(d)
+
+
+def test_deeply_nested_or_oversized_configs_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    d = small_model().save(tmp_path / "ckpt")
+    cfg = json.loads((d / "config.json").read_text())
+    text = json.dumps(cfg)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    (d / "config.json").write_text(text)
+    with pytest.raises(sc.CheckpointError, match=r"config.json'.*expected JSON nested at most 100 levels deep"):
+        load_model(d)
+    (d / "config.json").write_text(json.dumps(cfg)[:-1] + ', "x": "' + " " * (16 * 2**20) + '"}')
+    with pytest.raises(sc.CheckpointError, match=r"config.json'.*expected at most 16 MiB of JSON, got 1677\d{4} bytes"):
+        load_model(d)
+    single = tmp_path / "deep.safetensors"
+    save_file({"w": torch.zeros(2)}, str(single), metadata={"stochclosure": "[" * 5000 + "]" * 5000})
+    with pytest.raises(sc.CheckpointError, match=r"deep.safetensors \(metadata\)'.*nested at most 100 levels"):
+        load_model(single)
+
+
+@pytest.mark.parametrize("form", ["ckpt", "m.safetensors"])
+def test_an_sde_swapped_in_the_config_is_detected(tmp_path, form):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    m = small_model()
+    path = m.save(tmp_path / form)
+    vp = {"type": "vp", "beta_min": 0.1, "beta_max": 20.0, "T": 1.0, "eps": 0.001}
+
+    def swap(cfg):  # the model's SDE and the score's, consistently: ClosureModel alone cannot tell
+        cfg["model"]["sde"], cfg["model"]["score"]["sde"] = vp, "vp"
+
+    if form == "ckpt":
+        edit_config(path, swap)
+    else:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+        cfg = json.loads(meta["stochclosure"])
+        swap(cfg)
+        save_file(load_file(str(path)), str(path), metadata={**meta, "stochclosure": json.dumps(cfg)})
+    with pytest.raises(sc.IncompatibleComponentsError, match=r"'model.sde'.*expected the SDE the weights were trained "
+                                                             r"with, \{.*'ve_exp'.*\}, got \{.*'vp'.*\}"):
+        load_model(path)
+
+
+def test_checkpoints_without_the_sde_record_still_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = small_model()
+    d = m.save(tmp_path / "old")
+    for name in ("model.safetensors",):  # as written before the record existed: no metadata
+        save_file(load_file(str(d / name)), str(d / name))
+    edit_config(d, lambda c: c["files"].update(
+        {"model.safetensors": __import__("hashlib").sha256((d / "model.safetensors").read_bytes()).hexdigest()}))
+    assert torch.equal(load_model(d).state_dict()["score.film.weight"], m.state_dict()["score.film.weight"])
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch):
+    """A distribution ``acme-closures`` 1.2.3 (no ``stochclosure-`` prefix) providing the SDE ``acme_vp``."""
+    from stochclosure import registry
+
+    site = tmp_path / "site"
+    (site / "acme_sde").mkdir(parents=True)
+    (site / "acme_sde" / "__init__.py").write_text(
+        "from stochclosure.sdes import VPSDE\n\n\nclass AcmeVP(VPSDE):\n    \"\"\"A third-party SDE.\"\"\"\n")
+    info = site / "acme_closures-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-closures\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[stochclosure.sdes]\nacme_vp = acme_sde:AcmeVP\n")
+    (info / "top_level.txt").write_text("acme_sde\n")
+    monkeypatch.syspath_prepend(str(site))
+    registry.refresh()
+    yield
+    monkeypatch.undo()
+    registry.refresh()
+
+
+def test_versions_name_every_distribution_that_provides_a_component(tmp_path, third_party):
+    m = sc.ClosureModel("acme_vp", {"type": "gaussian", "sde": "acme_vp", "std": 1.0}, "euler_maruyama")
+    for path in (m.save(tmp_path / "ckpt"), m.save(tmp_path / "m.safetensors")):
+        cfg = read_config(path)
+        assert cfg["providers"]["sde:acme_vp"] == "acme-closures"
+        assert cfg["providers"]["score_operator:gaussian"] == "stochclosure"
+        assert cfg["versions"]["acme-closures"] == "1.2.3"
+        assert load_model(path).sde.spec()["type"] == "acme_vp"
+    fno = read_config(small_model().save(tmp_path / "fno"))
+    assert fno["providers"]["score_operator:fno"] == "stochclosure-neuralop"
+    assert {"encoder:composite", "encoder:field", "encoder:sparse_smooth", "sde:ve_exp",
+            "sampler:euler_maruyama"} <= set(fno["providers"])

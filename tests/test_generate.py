@@ -16,10 +16,13 @@ import pytest
 import torch
 import yaml
 
+from stochclosure import errors as sc_errors
+from stochclosure._io import temporary_name
 from stochclosure.cli import main
 from stochclosure.data import ClosureH5Dataset, DatasetError, collate_closure
 from stochclosure.data.generate import generate, load_config
 from stochclosure.errors import ConfigError
+from stochclosure.testing import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NS = ROOT / "configs" / "ns2d_tiny.yaml"
@@ -183,13 +186,16 @@ def test_sigkill_and_resume_gives_the_uninterrupted_file(tmp_path):
     for p in parts.glob("batch_*.h5"):  # every part under its final name is a valid, complete file
         with h5py.File(p, "r") as f:
             assert f.attrs["complete"]
-    (tmp_path / "ns.h5.tmp").write_bytes(b"half-written assembly")
-    (parts / "batch_00007.h5.tmp").write_bytes(b"half-written part")
+    # temporaries as a killed writer leaves them (per-process names, see stochclosure._io.temporary_name)
+    stale = [temporary_name(out), temporary_name(parts / "batch_00007.h5"), temporary_name(parts / "manifest.json")]
+    for p in stale:
+        p.write_bytes(b"half-written")
     proc = _run_cli(out, cfg_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     assert f"{len(finished)} of 8 trajectories already done" in err.decode()
-    assert not parts.exists() and not (tmp_path / "ns.h5.tmp").exists()
+    assert not parts.exists() and not any(p.exists() for p in stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml", "ns.h5", "ns.h5.lock"]
     ref = generate("navier_stokes_2d", cfg, tmp_path / "ref.h5", progress=False)
     a, b = _contents(out), _contents(ref)
     assert a.keys() == b.keys()
@@ -211,3 +217,142 @@ def test_subgrid_dataset_has_one_closure_per_resolution(tmp_path):
         assert not np.allclose(f["res_16/U"][()], f["res_32/U"][..., ::2, ::2])
     ds = ClosureH5Dataset(out, split=None, resolution=16, system="navier_stokes_2d_subgrid")
     assert ds[0]["target"].shape == (1, 16, 16) and ds[0]["obs_values"].shape == (1, 256)
+
+
+# -- one writer per output, validation before any work, stored statistics ---------------------------------------
+
+L96_SMALL = {"system": {"K": 8, "J": 16}, "trajectories": 2, "batch_size": 1, "spinup_steps": 10, "record_every": 2,
+             "records": 3, "obs_grid": 4}
+
+
+def test_two_generate_processes_on_one_out_never_corrupt_it(tmp_path):
+    # The second process is started first and imports everything, then waits on its standard
+    # input; it is released once the first holds the lock (its manifest exists), so the two
+    # really overlap whatever the machine's load. It must fail at once, naming the first's pid,
+    # and the first's file must be exactly what a run on its own writes.
+    cfg = {**L96_SMALL, "trajectories": 3, "spinup_steps": 600, "records": 10}
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "l96.h5"
+    argv = ["generate", "--system", "lorenz96", "--config", str(cfg_path), "--out", str(out), "--no-progress",
+            "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    waiting = ("import sys, time\nfrom stochclosure.cli import main\nimport stochclosure.data.generate\n"
+               "print('ready', flush=True)\nsys.stdin.readline()\nt0 = time.perf_counter()\ncode = main(sys.argv[1:])\n"
+               "print(f'{time.perf_counter() - t0:.3f}', flush=True)\nsys.exit(code)\n")
+    second = subprocess.Popen([sys.executable, "-c", waiting, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    first = None
+    try:
+        assert second.stdout.readline().strip() == "ready"
+        first = subprocess.Popen([str(Path(sys.executable).parent / "stochclosure"), *argv],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        manifest = tmp_path / "l96.h5.parts" / "manifest.json"
+        deadline = time.time() + 120
+        while not manifest.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, "the first run ended before the second could be started"
+        out2, err2 = second.communicate("go\n", timeout=60)
+        assert first.poll() is None, "the first run must still be running when the second gives up"
+        _, err1 = first.communicate(timeout=300)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert second.returncode == 2
+    lines = err2.strip().splitlines()
+    assert len(lines) == 1 and "OutputError" in lines[0] and "'--out'" in lines[0], err2
+    assert f"pid {first.pid}" in lines[0], (lines[0], first.pid)
+    assert float(out2.strip()) < 5.0  # refused at once, before any simulation
+    assert first.returncode == 0, err1.decode()
+    solo = generate("lorenz96", cfg, tmp_path / "solo.h5", progress=False)
+    a, b = _contents(out), _contents(solo)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml", "l96.h5", "l96.h5.lock", "solo.h5",
+                                                          "solo.h5.lock"]
+
+
+BAD_GENERATE = [
+    ({"compression": "bogus"}, "config.compression", "unavailable"),
+    ({"compression_level": 11}, "config.compression_level", "0 to 9"),
+    ({"compression_level": "high"}, "config.compression_level", "0 to 9"),
+    ({"compression": 3.5}, "config.compression", "filter name"),
+    ({"compression": 32001}, "config.compression", "Unknown compression filter"),
+    ({"closures": []}, "config.closures", "non-empty list"),
+    ({"resolutions": []}, "config.resolutions", "non-empty list"),
+    ({"resolutions": [0]}, "config.resolutions", "positive integers"),
+    ({"resolutions": [8, 8]}, "config.resolutions", "distinct"),
+    ({"closures": ["G"]}, "config.closures", "names among"),
+    ({"resolutions": [16]}, "resolutions", "Lorenz-96 has one resolution"),
+    ({"obs_grid": 3}, "config.obs_grid", "divisor of the finest resolution 8"),
+    ({"trajectories": True}, "config.trajectories", "positive integer"),
+    ({"records": 2**40}, "config.records", "positive integer"),
+    ({"seed": 2**64}, "config.seed", "non-negative integer"),
+    ({"spinup_steps": -1}, "config.spinup_steps", "non-negative integer"),
+    ({"store_dtype": "int8"}, "config.store_dtype", "float32"),
+    ({"device": "cuda:99"}, "config.device", "available"),
+    ({"device": 3}, "config.device", "device name"),
+    ({"split": {"train": float("nan")}}, "config.split", "summing to 1"),
+]
+
+
+@pytest.mark.parametrize("change,key,match", BAD_GENERATE, ids=[c[1] + ":" + repr(c[0])[:30] for c in BAD_GENERATE])
+def test_bad_generate_config_is_refused_before_any_work(tmp_path, monkeypatch, change, key, match):
+    from stochclosure.systems.lorenz96 import Lorenz96
+
+    steps = {"n": 0}
+    real = Lorenz96.full_step
+
+    def counting(self, *a, **k):
+        steps["n"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Lorenz96, "full_step", counting)
+    out = tmp_path / "d.h5"
+    with pytest.raises(sc_errors.StochClosureError, match=rf"'{key}'.*expected.*{match}") as info:
+        generate("lorenz96", {**L96_SMALL, **change}, out, progress=False)
+    assert isinstance(info.value, (ConfigError, sc_errors.ShapeError))
+    assert steps["n"] <= 1  # at most the one-record probe; the run needs 10 + 3 * 2 steps per trajectory
+    assert not out.exists() and not (tmp_path / "d.h5.parts").exists()
+    # nothing was written, so the corrected configuration is accepted on the same --out
+    assert generate("lorenz96", L96_SMALL, out, progress=False) == out
+
+
+def test_alias_bomb_is_refused_quickly_and_the_fixed_config_runs(tmp_path, capsys):
+    bomb = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    cfg = tmp_path / "g.yaml"
+    # nine levels of nine aliases each (9**10 values once expanded) under one key of a valid config
+    cfg.write_text(yaml.safe_dump(L96_SMALL) + "compression: [" + ", ".join(b.split(": ", 1)[1] for b in bomb) + "]\n")
+    out = tmp_path / "g.h5"
+    argv = ["generate", "--system", "lorenz96", "--config", str(cfg), "--out", str(out), "--no-progress"]
+    t0 = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - t0 < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ConfigError" in err[0] and "'--config'" in err[0] and "expanding to more" in err[0]
+    assert not out.exists()
+    cfg.write_text(yaml.safe_dump(L96_SMALL))
+    assert main(argv) == 0 and out.exists()
+
+
+def test_field_datasets_store_training_split_statistics(tmp_path):
+    out = generate("lorenz96", {**L96_SMALL, "trajectories": 4, "split": {"train": 0.5, "val": 0.5}},
+                   tmp_path / "s.h5", progress=False)
+    with h5py.File(out, "r") as f:
+        train = np.flatnonzero(f["split"][()] == 0)
+        assert len(train) == 2
+        for key in ("res_8/U", "res_8/state", "obs/U_step"):
+            values = f[key][()][train].astype(np.float64)  # (n, T, C, ...)
+            flat = np.moveaxis(values, 2, 0).reshape(values.shape[2], -1)
+            assert f[key].attrs["statistics_of"] == "train split"
+            assert_close(torch.as_tensor(f[key].attrs["mean"]), torch.as_tensor(flat.mean(1)), rtol=1e-12, what=key)
+            assert_close(torch.as_tensor(f[key].attrs["std"]), torch.as_tensor(flat.std(1)), rtol=1e-12, what=key)
+    ds = ClosureH5Dataset(out, split="val", closure="U")
+    mean, std = ds.target_statistics()
+    with h5py.File(out, "r") as f:
+        assert_close(mean, torch.as_tensor(f["res_8/U"].attrs["mean"], dtype=torch.float32), rtol=0, what="mean")
+        assert_close(std, torch.as_tensor(f["res_8/U"].attrs["std"], dtype=torch.float32), rtol=0, what="std")

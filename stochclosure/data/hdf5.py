@@ -13,12 +13,20 @@ Layout of a file written by ``stochclosure generate`` (format version 1)::
     /obs/{closure}          (N, T, C, P)         closure values at obs_points (absent if P = 0)
 
 ``N`` trajectories, ``T`` records each. Field datasets are chunked one snapshot per chunk and
-gzip-compressed, so random access to one item reads one chunk.
+gzip-compressed, so random access to one item reads one chunk. Each field dataset carries the
+attributes ``mean`` and ``std`` ``(C,)`` (float64, over the training split; files written before
+they existed lack them) and ``statistics_of``.
+
+Reading trusts nothing: :class:`ClosureH5Dataset` checks, before serving any item, that the
+state, closure and measurement datasets agree with ``/split`` (``N``) and ``/time`` (``T``),
+that the split labels are integers among 0, 1, 2, that ``/obs_points`` exists when measurements
+are requested, that JSON attributes are bounded in size and nesting, and that stored
+normalisation statistics are finite numbers; each failure is a
+:class:`~stochclosure.errors.DatasetError` naming the dataset or attribute, expected vs found.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +38,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..config import load_json_text
 from ..errors import DatasetError, format_error
 from .base import collate_closure
 
@@ -38,6 +47,8 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "SPLITS", "DatasetError", "ClosureH5Datas
 FORMAT = "stochclosure.closure-dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+MAX_ATTRIBUTE_CHARS = 16 * 2**20
+"""Longest JSON attribute read (16 MiB)."""
 
 
 def open_checked(path: str | os.PathLike[str], system: str | None = None) -> h5py.File:
@@ -84,19 +95,27 @@ def open_checked(path: str | os.PathLike[str], system: str | None = None) -> h5p
 def json_attr(f: h5py.File, key: str, path: str) -> Any:
     """Read attribute ``key`` as JSON (attributes are only ever parsed as JSON, never unpickled).
 
+    The text is bounded: at most :data:`MAX_ATTRIBUTE_CHARS` characters and
+    :data:`~stochclosure.config.MAX_NESTING` levels of nesting.
+
     Raises:
-        DatasetError: the attribute is missing or is not valid JSON text.
+        DatasetError: the attribute is missing, is not text, or is not valid, bounded JSON.
     """
     if key not in f.attrs:
-        raise DatasetError(format_error(key, f"attribute {key!r} in {path!r}", f"attributes {sorted(f.attrs)}",
+        raise DatasetError(format_error(key, f"attribute {key!r} in {path!r}", f"attributes {sorted(f.attrs)[:20]}",
                                         "regenerate the file with `stochclosure generate`"))
-    raw = f.attrs[key]
     try:
-        return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = f.attrs[key]
+    except (OSError, TypeError, ValueError) as exc:
         raise DatasetError(format_error(key, f"JSON text in attribute {key!r} of {path!r}",
-                                        f"unparsable data ({type(raw).__name__}, {exc})",
-                                        "the file is corrupt or was not written by stochclosure")) from None
+                                        f"an unreadable attribute ({exc})", "regenerate the file")) from None
+    if isinstance(raw, np.ndarray) and raw.shape == () and raw.dtype.kind in "OSU":
+        raw = raw.item()
+    if not isinstance(raw, (str, bytes)):
+        raise DatasetError(format_error(key, f"JSON text in attribute {key!r} of {path!r}",
+                                        f"{type(raw).__name__} data", "the file is corrupt or was not written by "
+                                                                      "stochclosure"))
+    return load_json_text(raw, key, DatasetError, max_chars=MAX_ATTRIBUTE_CHARS, source=path)
 
 
 def _require(f: h5py.File, key: str, path: str) -> h5py.Dataset:
@@ -106,6 +125,112 @@ def _require(f: h5py.File, key: str, path: str) -> h5py.Dataset:
         raise DatasetError(format_error(key, f"dataset {key!r} in {path!r}", f"datasets {sorted(have)}",
                                         "choose an available closure/resolution or regenerate the file"))
     return f[key]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_layout(f: h5py.File, path: str, target: h5py.Dataset, state: h5py.Dataset, split: h5py.Dataset,
+                  time: h5py.Dataset) -> tuple[int, int]:
+    """``(N, T)`` after checking that target, state, split and time agree (raises ``DatasetError``)."""
+    for key, ds in ((target.name, target), (state.name, state)):
+        if not isinstance(ds, h5py.Dataset) or ds.ndim < 3:
+            raise DatasetError(format_error(key.lstrip("/"), "a field dataset (N, T, C, *grid)",
+                                            f"shape {getattr(ds, 'shape', None)} in {path!r}", "regenerate the file"))
+    if not isinstance(split, h5py.Dataset) or split.ndim != 1:
+        raise DatasetError(format_error("split", "a 1-D dataset of labels, one per trajectory",
+                                        f"shape {getattr(split, 'shape', 'none (a group)')} in {path!r}",
+                                        "regenerate the file"))
+    if not isinstance(time, h5py.Dataset) or time.ndim != 1:
+        raise DatasetError(format_error("time", "a 1-D dataset of record times",
+                                        f"shape {getattr(time, 'shape', 'none (a group)')} in {path!r}",
+                                        "regenerate the file"))
+    n_traj, n_t = len(split), len(time)
+    t_key, s_key = target.name.lstrip("/"), state.name.lstrip("/")
+    both = f"(target {t_key} has {target.shape[:2]}, state {s_key} has {state.shape[:2]}) in {path!r}"
+    fix = "the file is truncated or was edited; regenerate it"
+    if target.shape[:2] == state.shape[:2]:  # the fields agree: /split or /time is the odd one out
+        if target.shape[0] != n_traj:
+            raise DatasetError(format_error("split", f"{target.shape[0]} labels, one per trajectory", f"{n_traj} {both}",
+                                            fix))
+        if target.shape[1] != n_t:
+            raise DatasetError(format_error("time", f"{target.shape[1]} record times", f"{n_t} {both}", fix))
+    for key, ds in ((t_key, target), (s_key, state)):
+        if ds.shape[:2] != (n_traj, n_t):
+            raise DatasetError(format_error(
+                key, f"{n_traj} trajectories x {n_t} records (the lengths of /split and /time)",
+                f"{ds.shape[0]} x {ds.shape[1]} {both}", fix))
+    if target.shape[3:] != state.shape[3:]:
+        raise DatasetError(format_error(target.name.lstrip("/"), f"the grid {state.shape[3:]} of the state",
+                                        f"grid {target.shape[3:]} in {path!r}", "regenerate the file"))
+    return n_traj, n_t
+
+
+def _obs_points(f: h5py.File, obs_key: str, path: str, n_traj: int, n_t: int, dtype: torch.dtype) -> Tensor | None:
+    """The checked ``(P, d)`` measurement points, or ``None`` for a file generated without measurements."""
+    pts_ds = _require(f, "obs_points", path)
+    if not isinstance(pts_ds, h5py.Dataset) or pts_ds.ndim != 2:
+        raise DatasetError(format_error("obs_points", "a (P, d) dataset of measurement points",
+                                        f"shape {getattr(pts_ds, 'shape', None)} in {path!r}", "regenerate the file"))
+    if pts_ds.shape[0] == 0:
+        return None  # generated with obs_grid: 0
+    obs_ds = _require(f, obs_key, path)
+    pts = np.asarray(pts_ds)
+    if pts.dtype.kind not in "fiu" or not np.isfinite(pts).all():
+        raise DatasetError(format_error("obs_points", "finite numeric coordinates",
+                                        f"dtype {pts.dtype} with non-finite or non-numeric values in {path!r}",
+                                        "regenerate the file"))
+    shape = getattr(obs_ds, "shape", None)
+    if not isinstance(obs_ds, h5py.Dataset) or obs_ds.ndim != 4 or shape[:2] != (n_traj, n_t) \
+            or shape[3] != pts.shape[0]:
+        raise DatasetError(format_error(obs_key, f"shape (N, T, C, P) with N={n_traj} trajectories (/split), "
+                                                 f"T={n_t} records (/time), P={pts.shape[0]} points (/obs_points)",
+                                        f"shape {shape} in {path!r}", "regenerate the file"))
+    return torch.as_tensor(pts, dtype=dtype)
+
+
+def _split_labels(split: h5py.Dataset, path: str) -> np.ndarray:
+    """The split labels, checked to be integers among ``0, 1, 2`` (train, val, test)."""
+    labels = np.asarray(split)
+    if labels.dtype.kind not in "iu":
+        raise DatasetError(format_error("split", "integer labels 0 (train), 1 (val), 2 (test)",
+                                        f"dtype {labels.dtype} in {path!r}", "regenerate the file"))
+    bad = ~np.isin(labels, np.arange(len(SPLITS)))
+    if bad.any():
+        raise DatasetError(format_error("split", "labels 0 (train), 1 (val), 2 (test)",
+                                        f"values {_short(sorted(set(labels[bad].tolist())))} at {int(bad.sum())} of "
+                                        f"{len(labels)} trajectories in {path!r}", "regenerate the file"))
+    return labels
+
+
+def _read_statistics(ds: h5py.Dataset, key: str, path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The dataset's stored ``(mean, std)`` per channel, checked; ``None`` when it has none."""
+    if "mean" not in ds.attrs and "std" not in ds.attrs:
+        return None
+    channels = ds.shape[2]
+    out = []
+    for name in ("mean", "std"):
+        argument = f"{key}.attrs[{name!r}]"
+        if name not in ds.attrs:
+            raise DatasetError(format_error(argument, "both attributes 'mean' and 'std'", f"only the other in {path!r}",
+                                            "regenerate the file"))
+        try:
+            raw = np.asarray(ds.attrs[name])
+        except (OSError, TypeError, ValueError) as exc:
+            raise DatasetError(format_error(argument, f"{channels} finite numbers", f"unreadable data ({exc})",
+                                            "regenerate the file")) from None
+        if raw.dtype.kind not in "fiu" or raw.shape not in ((channels,), () if channels == 1 else (channels,)):
+            raise DatasetError(format_error(argument, f"{channels} number(s), one per channel",
+                                            f"dtype {raw.dtype}, shape {raw.shape}: {_short(raw.tolist())} in {path!r}",
+                                            "regenerate the file"))
+        values = raw.astype(np.float64).reshape(channels)
+        if not np.isfinite(values).all() or (name == "std" and (values < 0).any()):
+            what = "non-negative finite numbers" if name == "std" else "finite numbers"
+            raise DatasetError(format_error(argument, what, f"{values.tolist()} in {path!r}", "regenerate the file"))
+        out.append(values)
+    return out[0], out[1]
 
 
 class ClosureH5Dataset(Dataset):
@@ -147,9 +272,12 @@ class ClosureH5Dataset(Dataset):
         with open_checked(path, system) as f:
             closures = json_attr(f, "closures", self.path)
             resolutions = json_attr(f, "resolutions", self.path)
-            if not isinstance(closures, list) or not isinstance(resolutions, list):
-                raise DatasetError(format_error("closures/resolutions", f"JSON lists in the attributes of {self.path!r}",
-                                                f"{closures!r} and {resolutions!r}", "regenerate the file"))
+            if not (isinstance(closures, list) and closures and all(isinstance(c, str) for c in closures)
+                    and isinstance(resolutions, list) and resolutions
+                    and all(isinstance(r, int) and not isinstance(r, bool) for r in resolutions)):
+                raise DatasetError(format_error("closures/resolutions", f"JSON lists of names and of grid sizes in the "
+                                                f"attributes of {self.path!r}",
+                                                f"{_short(closures)} and {_short(resolutions)}", "regenerate the file"))
             self.closure = closures[0] if closure is None else closure
             if self.closure not in closures:
                 raise DatasetError(format_error("closure", f"one of {closures} stored in {self.path!r}",
@@ -160,16 +288,20 @@ class ClosureH5Dataset(Dataset):
                                                 repr(resolution), "or regenerate with that resolution"))
             self._target_key = f"res_{self.resolution}/{self.closure}"
             self._state_key = f"res_{self.resolution}/state"
-            n_traj, n_t = _require(f, self._target_key, self.path).shape[:2]
-            _require(f, self._state_key, self.path)
-            split_arr = np.asarray(_require(f, "split", self.path))
-            self.times = torch.as_tensor(np.asarray(_require(f, "time", self.path)))
             self._obs_key = f"obs/{self.closure}"
-            self.obs = bool(obs) and self._obs_key in f
-            if obs and self._obs_key not in f and f["obs_points"].shape[0] > 0:
-                _require(f, self._obs_key, self.path)
-            pts = np.asarray(_require(f, "obs_points", self.path))
-            self.obs_points: Tensor | None = torch.as_tensor(pts, dtype=dtype) if self.obs else None
+            target = _require(f, self._target_key, self.path)
+            state = _require(f, self._state_key, self.path)
+            split_ds = _require(f, "split", self.path)
+            time_ds = _require(f, "time", self.path)
+            n_traj, n_t = _check_layout(f, self.path, target, state, split_ds, time_ds)
+            split_arr = _split_labels(split_ds, self.path)
+            self.times = torch.as_tensor(np.asarray(time_ds))
+            self.obs = False
+            self.obs_points: Tensor | None = None
+            if obs:
+                self.obs_points = _obs_points(f, self._obs_key, self.path, n_traj, n_t, dtype)
+                self.obs = self.obs_points is not None
+            self._statistics = _read_statistics(target, self._target_key, self.path)
             self.system = str(f.attrs.get("system"))
             self.system_config = json_attr(f, "system_config", self.path)
         if self.history >= n_t:
@@ -226,6 +358,25 @@ class ClosureH5Dataset(Dataset):
         if self.obs:
             item["obs_values"] = read(self._obs_key, (traj, t))
         return item
+
+    def target_statistics(self, min_std: float = 1e-8) -> tuple[Tensor, Tensor] | None:
+        """The per-channel ``(mean, std)`` of the target stored in the file, or ``None``.
+
+        They are computed by ``stochclosure generate`` over every record of the training split
+        (attribute ``statistics_of``), whatever split this dataset reads, and checked finite when
+        the dataset is opened.
+
+        Args:
+            min_std: Floor of the returned std (a constant closure has std 0).
+
+        Returns:
+            ``(mean, std)``, each ``(C,)`` float32, or ``None`` for files without statistics.
+        """
+        if self._statistics is None:
+            return None
+        mean, std = self._statistics
+        return (torch.as_tensor(mean, dtype=torch.float32),
+                torch.as_tensor(np.maximum(std, min_std), dtype=torch.float32))
 
     def collate(self, items: Sequence[dict[str, Any]]) -> tuple[Tensor, Any]:
         """:func:`~stochclosure.data.base.collate_closure` with this dataset's ``obs_points``."""
