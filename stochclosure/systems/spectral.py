@@ -24,7 +24,8 @@ from torch import Tensor
 
 from ..errors import ConfigError, ShapeError, format_error
 
-__all__ = ["SpectralGrid", "spectral_grid", "hermitian_half", "noise_block_size", "place_block", "add_block_"]
+__all__ = ["SpectralGrid", "spectral_grid", "resize_hat", "exact_nonlinear_hat", "hermitian_half", "noise_block_size",
+           "place_block", "add_block_"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,49 @@ def spectral_grid(n: int, dtype: torch.dtype = torch.float64, device: str | torc
     uvgrad = torch.stack((ily * inv, -ilx * inv, ilx, ily)) * mask
     return SpectralGrid(n=n, lx=c(lx), ly=c(ly), lam2=c(lam2), inv_lam2=c(inv), dealias=c(mask), kx=kx, ky=ky,
                         ilx=(1j * lx).to(cdt), ily=(1j * ly).to(cdt), uvgrad=uvgrad.to(cdt), neg_dealias=c(-mask))
+
+
+def resize_hat(x_hat: Tensor, n_from: int, n_to: int) -> Tensor:
+    """Move ``rfft2`` coefficients between grids, keeping modes ``|k_x|, |k_y| <= min(n_from, n_to) / 2 - 1``.
+
+    The Nyquist modes are dropped; values are rescaled so that the field (not the coefficients)
+    is preserved, i.e. ``irfft2(resize_hat(rfft2(f), n, m), s=(m, m))`` interpolates ``f``.
+
+    Args:
+        x_hat: ``(..., n_from, n_from // 2 + 1)``.
+        n_from: Source grid size (even).
+        n_to: Target grid size (even).
+
+    Returns:
+        ``(..., n_to, n_to // 2 + 1)``.
+    """
+    keep = min(n_from, n_to) // 2 - 1
+    out = torch.zeros((*x_hat.shape[:-2], n_to, n_to // 2 + 1), dtype=x_hat.dtype, device=x_hat.device)
+    rows = torch.arange(-keep, keep + 1, device=x_hat.device)
+    out[..., rows % n_to, : keep + 1] = x_hat[..., rows % n_from, : keep + 1] * ((n_to / n_from) ** 2)
+    return out
+
+
+def exact_nonlinear_hat(w_hat: Tensor, n: int) -> Tensor:
+    """``N(omega) = -(u . grad omega)`` of a field on ``n x n`` with *every* resolved triad, no truncation.
+
+    The field's modes ``|k| <= n / 2 - 1`` are zero-padded to ``m = 3 n / 2`` points, where the
+    2/3 rule keeps exactly those modes (``(m - 1) // 3 = n / 2 - 1``), so the product is computed
+    without aliasing and truncated back: the result is the projection ``P_n N(P_n omega)`` of the
+    continuous nonlinear term onto the resolved modes, exact to round-off (the "3/2 rule"). The
+    2/3-rule term :meth:`SpectralGrid.nonlinear_hat` instead drops the triads involving modes above
+    ``n / 3``.
+
+    Args:
+        w_hat: ``rfft2`` of the vorticity on ``n x n``, ``(..., n, n // 2 + 1)``.
+        n: Grid size (even, ``>= 4``).
+
+    Returns:
+        ``rfft2`` of ``P_n N``, ``(..., n, n // 2 + 1)`` (Nyquist modes zero).
+    """
+    m = 3 * n // 2 + (3 * n // 2) % 2
+    g = spectral_grid(m, w_hat.real.dtype, w_hat.device)
+    return resize_hat(g.nonlinear_hat(resize_hat(w_hat, n, m)), m, n)
 
 
 def hermitian_half(xi: Tensor) -> Tensor:

@@ -8,7 +8,13 @@ wavenumber. The subgrid closure is added to the right-hand side of the coarse mo
 
     U = bar(N(w)) - N_c(bar(w))        (N = -(u . grad omega), N_c: dealiased on the coarse grid)
 
-so ``U = -div(bar(u w) - bar(u) bar(w))`` up to the coarse dealiasing. Coarse step (``h`` as in
+so ``U = -div(bar(u w) - bar(u) bar(w))`` up to the coarse dealiasing. The coarse nonlinear term
+``N_c`` is either the 2/3-rule one (``coarse_nonlinear="two_thirds"``, the default: triads with
+modes above ``n / 3`` are dropped, so ``U`` also holds resolved interactions the coarse solver
+misses) or the exact projection ``P_n N(bar(w))`` over every resolved triad
+(``coarse_nonlinear="exact"``, the 3/2 rule: :func:`~stochclosure.systems.spectral.exact_nonlinear_hat`).
+With the sharp spectral filter and ``"exact"``, ``U = P_n N(w) - P_n N(P_n w)`` is the true subgrid
+term: interactions that involve unresolved modes only, zero for a fine field without them. Coarse step (``h`` as in
 :mod:`.navier_stokes`, ``bar(F)`` and ``bar(S)`` the filtered forcing and noise)::
 
     W_{n+1} = [(1 - h) W_n + dt (N_c(W_n) + bar(F) + U_n + sigma bar(S_n))] / (1 + h)
@@ -37,11 +43,12 @@ from ..errors import ConfigError, ShapeError, format_error
 from .base import AbstractSystem
 from .navier_stokes import NavierStokes2D
 from .records import collect_records
-from .spectral import spectral_grid
+from .spectral import exact_nonlinear_hat, spectral_grid
 
-__all__ = ["NavierStokes2DSubgrid", "SmagorinskyClosure", "filter_field"]
+__all__ = ["NavierStokes2DSubgrid", "SmagorinskyClosure", "filter_field", "COARSE_NONLINEAR"]
 
 FILTERS = ("spectral", "gaussian")
+COARSE_NONLINEAR = ("two_thirds", "exact")
 
 
 def filter_field(w: Tensor, n: int, kind: str = "spectral", width: float | None = None) -> Tensor:
@@ -94,6 +101,8 @@ class NavierStokes2DSubgrid(AbstractSystem):
             :class:`~stochclosure.systems.navier_stokes.NavierStokes2D` (for the fine model).
         filter: ``"spectral"`` or ``"gaussian"``.
         filter_width: Gaussian width (default ``2 / n``); ignored by the spectral filter.
+        coarse_nonlinear: ``"two_thirds"`` (2/3-rule dealiasing on the coarse grid) or ``"exact"``
+            (every resolved triad, see the module docstring); the closure is defined against it.
     """
 
     spatial_dims: ClassVar[int] = 2
@@ -103,9 +112,12 @@ class NavierStokes2DSubgrid(AbstractSystem):
     def __init__(self, n: int = 32, n_fine: int = 256, nu: float = 1e-4, dt: float = 5e-4, sigma: float = 5e-5,
                  noise_alpha: float = 0.005, noise_kappa: float = 10.0, forcing_amplitude: float = 0.1,
                  ic_alpha: float = 2.5, ic_tau: float = 7.0, ic_scale: float | None = None,
-                 filter: str = "spectral", filter_width: float | None = None) -> None:
+                 filter: str = "spectral", filter_width: float | None = None,
+                 coarse_nonlinear: str = "two_thirds") -> None:
         if filter not in FILTERS:
             raise ConfigError(format_error("filter", f"one of {FILTERS}", repr(filter)))
+        if coarse_nonlinear not in COARSE_NONLINEAR:
+            raise ConfigError(format_error("coarse_nonlinear", f"one of {COARSE_NONLINEAR}", repr(coarse_nonlinear)))
         if not (isinstance(n, int) and isinstance(n_fine, int) and n % 2 == 0 and 4 <= n <= n_fine):
             raise ConfigError(format_error("n", f"an even integer in [4, n_fine={n_fine}]", repr(n)))
         self.fine = NavierStokes2D(n=n_fine, nu=nu, dt=dt, sigma=sigma, noise_alpha=noise_alpha,
@@ -114,11 +126,19 @@ class NavierStokes2DSubgrid(AbstractSystem):
         self.coarse = NavierStokes2D(n=n, nu=nu, dt=dt, sigma=sigma, forcing_amplitude=forcing_amplitude)
         self.n, self.n_fine, self.nu, self.dt, self.sigma = n, n_fine, float(nu), float(dt), float(sigma)
         self.filter_kind, self.filter_width = filter, filter_width
+        self.coarse_nonlinear = coarse_nonlinear
         self._cache: dict[Any, Tensor] = {}
 
     def filter(self, w_fine: Tensor, n: int | None = None) -> Tensor:
         """Filter and coarse-grain a fine field to ``n`` (default ``self.n``); width ``2/n`` by default."""
         return filter_field(w_fine, self.n if n is None else n, self.filter_kind, self.filter_width)
+
+    def coarse_nonlinear_hat(self, w_hat: Tensor, n: int | None = None) -> Tensor:
+        """The coarse solver's ``N_c`` in spectral space on ``n x n`` (2/3 rule or exact, see the module)."""
+        n = self.n if n is None else n
+        if self.coarse_nonlinear == "exact":
+            return exact_nonlinear_hat(w_hat, n)
+        return spectral_grid(n, w_hat.real.dtype, w_hat.device).nonlinear_hat(w_hat)
 
     def closure_term(self, w_fine: Tensor, n: int | None = None) -> Tensor:
         """True subgrid closure ``U = bar(N(w)) - N_c(bar(w))`` at resolution ``n``, ``(batch, 1, n, n)``."""
@@ -126,7 +146,7 @@ class NavierStokes2DSubgrid(AbstractSystem):
         nf = torch.fft.irfft2(self.fine.grid(w_fine.dtype, w_fine.device).nonlinear_hat(torch.fft.rfft2(w_fine)),
                               s=(self.n_fine, self.n_fine))
         wb = self.filter(w_fine, n)
-        nc = spectral_grid(n, wb.dtype, wb.device).nonlinear_hat(torch.fft.rfft2(wb))
+        nc = self.coarse_nonlinear_hat(torch.fft.rfft2(wb), n)
         return self.filter(nf, n) - torch.fft.irfft2(nc, s=(n, n))
 
     def full_step(self, w_fine: Tensor, dt: float | None = None, *, generator: torch.Generator | None = None,
@@ -180,7 +200,7 @@ class NavierStokes2DSubgrid(AbstractSystem):
         self.coarse._check_state(state)
         g = self.coarse.grid(state.dtype, state.device)
         w = torch.fft.rfft2(state)
-        rhs = g.nonlinear_hat(w) + self._forcing_hat(state.dtype, state.device)
+        rhs = self.coarse_nonlinear_hat(w) + self._forcing_hat(state.dtype, state.device)
         if closure_term is not None:
             check_tensor("closure_term", closure_term, shape=tuple(state.shape), finite=False)
             rhs = rhs + torch.fft.rfft2(closure_term.to(state.dtype))
