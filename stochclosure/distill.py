@@ -168,15 +168,20 @@ class Distiller(Trainer):
 
     def _loss(self, target: Tensor, cond: Conditioning, gen: torch.Generator, net: Any = None,
               shard: tuple[int, int, int] | None = None) -> Tensor:
+        """Consistency loss of a batch; ``shard = (lo, hi, total)`` is this rank's slice of the global batch.
+
+        Randomness per step: one level index, then the noise of all ``total`` items of the global
+        batch (item ``k`` gets row ``k``), of which this rank keeps rows ``lo:hi``. The generator
+        therefore advances identically on every rank and in one process, and each item's noise
+        does not depend on how the batch is split.
+        """
         check_tensor("target", target, finite=True)
         x0 = self.model.normalise(target)
         c = None if cond.is_empty() else cond
         i = int(torch.randint(len(self.levels), (1,), generator=gen))
         t = self.levels[i]
-        z = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(x0.device)
-        if shard is not None:
-            lo, hi, total = shard
-            z = torch.randn((total, *x0.shape[1:]), generator=gen, dtype=x0.dtype).to(x0.device)[lo:hi]
+        lo, hi, total = shard if shard is not None else (0, x0.shape[0], x0.shape[0])
+        z = torch.randn((total, *x0.shape[1:]), generator=gen, dtype=x0.dtype).to(x0.device)[lo:hi]
         sde = self.model.sde
         tb = torch.full((x0.shape[0],), t, dtype=x0.dtype, device=x0.device)
         alpha, sigma = sde.marginal_coefficients(tb)
