@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .base import BadInput, Context, Outcome, run_case
 from .cases_core import CASES as _CORE
+from .cases_runs import CASES as _RUNS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
-CASES: list[BadInput] = [*_CORE]
+CASES: list[BadInput] = [*_CORE, *_RUNS]
