@@ -23,7 +23,8 @@ import torch
 from .errors import ConfigError, format_error
 
 __all__ = ["Configurable", "to_jsonable", "check_config_keys", "load_yaml_mapping", "load_json_text", "json_nesting",
-           "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_YAML_NODES"]
+           "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_YAML_NODES", "check_seed", "check_number", "check_device",
+           "derive_seed", "SEED_LIMIT"]
 
 
 MAX_CONFIG_BYTES = 4 * 2**20
@@ -88,6 +89,136 @@ def _yaml_loader() -> type:
 
 class _YamlLimit(Exception):
     """A YAML document beyond the loader's bounds: ``args`` are (what was found, how to fix it)."""
+
+SEED_LIMIT = 2**64
+"""Seeds are integers in ``[0, SEED_LIMIT)``: what ``torch.Generator.manual_seed`` accepts without aliasing
+(torch maps a negative seed ``s`` to ``2**64 + s``, so ``-1`` would silently equal ``2**64 - 1``)."""
+
+
+def check_seed(value: Any, argument: str = "seed") -> int:
+    """The one check of a random seed across the package (train, distill, demo, rollout, generate).
+
+    Args:
+        value: The seed as given.
+        argument: Its name for the message (``"seed"``, ``"--seed"``, ``"initial.seed"``).
+
+    Returns:
+        ``value`` as an ``int``.
+
+    Raises:
+        ConfigError: not an integer (booleans and floats included), negative, or ``>= 2**64``.
+
+    Example:
+        >>> check_seed(7)
+        7
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(format_error(argument, "an integer seed in [0, 2**64)", f"{type(value).__name__} {value!r}",
+                                       "write a whole number such as 0"))
+    if not 0 <= value < SEED_LIMIT:
+        raise ConfigError(format_error(argument, "an integer seed in [0, 2**64)", repr(value),
+                                       "torch generators take seeds in [0, 2**64); pick one there"))
+    return int(value)
+
+
+def derive_seed(seed: int, *offsets: int, scale: int = 1) -> int:
+    """``seed * scale + sum(offsets)`` folded into ``[0, 2**64)``: a seed derived from a checked seed stays valid.
+
+    Values already in range are unchanged, so seeds derived this way reproduce earlier runs.
+
+    Example:
+        >>> derive_seed(2**64 - 1, 1)
+        0
+    """
+    return (int(seed) * int(scale) + sum(int(o) for o in offsets)) % SEED_LIMIT
+
+
+def check_number(value: Any, argument: str, *, integer: bool = False, minimum: float | None = None,
+                 maximum: float | None = None, open_min: bool = False, open_max: bool = False,
+                 fix: str | None = None) -> Any:
+    """Check a configuration number: type (booleans refused), finiteness and range.
+
+    Args:
+        value: The value as given.
+        argument: Its name for the message.
+        integer: Require an ``int``.
+        minimum: Lower bound (inclusive unless ``open_min``).
+        maximum: Upper bound (inclusive unless ``open_max``).
+        open_min: Exclude ``minimum`` itself.
+        open_max: Exclude ``maximum`` itself.
+        fix: Hint for the message.
+
+    Returns:
+        ``value`` (an ``int`` when ``integer``, else a ``float``).
+
+    Raises:
+        ConfigError: wrong type, NaN/inf, or out of range; the message names ``argument``.
+
+    Example:
+        >>> check_number(0.5, "min_lr_ratio", minimum=0, maximum=1)
+        0.5
+    """
+    lo = "" if minimum is None else f"{'>' if open_min else '>='} {minimum:g}"
+    hi = "" if maximum is None else f"{'<' if open_max else '<='} {maximum:g}"
+    kind = "an integer" if integer else "a finite number"
+    expected = kind + (f" {lo}" if lo else "") + (" and" if lo and hi else "") + (f" {hi}" if hi else "")
+    type_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not type_ok:
+        hint = fix
+        if isinstance(value, str) and not integer:
+            hint = hint or "write a number; YAML reads 1e-3 as text, write 1.0e-3"
+        raise ConfigError(format_error(argument, expected, f"{type(value).__name__} {value!r}", hint))
+    if not integer and not math.isfinite(value):
+        raise ConfigError(format_error(argument, expected, repr(value), fix))
+    bad = (minimum is not None and (value <= minimum if open_min else value < minimum)) or \
+          (maximum is not None and (value >= maximum if open_max else value > maximum))
+    if bad:
+        raise ConfigError(format_error(argument, expected, repr(value), fix))
+    return int(value) if integer else float(value)
+
+
+def check_device(value: Any, argument: str = "device") -> torch.device:
+    """Check that a device exists here before any work is done on it.
+
+    Args:
+        value: A ``torch.device`` or its name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+        argument: Its name for the message (``"--device"``, ``"trainer.device"``).
+
+    Returns:
+        The ``torch.device``.
+
+    Raises:
+        DeviceError: an unknown device name, CUDA/MPS requested from a torch without it, or a CUDA
+            index beyond the visible GPUs.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    from .errors import DeviceError
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(format_error(argument, "a device such as 'cpu', 'cuda' or 'cuda:0'",
+                                       f"{type(value).__name__} {value!r}", "use cpu or cuda")) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no visible GPU"
+            raise DeviceError(format_error(argument, "a device available here", f"{str(device)!r}, but this is {build}",
+                                           "use --device cpu (or install a CUDA build of torch on a machine with a "
+                                           "GPU)"))
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(format_error(argument, f"a CUDA index below {torch.cuda.device_count()} (visible GPUs)",
+                                           repr(str(device)), "use cuda:0, or check CUDA_VISIBLE_DEVICES"))
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(format_error(argument, "a device available here", f"{str(device)!r} (no MPS backend)",
+                                           "use --device cpu"))
+    elif device.type != "cpu":
+        raise DeviceError(format_error(argument, "'cpu', 'cuda[:N]' or 'mps'", repr(str(device)), "use cpu or cuda"))
+    return device
 
 
 def load_yaml_mapping(path: str | os.PathLike[str], expected: str = "a YAML mapping",

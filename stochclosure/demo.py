@@ -23,8 +23,30 @@ from typing import Any
 import torch
 
 from .cli import command
+from .config import check_number, check_seed, derive_seed
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "check_demo_options"]
+
+
+def check_demo_options(members: Any, horizon: Any, resample_every: Any, sampler_steps: Any, record_every: Any,
+                       seed: Any, prefix: str = "") -> None:
+    """Check the demo's options before any work (``prefix="--"`` names the command-line flags).
+
+    Raises:
+        ConfigError: ``members`` below 2 (spread and rank statistics need two members), a
+            non-positive or non-finite ``horizon``, non-positive ``resample_every``,
+            ``sampler_steps`` or ``record_every``, or a seed outside ``[0, 2**64)``.
+    """
+    def name(key: str) -> str:
+        return prefix + key.replace("_", "-") if prefix else key
+
+    check_number(members, name("members"), integer=True, minimum=2,
+                 fix="an ensemble needs at least two members for its spread")
+    check_number(horizon, name("horizon"), minimum=0, open_min=True, fix="a forecast length in time units, e.g. 2.0")
+    for key, value in (("resample_every", resample_every), ("sampler_steps", sampler_steps),
+                       ("record_every", record_every)):
+        check_number(value, name(key), integer=True, minimum=1)
+    check_seed(seed, name("seed"))
 
 
 def _truth_run(fine: Any, w0: torch.Tensor, n_steps: int, n_coarse: int, closure: str, obs_grid: int,
@@ -64,13 +86,15 @@ def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: fl
     Returns:
         The metrics written to ``metrics.json``.
     """
+    check_demo_options(members, horizon, resample_every, sampler_steps, record_every, seed)
     from . import metrics, plots
+    from ._io import preflight_output
+    from .errors import ConfigError, format_error
     from .pretrained import DEFAULT, initial_state, load_pretrained, pretrained_info
     from .rollout import StreamedObservations, ensemble, rollout
     from .systems.navier_stokes import NavierStokes2D, coarsen
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = preflight_output(out_dir, "out_dir", is_dir=True)
     t_start = time.perf_counter()
     info = pretrained_info(DEFAULT)
     model = load_pretrained(DEFAULT)
@@ -79,11 +103,15 @@ def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: fl
     fine = NavierStokes2D(**state_info["system"])
     coarse = NavierStokes2D(**{**state_info["system"], "n": n_coarse, "closure": closure})
     n_steps = int(round(horizon / fine.dt))
+    if n_steps < 1:
+        raise ConfigError(format_error("horizon", f"at least one solver step (dt = {fine.dt:g})", repr(horizon),
+                                       f"a horizon of {fine.dt:g} or more"))
     record_every = min(record_every, n_steps)
     obs_grid = int(info["obs_grid"])
 
     t0 = time.perf_counter()
-    truth = _truth_run(fine, w0, n_steps, n_coarse, closure, obs_grid, record_every, seed + 1, progress)
+    truth = _truth_run(fine, w0, n_steps, n_coarse, closure, obs_grid, record_every, derive_seed(seed, 1),
+                       progress)
     t_truth = time.perf_counter() - t0
     axes = torch.arange(obs_grid, dtype=torch.float32) / obs_grid
     points = torch.stack(torch.meshgrid(axes, axes, indexing="ij"), -1).reshape(-1, 2)
@@ -192,6 +220,9 @@ def _write_report(out: Path, r: dict[str, Any], info: dict[str, Any], figs: dict
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_demo_options(args.members, args.horizon, args.resample_every, args.sampler_steps, 100, args.seed,
+                       prefix="--")
+    check_number(args.threads, "--threads", integer=True, minimum=0, fix="0 keeps torch's default")
     if args.threads:
         torch.set_num_threads(args.threads)
     r = run_demo(args.out, members=args.members, horizon=args.horizon, resample_every=args.resample_every,

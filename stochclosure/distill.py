@@ -30,6 +30,8 @@ it has the same schedule, EMA, validation, checkpoints and exact resume after a 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +40,7 @@ from torch import Tensor
 
 from ._types import Conditioning, check_tensor
 from .cli import command
+from .config import check_number, check_seed
 from .errors import ConfigError, format_error
 from .model import ClosureModel
 from .registry import resolve
@@ -45,8 +48,43 @@ from .scores.base import AbstractScoreOperator, bind_score
 from .sdes.base import expand_as_batch
 from .train import Trainer
 
-__all__ = ["ConsistencyScore", "Distiller", "consistency_targets", "make_student", "load_distill_config",
-           "run_distillation"]
+__all__ = ["ConsistencyScore", "Distiller", "consistency_targets", "make_student", "check_levels",
+           "load_distill_config", "run_distillation"]
+
+
+def check_levels(levels: Any, horizon: float | None = None, argument: str = "levels") -> list[float]:
+    """Check distillation levels: a non-empty list of finite, strictly decreasing diffusion times ``> 0``.
+
+    Args:
+        levels: The levels as given.
+        horizon: The SDE's ``T``, the largest level allowed (``None``: not checked).
+        argument: Name for the message (``"student.levels"`` in a config).
+
+    Returns:
+        The levels as floats.
+
+    Raises:
+        ConfigError: not a list of numbers (text, booleans, NaN included), empty, not strictly
+            decreasing, or outside ``(0, T]``.
+
+    Example:
+        >>> check_levels([1.0, 0.3])
+        [1.0, 0.3]
+    """
+    expected = "a non-empty list of strictly decreasing diffusion times in (0, T]"
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
+        raise ConfigError(format_error(argument, expected, f"{type(levels).__name__} {levels!r}",
+                                       "e.g. [1.0, 0.3]: the first is the consistency sampler's start"))
+    for v in levels:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(format_error(argument, expected, f"{list(levels)!r} (holds {type(v).__name__} {v!r})",
+                                           "write numbers, e.g. [1.0, 0.3]"))
+    out = [float(v) for v in levels]
+    if any(b >= a for a, b in zip(out, out[1:])) or out[-1] <= 0:
+        raise ConfigError(format_error(argument, expected, repr(out), "sort them from the largest time down, all > 0"))
+    if horizon is not None and out[0] > horizon:
+        raise ConfigError(format_error(argument, f"diffusion times <= T={horizon} (the SDE's horizon)", repr(out)))
+    return out
 
 
 class ConsistencyScore(AbstractScoreOperator):
@@ -122,11 +160,8 @@ def make_student(teacher: ClosureModel, levels: list[float], teacher_sampler: An
         teacher_sampler: Spec of the teacher's ODE solver.
         steps: Default number of consistency steps (evaluation times ``levels[:steps]``).
     """
-    levels = [float(v) for v in levels]
-    if not levels or any(b >= a for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
-        raise ConfigError(format_error("levels", "decreasing positive diffusion times", repr(levels)))
-    if not 1 <= steps <= len(levels):
-        raise ConfigError(format_error("steps", f"an integer in [1, {len(levels)}] (one per level)", repr(steps)))
+    levels = check_levels(levels, teacher.sde.T)
+    check_number(steps, "steps", integer=True, minimum=1, maximum=len(levels), fix="one evaluation per level at most")
     spec = resolve("sampler", teacher_sampler).spec()
     score = ConsistencyScore(teacher.score.spec(), teacher_sampler=spec, levels=levels)
     score.backbone.load_state_dict(teacher.score.state_dict())
@@ -157,26 +192,34 @@ class Distiller(Trainer):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         score = student.score
-        self.levels = [float(v) for v in (levels if levels is not None else getattr(score, "levels", None) or [])]
-        if not self.levels:
-            raise ConfigError(format_error("levels", "at least one diffusion time", "none"))
+        self.levels = check_levels(levels if levels is not None else getattr(score, "levels", None), student.sde.T)
         self.teacher_sampler = teacher_sampler if teacher_sampler is not None else getattr(score, "teacher_sampler",
                                                                                           None)
         if self.teacher_sampler is None:
             raise ConfigError(format_error("teacher_sampler", "an ODE sampler spec", "None"))
-        self.config.update({"levels": self.levels, "teacher_sampler": resolve("sampler", self.teacher_sampler).spec()})
+        base = resolve("sampler", self.teacher_sampler)
+        if getattr(base, "stochastic", True):
+            raise ConfigError(format_error("teacher_sampler", "a deterministic (ODE) sampler, e.g. dpm_solver_pp_2m",
+                                           f"{type(base).__name__} (stochastic)",
+                                           "consistency targets are the end points of the probability-flow ODE"))
+        self.config.update({"levels": self.levels, "teacher_sampler": base.spec()})
 
     def _loss(self, target: Tensor, cond: Conditioning, gen: torch.Generator, net: Any = None,
               shard: tuple[int, int, int] | None = None) -> Tensor:
+        """Consistency loss of a batch; ``shard = (lo, hi, total)`` is this rank's slice of the global batch.
+
+        Randomness per step: one level index, then the noise of all ``total`` items of the global
+        batch (item ``k`` gets row ``k``), of which this rank keeps rows ``lo:hi``. The generator
+        therefore advances identically on every rank and in one process, and each item's noise
+        does not depend on how the batch is split.
+        """
         check_tensor("target", target, finite=True)
         x0 = self.model.normalise(target)
         c = None if cond.is_empty() else cond
         i = int(torch.randint(len(self.levels), (1,), generator=gen))
         t = self.levels[i]
-        z = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(x0.device)
-        if shard is not None:
-            lo, hi, total = shard
-            z = torch.randn((total, *x0.shape[1:]), generator=gen, dtype=x0.dtype).to(x0.device)[lo:hi]
+        lo, hi, total = shard if shard is not None else (0, x0.shape[0], x0.shape[0])
+        z = torch.randn((total, *x0.shape[1:]), generator=gen, dtype=x0.dtype).to(x0.device)[lo:hi]
         sde = self.model.sde
         tb = torch.full((x0.shape[0],), t, dtype=x0.dtype, device=x0.device)
         alpha, sigma = sde.marginal_coefficients(tb)
@@ -188,80 +231,96 @@ class Distiller(Trainer):
 
 
 # -- the command line ------------------------------------------------------------------------------------
-_BLOCKS = {"teacher", "data", "student", "trainer", "out", "seed"}
+_BLOCKS = {"teacher", "data", "student", "trainer", "out", "seed", "root"}
 _STUDENT_KEYS = {"levels", "teacher_sampler", "steps"}
 
 
 def load_distill_config(path: str | Path) -> dict[str, Any]:
-    """Read a distillation YAML file (blocks ``teacher``, ``data``, ``student``, ``trainer``, ``out``, ``seed``).
+    """Read and check a distillation YAML file before any work.
 
+    Blocks ``teacher``, ``data``, ``student``, ``trainer``, ``out``, ``seed`` (and ``root``).
     ``teacher`` is a checkpoint path; ``data`` is the training block of ``stochclosure train``;
-    ``student`` has ``levels`` (decreasing diffusion times), ``teacher_sampler`` (ODE sampler spec)
-    and ``steps`` (the distilled model's default number of evaluations). Relative paths are
-    relative to the YAML file. Unknown keys raise :class:`ConfigError`.
+    ``student`` has ``levels`` (strictly decreasing diffusion times), ``teacher_sampler`` (ODE
+    sampler spec) and ``steps`` (the distilled model's default number of evaluations). Paths
+    (``teacher``, ``data.path``, ``out``) follow the config-path rule of ``stochclosure train``
+    (:mod:`stochclosure._io`), and ``out`` may not be, lie inside or contain the teacher's run
+    folder. Unknown keys and bad values raise :class:`ConfigError`; an ``out`` overlapping the
+    teacher raises :class:`~stochclosure.errors.OutputError`.
     """
     from .config import load_yaml_mapping
-    from .train_cli import _DATA_KEYS
+    from .runs import check_separate_folders, teacher_run_folder
+    from .train_cli import _DATA_KEYS, _check_types, check_blocks, check_trainer_block, resolve_paths
 
     path = Path(path)
     cfg = load_yaml_mapping(path, "a mapping with blocks teacher, data, student, trainer, out")
-    for block, allowed in (("", _BLOCKS), ("data", _DATA_KEYS), ("student", _STUDENT_KEYS)):
-        section = cfg if not block else cfg.get(block) or {}
-        unknown = sorted(set(section) - allowed)
-        if unknown:
-            raise ConfigError(format_error(f"{block}.{unknown[0]}" if block else unknown[0],
-                                           f"one of the keys {sorted(allowed)}", f"unknown key(s) {unknown}"))
+    check_blocks(cfg, (("", _BLOCKS), ("data", _DATA_KEYS), ("student", _STUDENT_KEYS)), "distill")
     for key in ("teacher", "data", "out"):
         if key not in cfg:
             raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
-    base = path.parent
-    cfg["teacher"] = str((base / cfg["teacher"]).resolve())
-    cfg["data"]["path"] = str((base / cfg["data"]["path"]).resolve())
-    cfg["out"] = str((base / cfg["out"]).resolve())
+    if not isinstance(cfg["data"], dict) or "path" not in cfg["data"]:
+        raise ConfigError(format_error("data.path", "a data block with a path", repr(cfg["data"])))
+    _check_types({k: v for k, v in cfg.items() if k in ("data", "seed")})
+    st = cfg.get("student") or {}
+    if "levels" in st:
+        check_levels(st["levels"], argument="student.levels")
+    if "steps" in st:
+        n = len(st["levels"]) if "levels" in st else None
+        check_number(st["steps"], "student.steps", integer=True, minimum=1, maximum=n,
+                     fix="one evaluation per level at most")
+    if "teacher_sampler" in st and not isinstance(st["teacher_sampler"], (str, dict)):
+        raise ConfigError(format_error("student.teacher_sampler", "a sampler name or {type: ...}",
+                                       repr(st["teacher_sampler"])))
+    check_trainer_block(cfg)
+    resolve_paths(cfg, path, ("teacher", "data.path", "out"))
+    check_separate_folders(cfg["out"], teacher_run_folder(cfg["teacher"]), "out")
     return cfg
 
 
-def run_distillation(cfg: dict[str, Any], resume: bool = False, progress: bool = True) -> Any:
-    """Build teacher, student, data and :class:`Distiller` from ``cfg`` and train (see :func:`load_distill_config`)."""
-    from .checkpoint import load_model
-    from .config import check_config_keys
-    from .data.hdf5 import ClosureH5Dataset
+def run_distillation(cfg: dict[str, Any], resume: bool = False, progress: bool = True, *,
+                     allow_config_change: bool = False, device: str | None = None) -> Any:
+    """Build teacher, student, data and :class:`Distiller` from ``cfg`` and train (see :func:`load_distill_config`).
 
-    d = cfg["data"]
-    common = {"closure": d.get("closure"), "resolution": d.get("resolution"), "history": int(d.get("history", 0)),
-              "obs": bool(d.get("obs", True))}
-    train = ClosureH5Dataset(d["path"], split="train", **common)
-    val_split = d.get("val_split", "val")
-    val = ClosureH5Dataset(d["path"], split=val_split, **common) if val_split else None
-    if val is not None and len(val) == 0:
-        val = None
-    teacher = load_model(cfg["teacher"])
-    st = dict(cfg.get("student") or {})
-    levels = st.get("levels") or [teacher.sde.T]
-    teacher_sampler = st.get("teacher_sampler") or {"type": "dpm_solver_pp_2m", "steps": 6}
-    student = make_student(teacher, levels, teacher_sampler, steps=int(st.get("steps", 1)))
-    kw = dict(cfg.get("trainer") or {})
-    check_config_keys(Trainer, {"model": None, "train_data": None, **kw}, where="trainer")
-    kw.pop("normalise_targets", None)
-    kw.setdefault("seed", int(cfg.get("seed", 0)))
-    kw.setdefault("progress", progress)
-    return Distiller(student, teacher, train, val, checkpoint_dir=cfg["out"], **kw).fit(resume=resume)
+    ``out`` is checked against the teacher's folder, locked and checked for another run before
+    anything is built (:func:`stochclosure.train_cli.run_folder`); teacher, data, student block
+    and seed are recorded with the run and compared on resume.
+    """
+    from .checkpoint import load_model
+    from .runs import check_separate_folders, teacher_run_folder
+    from .train_cli import check_trainer_block, data_block, open_datasets, run_folder
+
+    check_separate_folders(cfg["out"], teacher_run_folder(cfg["teacher"]), "out")
+    kw = check_trainer_block(cfg)
+    seed = check_seed(cfg.get("seed", 0), "seed")
+    if device is not None:
+        kw["device"] = device
+    with run_folder(cfg["out"], resume):
+        train, val = open_datasets(cfg["data"])
+        teacher = load_model(cfg["teacher"])
+        st = dict(cfg.get("student") or {})
+        levels = st.get("levels") or [teacher.sde.T]
+        teacher_sampler = st.get("teacher_sampler") or {"type": "dpm_solver_pp_2m", "steps": 6}
+        student = make_student(teacher, levels, teacher_sampler, steps=st.get("steps", 1))
+        kw.pop("normalise_targets", None)
+        kw.setdefault("seed", seed)
+        kw.setdefault("progress", progress)
+        distiller = Distiller(student, teacher, train, val, checkpoint_dir=cfg["out"], **kw)
+        distiller.run_config = {"data": data_block(cfg["data"]), "seed": seed, "teacher": str(cfg["teacher"]),
+                                "student": {"steps": st.get("steps", 1)}}
+        distiller._allow_flag = "--allow-config-change"
+        return distiller.fit(resume=resume, allow_config_change=allow_config_change)
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = load_distill_config(args.config)
-    from .train_cli import print_summary
+    from .train_cli import run_command
 
-    result = run_distillation(cfg, resume=args.resume, progress=not args.no_progress)
-    print_summary(result, "distilled", args.json)
-    return 0
+    return run_command(args, load_distill_config, run_distillation, "distilled")
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
+    from .train_cli import add_run_args
+
     p.add_argument("--config", required=True, help="distillation YAML (blocks teacher, data, student, trainer, out)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in `out`")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+    add_run_args(p)
 
 
 _run.add_args = _add_args  # type: ignore[attr-defined]

@@ -33,7 +33,7 @@ from typing import Any
 
 from ._io import preflight_output, resolve_config_path
 from .cli import command
-from .config import load_yaml_mapping
+from .config import check_seed, load_yaml_mapping
 from .errors import ConfigError, format_error
 
 __all__ = ["load_rollout_config", "run_rollout", "ROLLOUT_DEFAULTS"]
@@ -58,10 +58,11 @@ def load_rollout_config(path: str | Path) -> dict[str, Any]:
             raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
     cfg = {**ROLLOUT_DEFAULTS, **raw}
     for key, minimum in (("n_steps", 0), ("members", 1), ("checkpoint_every", 1), ("record_every", 1),
-                         ("resample_every", 1), ("seed", 0)):
+                         ("resample_every", 1)):
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ConfigError(format_error(key, f"an integer >= {minimum}", f"{type(v).__name__} {v!r}"))
+    cfg["seed"] = check_seed(cfg["seed"], "seed")
     if cfg["sampler_steps"] is not None and (not isinstance(cfg["sampler_steps"], int) or cfg["sampler_steps"] < 1):
         raise ConfigError(format_error("sampler_steps", "null or a positive integer", repr(cfg["sampler_steps"])))
     if not isinstance(cfg["system"], (str, dict)):
@@ -72,8 +73,8 @@ def load_rollout_config(path: str | Path) -> dict[str, Any]:
     root = cfg.pop("root", None)
     if "path" in init:
         cfg["initial"] = {"path": resolve_config_path(init["path"], "initial.path", path, root)}
-    elif isinstance(init["seed"], bool) or not isinstance(init["seed"], int):
-        raise ConfigError(format_error("initial.seed", "an integer", repr(init["seed"])))
+    else:
+        check_seed(init["seed"], "initial.seed")
     if cfg["model"] not in (None, "none"):
         cfg["model"] = resolve_config_path(cfg["model"], "model", path, root)
     else:

@@ -20,9 +20,10 @@ works; batches are built with its ``collate`` method when it has one, else with
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,17 +41,92 @@ from .checkpoint import (
     read_config,
     write_checkpoint_dir,
 )
+from .config import check_device, check_number, check_seed, derive_seed
 from .data.base import collate_closure
 from .errors import CheckpointError, ConfigError, NonFiniteError, format_error
-from .losses import dsm_loss, sample_times
+from .losses import WEIGHTINGS, dsm_loss, sample_times
 from .model import ClosureModel
+from .runs import (
+    LATEST,
+    check_resume_config,
+    check_run_folder,
+    config_changes,
+    latest_checkpoint,
+    record_changes,
+    run_lock,
+)
 
-__all__ = ["Trainer", "TrainResult", "EMA", "default_t_range", "target_statistics", "SCHEDULES"]
+__all__ = ["Trainer", "TrainResult", "EMA", "default_t_range", "target_statistics", "SCHEDULES",
+           "check_trainer_options"]
 
 SCHEDULES = ("constant", "cosine", "step")
 OPTIM_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
-LATEST = "latest"
+
+
+def check_trainer_options(options: Mapping[str, Any], where: str = "") -> None:
+    """Check :class:`Trainer` options before any work (the constructor and the command line call it).
+
+    Only the keys present are checked, so the command line can check a ``trainer:`` block before
+    it opens the data. Rules: sizes are positive integers; ``lr > 0``; ``0 <= min_lr_ratio <= 1``;
+    ``0 < gamma <= 1`` (a decay); ``0 <= warmup_steps <= max_steps``, an integer;
+    ``weight_decay >= 0``; ``grad_clip`` ``None`` or ``>= 0``; ``0 <= ema_decay < 1``; ``t_range``
+    two numbers ``0 < t_min < t_max``; ``seed`` in ``[0, 2**64)``; ``device`` available here.
+
+    Args:
+        options: Keyword arguments of :class:`Trainer`.
+        where: Prefix of the names in messages (``"trainer."`` for a YAML block).
+
+    Raises:
+        ConfigError: a value of the wrong type or out of range, naming it.
+        DeviceError: a device that does not exist here.
+    """
+    o = options
+
+    def name(key: str) -> str:
+        return where + key
+
+    for key in ("batch_size", "max_steps", "checkpoint_every", "keep_checkpoints", "val_every", "step_size"):
+        if key in o:
+            check_number(o[key], name(key), integer=True, minimum=1)
+    if o.get("val_batches") is not None:
+        check_number(o["val_batches"], name("val_batches"), integer=True, minimum=1, fix="null for the whole set")
+    if "lr" in o:
+        check_number(o["lr"], name("lr"), minimum=0, open_min=True)
+    if "min_lr_ratio" in o:
+        check_number(o["min_lr_ratio"], name("min_lr_ratio"), minimum=0, maximum=1,
+                     fix="the cosine schedule ends at lr * min_lr_ratio; a negative value would be gradient ascent")
+    if "gamma" in o:
+        check_number(o["gamma"], name("gamma"), minimum=0, maximum=1, open_min=True,
+                     fix="the step schedule multiplies lr by gamma every step_size steps (0.5 halves it)")
+    if "warmup_steps" in o:
+        top = o.get("max_steps") if isinstance(o.get("max_steps"), int) else None
+        check_number(o["warmup_steps"], name("warmup_steps"), integer=True, minimum=0, maximum=top,
+                     fix="a warm-up of at most max_steps steps (0: none)")
+    if "weight_decay" in o:
+        check_number(o["weight_decay"], name("weight_decay"), minimum=0)
+    if o.get("grad_clip") is not None:
+        check_number(o["grad_clip"], name("grad_clip"), minimum=0, fix="null or 0 disables clipping")
+    if "ema_decay" in o:
+        check_number(o["ema_decay"], name("ema_decay"), minimum=0, maximum=1, open_max=True,
+                     fix="0 disables the average; 0.999 is usual")
+    if "schedule" in o and o["schedule"] not in SCHEDULES:
+        raise ConfigError(format_error(name("schedule"), f"one of {list(SCHEDULES)}", repr(o["schedule"])))
+    if isinstance(o.get("weighting"), str) and o["weighting"] not in (*WEIGHTINGS, "auto"):
+        raise ConfigError(format_error(name("weighting"), f"'auto', one of {sorted(WEIGHTINGS)} or a callable",
+                                       repr(o["weighting"])))
+    if o.get("t_range") is not None:
+        tr = o["t_range"]
+        if isinstance(tr, (str, bytes)) or not isinstance(tr, Sequence) or len(tr) != 2:
+            raise ConfigError(format_error(name("t_range"), "two diffusion times [t_min, t_max]", repr(tr)))
+        lo = check_number(tr[0], name("t_range"), minimum=0, open_min=True)
+        hi = check_number(tr[1], name("t_range"), minimum=0)
+        if not lo < hi:
+            raise ConfigError(format_error(name("t_range"), "t_min < t_max", repr(list(tr))))
+    if "seed" in o:
+        check_seed(o["seed"], name("seed"))
+    if "device" in o and not isinstance(o["device"], torch.device):
+        check_device(o["device"], name("device"))
 
 
 def _join_process_group(device: str | torch.device) -> tuple[int, int, str | torch.device]:
@@ -210,9 +286,9 @@ class Trainer:
         schedule: ``"constant"``, ``"cosine"`` (to ``lr * min_lr_ratio``) or ``"step"`` (times
             ``gamma`` every ``step_size`` steps; the research code halves every 200 epochs).
         warmup_steps: Linear warm-up steps.
-        min_lr_ratio: Final learning rate of the cosine schedule, relative to ``lr``.
+        min_lr_ratio: Final learning rate of the cosine schedule, relative to ``lr`` (in ``[0, 1]``).
         step_size: Period of the step schedule.
-        gamma: Factor of the step schedule.
+        gamma: Factor of the step schedule (in ``(0, 1]``).
         weight_decay: Adam's L2 weight decay.
         grad_clip: Max global gradient norm (``None`` or 0 disables clipping).
         ema_decay: EMA decay (0 disables the average; the raw weights are then used).
@@ -221,14 +297,20 @@ class Trainer:
             has one (preconditioned networks), else ``"sigma2"``; or any ``dsm_loss`` weighting.
         normalise_targets: Compute per-channel target mean/std on the training data at the start
             of a fresh run and store them in the model.
-        seed: Seeds the data order and the diffusion noise.
-        checkpoint_dir: Where checkpoints go (``None``: none are written).
+        seed: Seeds the data order and the diffusion noise (an integer in ``[0, 2**64)``).
+        checkpoint_dir: The run folder the checkpoints go to (``None``: none are written); see
+            :mod:`stochclosure.runs` for its rules (one writer, no overwrite, checked resume).
         checkpoint_every: Steps between checkpoints.
         keep_checkpoints: How many recent checkpoints to keep.
         val_every: Steps between validations (and logging points of the history).
         val_batches: Cap on validation batches (``None``: the whole set).
         progress: Show a tqdm progress bar.
-        device: Training device.
+        device: Training device (checked to exist here).
+
+    Every option is checked by :func:`check_trainer_options` before any work. The attribute
+    :attr:`run_config` (a dict, empty by default) holds configuration blocks the trainer does not
+    know (the command line puts ``data`` and ``seed`` there): it is stored in every checkpoint
+    with the trainer's own options and the model's specs, and a resume compares all of them.
 
     Data-parallel training: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), the
     trainer joins the process group (gloo on CPU, NCCL on GPU, device ``cuda:LOCAL_RANK``), wraps
@@ -247,18 +329,16 @@ class Trainer:
                  checkpoint_dir: str | Path | None = None, checkpoint_every: int = 500, keep_checkpoints: int = 2,
                  val_every: int = 250, val_batches: int | None = None, progress: bool = True,
                  device: str | torch.device = "cpu") -> None:
-        for name, v in (("batch_size", batch_size), ("max_steps", max_steps), ("checkpoint_every", checkpoint_every),
-                        ("keep_checkpoints", keep_checkpoints), ("val_every", val_every), ("step_size", step_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(format_error(name, "a positive integer", repr(v)))
-        for name, v in (("lr", lr), ("min_lr_ratio", min_lr_ratio), ("gamma", gamma), ("weight_decay", weight_decay),
-                        ("ema_decay", ema_decay), ("warmup_steps", warmup_steps), ("grad_clip", grad_clip or 0.0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(format_error(name, "a finite number", f"{type(v).__name__} {v!r}"))
-        if schedule not in SCHEDULES:
-            raise ConfigError(format_error("schedule", f"one of {list(SCHEDULES)}", repr(schedule)))
-        if not lr > 0:
-            raise ConfigError(format_error("lr", "a positive learning rate", repr(lr)))
+        check_trainer_options(
+            {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "schedule": schedule,
+             "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio, "step_size": step_size, "gamma": gamma,
+             "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay, "t_range": t_range,
+             "weighting": weighting, "seed": seed, "checkpoint_every": checkpoint_every,
+             "keep_checkpoints": keep_checkpoints, "val_every": val_every, "val_batches": val_batches,
+             "device": device})
+        if t_range is not None and not float(t_range[1]) <= model.sde.T:
+            raise ConfigError(format_error("t_range", f"0 < t_min < t_max <= T={model.sde.T} (the SDE's horizon)",
+                                           repr(list(t_range))))
         if len(train_data) < 1:
             raise ConfigError(format_error("train_data", "a dataset with at least one item", "an empty dataset"))
         self.model, self.train_data, self.val_data = model, train_data, val_data
@@ -289,6 +369,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr, weight_decay=weight_decay)
         self.ema = EMA(model, ema_decay) if ema_decay > 0 else None
         self.noise_gen = torch.Generator().manual_seed(self.seed)
+        self.run_config: dict[str, Any] = {}
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._window = [0.0, 0]
@@ -320,7 +401,8 @@ class Trainer:
         """Dataset indices of step ``step``: a seeded permutation per epoch, so resuming needs no state."""
         n = len(self.train_data)
         epoch, pos = divmod(step, self._steps_per_epoch())
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch,
+                                                                                    scale=1_000_003)))
         b = min(self.batch_size, n)
         return perm[pos * b:(pos + 1) * b]
 
@@ -350,7 +432,7 @@ class Trainer:
         if self.val_data is None or len(self.val_data) == 0:
             return None
         collate = _collate_for(self.val_data)
-        gen = torch.Generator().manual_seed(self.seed + 1)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, 1))
         was_training = self.model.training
         self.model.eval()
         if self.ema is not None:
@@ -394,7 +476,7 @@ class Trainer:
         if self.ema is not None:
             files[EMA_FILE] = self.ema.shadow
         trainer_state = {"step": self.step, "history": self.history, "window": self._window, "optimizer": opt_json,
-                         "config": self.config}
+                         "config": self.config, "run": self.run_config}
         name = f"step-{self.step:08d}"
         path = write_checkpoint_dir(self.checkpoint_dir / name, self.model, files, {"trainer": trainer_state})
         atomic_write_bytes(self.checkpoint_dir / LATEST, name.encode())
@@ -407,10 +489,55 @@ class Trainer:
         return path
 
     def latest_checkpoint(self) -> Path | None:
-        """The checkpoint ``latest`` points at, or ``None`` when there is none."""
-        if self.checkpoint_dir is None or not (self.checkpoint_dir / LATEST).is_file():
+        """The checkpoint ``latest`` points at, or ``None`` when there is none.
+
+        Raises:
+            CheckpointError: ``latest`` names anything but a checkpoint inside ``checkpoint_dir``
+                (see :func:`stochclosure.runs.latest_checkpoint`).
+        """
+        if self.checkpoint_dir is None:
             return None
-        return self.checkpoint_dir / (self.checkpoint_dir / LATEST).read_text().strip()
+        return latest_checkpoint(self.checkpoint_dir)
+
+    def run_configuration(self) -> dict[str, Any]:
+        """The configuration stored in every checkpoint and compared on resume.
+
+        ``{"model": registry specs, "trainer": the trainer's options, **run_config}``, where
+        :attr:`run_config` holds the blocks the trainer does not know (the command line records
+        ``data`` and ``seed`` there).
+        """
+        return {"model": model_config(self.model), "trainer": dict(self.config), **self.run_config}
+
+    def check_resume(self, path: str | Path, allow_change: bool = False) -> dict[str, Any]:
+        """Compare the configuration stored in checkpoint ``path`` with this trainer's.
+
+        Args:
+            path: The checkpoint to resume from.
+            allow_change: Accept a changed configuration (recorded in the run folder's history).
+
+        Returns:
+            The accepted changes, ``{dotted key: (old, new)}`` (recorded by :meth:`fit` once the
+            checkpoint is loaded).
+
+        Raises:
+            CheckpointError: a checkpoint of another model (the message lists the differing keys).
+            ConfigError: a changed trainer or run configuration without ``allow_change``.
+        """
+        path = Path(path)
+        cfg = read_config(path)
+        mine = self.run_configuration()
+        if cfg["model"] != mine["model"]:
+            diff = config_changes({"model": cfg["model"]}, {"model": mine["model"]})
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(format_error(str(path), f"a checkpoint of this model ({mine['model']})",
+                                               f"one of {cfg['model']} (differences: {listed})",
+                                               "resume with the configuration the run started with"))
+        state = cfg.get("trainer")
+        if not isinstance(state, dict):
+            raise CheckpointError(format_error(str(path), "a training checkpoint (with trainer state)",
+                                               "a model-only checkpoint", "start a fresh run, or load it with load_model"))
+        old = {"model": cfg["model"], "trainer": state.get("config", {}), **(state.get("run") or {})}
+        return check_resume_config(path.parent, old, mine, allow_change=allow_change, flag=self._allow_flag)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, EMA, optimizer, step, history and random states from ``path``.
@@ -453,23 +580,47 @@ class Trainer:
         self.last_checkpoint = path
 
     # -- the loop ---------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> TrainResult:
+    _allow_flag = "allow_config_change=True"  # how a caller accepts a change; the command line names its flag
+
+    def fit(self, resume: bool = False, *, allow_config_change: bool = False) -> TrainResult:
         """Train to ``max_steps`` (continuing from the latest checkpoint when ``resume``).
 
-        After the call the model holds the EMA weights (the raw ones stay in the checkpoint).
+        The checkpoint folder is locked for the whole call (a second process gets an
+        :class:`~stochclosure.errors.OutputError` at once), a fresh run refuses a folder that holds
+        another run, and a resume compares the stored configuration with this trainer's (see
+        :mod:`stochclosure.runs`; ``max_steps`` may grow). After the call the model holds the EMA
+        weights (the raw ones stay in the checkpoint).
+
+        Args:
+            resume: Continue from the checkpoint ``latest`` names (start fresh when there is none).
+            allow_config_change: Resume even if the configuration changed; the changes are
+                recorded in ``checkpoint_dir/run-history.jsonl``.
 
         Raises:
+            OutputError: the folder is locked by another process, or holds a run and ``resume`` is false.
+            ConfigError: a resume with a changed configuration and ``allow_config_change`` false.
+            CheckpointError: a ``latest`` pointing outside the folder, or a checkpoint of another model.
             NonFiniteError: when the loss or the gradient becomes NaN/inf; the last good checkpoint is
                 kept untouched.
         """
+        t0 = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            if self.checkpoint_dir is not None:
+                preflight_output(self.checkpoint_dir, "checkpoint_dir", is_dir=True)
+                if self.rank == 0:
+                    stack.enter_context(run_lock(self.checkpoint_dir, "checkpoint_dir"))
+                check_run_folder(self.checkpoint_dir, resume, "checkpoint_dir", "fit(resume=True)")
+            return self._fit(resume, allow_config_change, t0)
+
+    def _fit(self, resume: bool, allow_config_change: bool, t0: float) -> TrainResult:
         from tqdm.auto import tqdm
 
-        t0 = time.perf_counter()
-        if self.checkpoint_dir is not None:
-            preflight_output(self.checkpoint_dir, "checkpoint_dir", is_dir=True)
         latest = self.latest_checkpoint() if resume else None
         if latest is not None:
+            changes = self.check_resume(latest, allow_config_change)
             self.load_checkpoint(latest)
+            if self.rank == 0:
+                record_changes(latest.parent, latest, changes, self.step)
         elif self.normalise_targets:
             mean, std = target_statistics(self.train_data, self.model.channels)
             self.model.target_mean.copy_(mean)

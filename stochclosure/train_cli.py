@@ -25,61 +25,87 @@ top-level ``root`` key (see :mod:`stochclosure._io`); absolute paths are used as
     out: runs/ns2d_tiny         # checkpoint directory
     seed: 0                     # seeds the initial weights, the data order and the noise
 
-``model.channels`` defaults to the data's. With ``--resume`` the run continues from the latest
-checkpoint in ``out`` (and starts fresh when there is none). Each checkpoint directory
-``out/step-XXXXXXXX`` is loadable with :func:`stochclosure.checkpoint.load_model`; ``out/latest``
-names the newest.
+``model.channels`` defaults to the data's. Every value is checked before any work. Each
+checkpoint directory ``out/step-XXXXXXXX`` is loadable with
+:func:`stochclosure.checkpoint.load_model`; ``out/latest`` names the newest.
+
+``out`` is one run (:mod:`stochclosure.runs`): a second job on it stops at once (lock), a fresh
+run refuses a folder that holds a run, and ``--resume`` continues from the latest checkpoint (or
+starts fresh when there is none) only if the configuration (data, model, trainer, seed) is the
+one stored with the run; ``trainer.max_steps`` may grow, anything else needs
+``--allow-config-change`` and is recorded in ``out/run-history.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._io import resolve_config_path
+from ._io import preflight_output, resolve_config_path
 from .cli import command
-from .config import load_yaml_mapping
+from .config import check_config_keys, check_device, check_seed, load_yaml_mapping
 from .errors import ConfigError, format_error
+from .runs import check_run_folder, latest_checkpoint, run_lock
 
-__all__ = ["load_train_config", "run_training"]
+__all__ = ["load_train_config", "run_training", "check_blocks", "resolve_paths", "check_trainer_block",
+           "data_block", "open_datasets", "run_folder", "run_command", "add_run_args", "print_summary"]
 
 _BLOCKS = {"data", "model", "trainer", "out", "seed", "root"}
 _DATA_KEYS = {"path", "closure", "resolution", "history", "obs", "val_split"}
 _MODEL_KEYS = {"sde", "score", "sampler", "channels"}
+_DATA_DEFAULTS = {"closure": None, "resolution": None, "history": 0, "obs": True, "val_split": "val"}
 
 
-def load_train_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a training YAML file (unknown keys raise :class:`ConfigError` naming them)."""
-    path = Path(path)
-    cfg = load_yaml_mapping(path, "a mapping with blocks data, model, trainer, out")
-    for block, allowed in (("", _BLOCKS), ("data", _DATA_KEYS), ("model", _MODEL_KEYS)):
+def check_blocks(cfg: dict[str, Any], blocks: Iterable[tuple[str, set[str]]], command_name: str) -> None:
+    """Refuse unknown keys (and blocks that are not mappings) in a ``--config`` file.
+
+    Args:
+        cfg: The parsed YAML mapping.
+        blocks: ``(block, allowed keys)`` pairs; block ``""`` is the top level.
+        command_name: The sub-command, for the fix (``"train"``, ``"distill"``).
+
+    Raises:
+        ConfigError: naming the first unknown key as ``block.key``.
+    """
+    for block, allowed in blocks:
         section = cfg if not block else cfg.get(block) or {}
         if not isinstance(section, dict):
-            raise ConfigError(format_error(block, "a mapping", type(section).__name__))
+            raise ConfigError(format_error(block, "a mapping", f"{type(section).__name__} {section!r}"))
         unknown = sorted(str(k) for k in set(section) - allowed)
         if unknown:
             where = f"{block}.{unknown[0]}" if block else unknown[0]
             raise ConfigError(format_error(where, f"one of the keys {sorted(allowed)}", f"unknown key(s) {unknown}",
-                                           "check the spelling against `stochclosure train --help`"))
-    for key in ("data", "model", "out"):
-        if key not in cfg:
-            raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
-        if key != "out" and not isinstance(cfg[key], dict):
-            raise ConfigError(format_error(key, "a mapping", f"{type(cfg[key]).__name__} {cfg[key]!r}"))
-    if "path" not in cfg["data"] or "score" not in cfg["model"]:
-        raise ConfigError(format_error("data.path / model.score", "both set", "missing"))
-    _check_types(cfg)
+                                           f"check the spelling against `stochclosure {command_name} --help`"))
+
+
+def resolve_paths(cfg: dict[str, Any], config_path: str | Path, keys: Iterable[str]) -> None:
+    """Resolve every path key of a config in place by the one config-path rule (:mod:`stochclosure._io`).
+
+    Pops the optional top-level ``root`` key. Relative paths are relative to the config's folder
+    and may not leave it (or ``root``); absolute paths are used as given.
+
+    Args:
+        cfg: The parsed config (changed in place).
+        config_path: The YAML file.
+        keys: Dotted keys of the paths (``"data.path"``, ``"out"``).
+
+    Raises:
+        ConfigError: a path that is not a string, or one leaving the allowed folder.
+    """
     root = cfg.pop("root", None)
-    cfg["data"]["path"] = resolve_config_path(cfg["data"]["path"], "data.path", path, root)
-    cfg["out"] = resolve_config_path(cfg["out"], "out", path, root)
-    return cfg
+    for key in keys:
+        block, _, name = key.rpartition(".")
+        section = cfg[block] if block else cfg
+        section[name] = resolve_config_path(section[name], key, config_path, root)
 
 
 # key -> (accepted types, description); None is accepted where the default is None
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "seed": ((int,), "an integer"),
     "data.closure": ((str, type(None)), "a closure name"),
     "data.resolution": ((int, type(None)), "an integer grid size"),
     "data.history": ((int,), "a non-negative integer"),
@@ -94,6 +120,8 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 
 
 def _check_types(cfg: dict[str, Any]) -> None:
+    if "seed" in cfg:
+        check_seed(cfg["seed"], "seed")
     for key, (types, what) in _TYPES.items():
         block, _, name = key.partition(".")
         section = cfg if not name else cfg.get(block) or {}
@@ -108,46 +136,122 @@ def _check_types(cfg: dict[str, Any]) -> None:
             raise ConfigError(format_error(key, what, f"{type(v).__name__} {v!r}", "fix the value in the YAML file"))
 
 
-def run_training(cfg: dict[str, Any], resume: bool = False, progress: bool = True) -> Any:
+def check_trainer_block(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check the ``trainer:`` block (known keys, every value) before any work; returns a copy of it."""
+    from .train import Trainer, check_trainer_options
+
+    kw = dict(cfg.get("trainer") or {})
+    check_config_keys(Trainer, {"model": None, "train_data": None, **kw}, where="trainer")
+    check_trainer_options(kw, where="trainer.")
+    return kw
+
+
+def load_train_config(path: str | Path) -> dict[str, Any]:
+    """Read and check a training YAML file before any work.
+
+    Unknown keys, wrong types and out-of-range values (every ``trainer`` option, the seed) raise
+    :class:`ConfigError` naming them; paths follow the config-path rule.
+    """
+    path = Path(path)
+    cfg = load_yaml_mapping(path, "a mapping with blocks data, model, trainer, out")
+    check_blocks(cfg, (("", _BLOCKS), ("data", _DATA_KEYS), ("model", _MODEL_KEYS)), "train")
+    for key in ("data", "model", "out"):
+        if key not in cfg:
+            raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
+        if key != "out" and not isinstance(cfg[key], dict):
+            raise ConfigError(format_error(key, "a mapping", f"{type(cfg[key]).__name__} {cfg[key]!r}"))
+    if "path" not in cfg["data"] or "score" not in cfg["model"]:
+        raise ConfigError(format_error("data.path / model.score", "both set", "missing"))
+    _check_types(cfg)
+    check_trainer_block(cfg)
+    resolve_paths(cfg, path, ("data.path", "out"))
+    return cfg
+
+
+def data_block(d: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` block with its defaults filled in (the form recorded in the run's checkpoints)."""
+    return {"path": d["path"], **{k: d.get(k, v) for k, v in _DATA_DEFAULTS.items()}}
+
+
+def open_datasets(d: dict[str, Any]) -> tuple[Any, Any]:
+    """``(train, validation or None)`` :class:`~stochclosure.data.hdf5.ClosureH5Dataset` of a ``data`` block."""
+    from .data.hdf5 import ClosureH5Dataset
+
+    d = data_block(d)
+    common = {"closure": d["closure"], "resolution": d["resolution"], "history": int(d["history"]),
+              "obs": bool(d["obs"])}
+    train = ClosureH5Dataset(d["path"], split="train", **common)
+    val = ClosureH5Dataset(d["path"], split=d["val_split"], **common) if d["val_split"] else None
+    if val is not None and len(val) == 0:
+        val = None
+    return train, val
+
+
+@contextlib.contextmanager
+def run_folder(out: str | Path, resume: bool) -> Iterator[None]:
+    """Before any work: check ``out`` can be written, lock it (on rank 0), refuse to overwrite a run.
+
+    With ``resume`` the ``latest`` pointer is checked too. Under torchrun only rank 0 (``RANK``)
+    takes the lock: the ranks of one job write one folder together.
+    """
+    preflight_output(out, "out", is_dir=True)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(out, "out") if rank0 else contextlib.nullcontext():
+        check_run_folder(out, resume, "out", "--resume")
+        if resume:
+            latest_checkpoint(out)
+        yield
+
+
+def run_training(cfg: dict[str, Any], resume: bool = False, progress: bool = True, *,
+                 allow_config_change: bool = False, device: str | None = None) -> Any:
     """Build the datasets, the model and the :class:`~stochclosure.train.Trainer` from ``cfg`` and train.
+
+    ``out`` is locked and checked (:func:`run_folder`) before anything is built; the data block
+    and the seed are recorded with the run (compared on resume, see :mod:`stochclosure.runs`).
+
+    Args:
+        cfg: From :func:`load_train_config`.
+        resume: Continue the run in ``out``.
+        progress: Show a progress bar.
+        allow_config_change: Resume although the configuration changed (recorded in the run folder).
+        device: Overrides ``trainer.device``.
 
     Returns:
         The :class:`~stochclosure.train.TrainResult`.
     """
     import torch
 
-    from .config import check_config_keys
-    from .data.hdf5 import ClosureH5Dataset
     from .model import ClosureModel
     from .train import Trainer
 
-    d = cfg["data"]
-    common = {"closure": d.get("closure"), "resolution": d.get("resolution"), "history": int(d.get("history", 0)),
-              "obs": bool(d.get("obs", True))}
-    train = ClosureH5Dataset(d["path"], split="train", **common)
-    val_split = d.get("val_split", "val")
-    val = ClosureH5Dataset(d["path"], split=val_split, **common) if val_split else None
-    if val is not None and len(val) == 0:
-        val = None
-    m = dict(cfg["model"])
-    channels = int(m.pop("channels", 0) or train[0]["target"].shape[0])
-    seed = int(cfg.get("seed", 0))
-    torch.manual_seed(seed)
-    model = ClosureModel(m.get("sde", "ve_exp"), m["score"], m.get("sampler", "euler_maruyama"), channels=channels)
-    kw = dict(cfg.get("trainer") or {})
-    check_config_keys(Trainer, {"model": None, "train_data": None, **kw}, where="trainer")
-    kw.setdefault("seed", seed)
-    kw.setdefault("progress", progress)
-    trainer = Trainer(model, train, val, checkpoint_dir=cfg["out"], **kw)
-    return trainer.fit(resume=resume)
+    kw = check_trainer_block(cfg)
+    seed = check_seed(cfg.get("seed", 0), "seed")
+    if device is not None:
+        kw["device"] = device
+    with run_folder(cfg["out"], resume):
+        train, val = open_datasets(cfg["data"])
+        m = dict(cfg["model"])
+        channels = int(m.pop("channels", 0) or train[0]["target"].shape[0])
+        torch.manual_seed(seed)
+        model = ClosureModel(m.get("sde", "ve_exp"), m["score"], m.get("sampler", "euler_maruyama"), channels=channels)
+        kw.setdefault("seed", seed)
+        kw.setdefault("progress", progress)
+        trainer = Trainer(model, train, val, checkpoint_dir=cfg["out"], **kw)
+        trainer.run_config = {"data": data_block(cfg["data"]), "seed": seed}
+        trainer._allow_flag = "--allow-config-change"
+        return trainer.fit(resume=resume, allow_config_change=allow_config_change)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import os
-
-    cfg = load_train_config(args.config)
+def run_command(args: argparse.Namespace, load: Callable[[str], dict[str, Any]],
+                run: Callable[..., Any], verb: str) -> int:
+    """The body of ``train`` and ``distill``: check the flags, load the config, run, report on rank 0."""
+    if args.device is not None:
+        check_device(args.device, "--device")
+    cfg = load(args.config)
     try:
-        result = run_training(cfg, resume=args.resume, progress=not args.no_progress)
+        result = run(cfg, resume=args.resume, progress=not args.no_progress,
+                     allow_config_change=args.allow_config_change, device=args.device)
     finally:
         import torch.distributed as dist
 
@@ -155,8 +259,12 @@ def _run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) > 0:
         return 0  # rank 0 reports for everyone
-    print_summary(result, "trained", args.json)
+    print_summary(result, verb, args.json)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_command(args, load_train_config, run_training, "trained")
 
 
 def print_summary(result: Any, verb: str, as_json: bool) -> None:
@@ -179,11 +287,20 @@ def print_summary(result: Any, verb: str, as_json: bool) -> None:
         print(json.dumps(summary))
 
 
-def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="training YAML (blocks data, model, trainer, out, seed)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in `out`")
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The flags ``train`` and ``distill`` share (``--resume``, ``--allow-config-change``, ``--device``, ...)."""
+    p.add_argument("--resume", action="store_true", help="continue the run in `out` from its latest checkpoint")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue although the configuration changed (recorded in "
+                        "out/run-history.jsonl)")
+    p.add_argument("--device", default=None, help="training device (cpu, cuda, cuda:N); overrides trainer.device")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training YAML (blocks data, model, trainer, out, seed)")
+    add_run_args(p)
 
 
 _run.add_args = _add_args  # type: ignore[attr-defined]
