@@ -15,6 +15,8 @@ import json
 import math
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -388,6 +390,54 @@ def check_config_keys(cls: type, config: dict[str, Any], where: str = "config") 
     if missing:
         raise ConfigError(format_error(f"{where}.{missing[0]}", f"the required key(s) {missing} of {cls.__name__}",
                                        "nothing", "add them to the configuration"))
+    _check_simple_types(cls, config, where)
+
+
+_SIMPLE = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _simple_annotation(hint: Any) -> tuple[tuple[type, ...], bool] | None:
+    """``(allowed simple types, None allowed)`` for annotations like ``float``, ``int | None``; else ``None``."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    simple = tuple(a for a in args if a in _SIMPLE)
+    if not simple or any(a not in _SIMPLE and a is not type(None) for a in args):
+        return None
+    return simple, type(None) in args
+
+
+def _check_simple_types(cls: type, config: dict[str, Any], where: str) -> None:
+    """Refuse values whose type cannot be what a plainly annotated constructor parameter expects.
+
+    Only parameters annotated with ``int``, ``float``, ``bool``, ``str`` or unions of them (and
+    ``None``) are checked; an int is accepted for a float. Catches, for example, YAML 1.1 reading
+    ``6.86e4`` (no dot before the exponent sign) as the string ``"6.86e4"``.
+    """
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check
+        return
+    for key, value in config.items():
+        simple = _simple_annotation(hints.get(key))
+        if simple is None:
+            continue
+        allowed, optional = simple
+        if value is None and optional:
+            continue
+        ok = any((isinstance(value, t) and not (t is not bool and isinstance(value, bool))) for t in allowed)
+        ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+        if ok:
+            continue
+        fix = "write a value of that type"
+        if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE]\d+", value.strip()):
+            fix = f"YAML reads {value!r} as text: write the exponent with a sign and a dot, e.g. {_yaml_number(value)}"
+        expected = " or ".join(_SIMPLE[t] for t in allowed) + (" or null" if optional else "")
+        raise ConfigError(format_error(f"{where}.{key}", f"{expected} for {cls.__name__}",
+                                       f"{type(value).__name__} {value!r}", fix))
+
+
+def _yaml_number(text: str) -> str:
+    mant, _, exp = text.strip().lower().partition("e")
+    return f"{mant if '.' in mant else mant + '.0'}e+{exp}"
 
 
 class Configurable:

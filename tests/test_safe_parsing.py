@@ -84,3 +84,14 @@ def test_json_text_is_bounded_and_errors_are_typed(error):
         load_json_text("{ truncated", "where", error)
     with pytest.raises(error, match=r"'where'.*UTF-8"):
         load_json_text(b"\xff\xfe", "where", error)
+
+
+def test_a_yaml_number_read_as_text_is_a_config_error_with_the_fix(tmp_path):
+    """YAML 1.1 reads ``6.86e4`` as a string; a float parameter gets a typed error, not a TypeError."""
+    import stochclosure as sc
+
+    with pytest.raises(sc.ConfigError, match=r"system\.ic_scale.*6\.86e\+4"):
+        sc.resolve("system", {"type": "navier_stokes_2d_subgrid", "n": 16, "n_fine": 32, "ic_scale": "6.86e4"})
+    with pytest.raises(sc.ConfigError, match=r"sampler\.steps.*an integer"):
+        sc.resolve("sampler", {"type": "euler_maruyama", "steps": "ten"})
+    assert sc.resolve("system", {"type": "navier_stokes_2d_subgrid", "n": 16, "n_fine": 32, "nu": 1}).nu == 1.0
