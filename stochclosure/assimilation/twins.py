@@ -45,6 +45,12 @@ def _one(state: Tensor, event_rank: int, name: str) -> Tensor:
     return state if state.dim() == event_rank + 1 else state[None]
 
 
+def _event_rank(system: Any) -> int:
+    """Rank of one reduced state ``(C, *grid)`` (as :func:`~stochclosure.rollout.rollout` reads it)."""
+    spatial = getattr(system, "spatial", None)
+    return 1 + (len(spatial) if isinstance(spatial, tuple) else int(system.spatial_dims))
+
+
 class AbstractTwin(abc.ABC):
     """The truth of a twin experiment (see the module docstring)."""
 
@@ -125,8 +131,7 @@ class FullModelTwin(AbstractTwin):
         self.system, self.dt = system, float(system.dt if dt is None else dt)
 
     def initial(self, truth_state0: Any, generator: torch.Generator) -> dict[str, Tensor]:
-        rank = 1 + int(self.system.spatial_dims)
-        return {"state": _one(truth_state0, rank, "truth_state0")}
+        return {"state": _one(truth_state0, _event_rank(self.system), "truth_state0")}
 
     def advance(self, state: dict[str, Tensor], duration: float, generator: torch.Generator) -> dict[str, Tensor]:
         w = state["state"]
@@ -161,8 +166,7 @@ class ReducedTwin(AbstractTwin):
         self.kwargs = rollout_kwargs
 
     def initial(self, truth_state0: Any, generator: torch.Generator) -> dict[str, Tensor]:
-        rank = 1 + int(self.system.spatial_dims)
-        return {"state": _one(truth_state0, rank, "truth_state0")}
+        return {"state": _one(truth_state0, _event_rank(self.system), "truth_state0")}
 
     def advance(self, state: dict[str, Tensor], duration: float, generator: torch.Generator) -> dict[str, Tensor]:
         from ..rollout import rollout
