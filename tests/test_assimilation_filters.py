@@ -126,9 +126,10 @@ def _field_problem(gen, members=10, grid=(6, 6), channels=2, points=12):
     return ens, op, y
 
 
-def test_letkf_is_one_etkf_per_grid_point_with_tapered_observations(gen):
+@pytest.mark.parametrize("gram", ["dense", "local"])
+def test_letkf_is_one_etkf_per_grid_point_with_tapered_observations(gram, gen):
     ens, op, y = _field_problem(gen)
-    flt = LETKF(radius=0.15)
+    flt = LETKF(radius=0.15, gram=gram)
     xa = flt.analyse(ens, y, op)
     rho = flt.taper((2, 6, 6), op)                                            # (36, 12)
     h, r = op.matrix((2, 6, 6)), op.variance((2, 6, 6))
@@ -144,6 +145,8 @@ def test_letkf_blocks_and_limits(gen):
     ens, op, y = _field_problem(gen, grid=(8, 8), points=20)
     xa = LETKF(radius=0.1).analyse(ens, y, op)
     assert_close(LETKF(radius=0.1, block=5).analyse(ens, y, op), xa, rtol=1e-12, what="blocked")
+    for gram in ("dense", "local"):
+        assert_close(LETKF(radius=0.1, gram=gram).analyse(ens, y, op), xa, rtol=1e-11, what=f"{gram} Gram")
     # a very wide taper is 1 - O((d / c)^2) everywhere: the global ETKF
     assert_close(LETKF(radius=1e4).analyse(ens, y, op), ETKF().analyse(ens, y, op), rtol=1e-7, what="wide LETKF")
     # points farther than 2c from every observation keep their forecast (to round-off: mean + anomalies)
@@ -221,7 +224,7 @@ def test_adaptive_inflation_smooths_clips_and_keeps_its_state(gen):
 def test_filter_specs(gen):
     assert isinstance(filter_from_spec("etkf"), ETKF)
     letkf = filter_from_spec({"type": "letkf", "radius": 0.2})
-    assert letkf.spec() == {"type": "letkf", "radius": 0.2, "block": None}
+    assert letkf.spec() == {"type": "letkf", "radius": 0.2, "block": None, "weight_stride": 1, "gram": "auto"}
     assert filter_from_spec(letkf.spec()).radius == 0.2
     with pytest.raises(ConfigError, match="'filter.radiuss'"):
         filter_from_spec({"type": "letkf", "radiuss": 0.2})
@@ -245,3 +248,24 @@ def test_bad_analysis_inputs(gen):
         LETKF(radius=0.0)
     with pytest.raises(ConfigError, match="'factor'"):
         MultiplicativeInflation(0.9)
+
+
+def test_letkf_weight_interpolation(gen):
+    """Weights on every 2nd point of 32^2, interpolated: exact at the lattice points, close elsewhere
+    (the weights vary on the localisation scale, c = 0.15, not on the lattice's, 1/16: the increments
+    differ by ~6 %; 1/8 = c / 1.2 would give ~19 %)."""
+    ens, op, y = _field_problem(gen, members=12, grid=(32, 32), points=40)
+    exact = LETKF(radius=0.15).analyse(ens, y, op)
+    interp = LETKF(radius=0.15, weight_stride=2, block=50).analyse(ens, y, op)
+    assert_close(interp[:, :, ::2, ::2], exact[:, :, ::2, ::2], rtol=1e-11, what="at the weight lattice")
+    inc_exact, inc_interp = exact - ens, interp - ens
+    rel = float((inc_interp - inc_exact).norm() / inc_exact.norm())
+    assert rel < 0.1, rel
+    with pytest.raises(ConfigError, match="'weight_stride'.*divisor"):
+        LETKF(radius=0.15, weight_stride=3).analyse(ens, y, op)
+    ring = torch.randn(8, 1, 12, generator=gen, dtype=torch.float64)
+    ring_op = GridObservation(every=3, std=0.5)
+    y_ring = torch.randn(4, generator=gen, dtype=torch.float64)
+    a, b = LETKF(radius=0.2).analyse(ring, y_ring, ring_op), LETKF(radius=0.2, weight_stride=2).analyse(ring, y_ring,
+                                                                                                         ring_op)
+    assert_close(a[:, :, ::2], b[:, :, ::2], rtol=1e-11, what="1-D lattice points")

@@ -123,7 +123,8 @@ class AbstractEnsembleFilter(Configurable, abc.ABC):
         return event, x - xm, xm, hx, y.to(hx), r
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+        args = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "config", {}).items())
+        return f"{type(self).__name__}({args})"
 
 
 class EnKF(AbstractEnsembleFilter):
@@ -177,6 +178,23 @@ class ETKF(AbstractEnsembleFilter):
         return xa.reshape(ensemble.shape).to(ensemble.dtype)
 
 
+def _corners(grid: tuple[int, ...], stride: int) -> tuple[Tensor, Tensor]:
+    """Periodic linear interpolation from the lattice ``i * stride`` to every grid point.
+
+    Returns ``idx`` ``(G, 2^d)`` (flat indices into the coarse lattice) and weights ``(G, 2^d)``.
+    """
+    per_axis = []
+    for n in grid:
+        j = torch.arange(n)
+        k, t = j // stride, (j % stride).double() / stride
+        per_axis.append((torch.stack([k, (k + 1) % (n // stride)], 1), torch.stack([1 - t, t], 1)))
+    idx, wts = per_axis[0]
+    for (ik, wk), n in zip(per_axis[1:], grid[1:]):
+        idx = (idx[:, None, :, None] * (n // stride) + ik[None, :, None, :]).reshape(-1, idx.shape[1] * 2)
+        wts = (wts[:, None, :, None] * wk[None, :, None, :]).reshape(-1, wts.shape[1] * 2)
+    return idx, wts
+
+
 class LETKF(AbstractEnsembleFilter):
     """Local ETKF: one ETKF per grid point with Gaspari–Cohn R-localisation (Hunt et al. 2007).
 
@@ -185,24 +203,42 @@ class LETKF(AbstractEnsembleFilter):
     the periodic distance); all channels of one grid point share the point's weights. The
     observations need positions (:meth:`~.AbstractObservation.locations`).
 
+    Each point's analysis is ``x_i^a = mean + sum_j K[i, j] A_j`` with the ``M x M`` transform
+    ``K = W + 1 w^T``. With ``weight_stride = s > 1`` the transforms are computed on the lattice of
+    every ``s``-th grid point only and interpolated (periodic, linear) to the others: weight
+    interpolation (Yang, Kalnay, Hunt & Bowler 2009, QJRMS 135, 251-262), ``s^d`` times fewer
+    eigenproblems; exact at the lattice points and close elsewhere because the weights vary on
+    the localisation scale, not the grid's: keep the lattice spacing ``s / n`` well below ``radius``
+    (on 32^2 with 256 points and ``radius = 0.15`` the increments change by ~6 % for ``s = 2``,
+    ~19 % for ``s = 4``). Interpolated transforms keep ``K 1 = 1`` (every convex combination does).
+
     Args:
         radius: Gaspari–Cohn half-width ``c`` in physical units of the unit period; observations
             farther than ``2 c`` from a point do not touch it.
         block: Grid points per batched block (default: sized to keep each block under ~32 MiB).
+        weight_stride: Compute the weights at every ``s``-th grid point per axis and interpolate
+            (1: at every point); must divide the grid.
+        gram: How the local ``M x M`` Gram matrices are formed: ``"dense"`` (one matrix product
+            over all observations, fast when a point sees a good part of them), ``"local"``
+            (gathering each point's observations inside the taper's support, for many observations
+            and a short radius) or ``"auto"`` (dense when a point sees at least 1/8 of them). Both
+            give the same analysis to round-off.
     """
 
     registry_name: ClassVar[str | None] = "letkf"
 
-    def __init__(self, radius: float, block: int | None = None) -> None:
+    def __init__(self, radius: float, block: int | None = None, weight_stride: int = 1, gram: str = "auto") -> None:
         if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not (0 < radius < math.inf):
             raise ConfigError(format_error("radius", "a positive localisation half-width (fraction of the period)",
                                            repr(radius)))
-        if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
-            raise ConfigError(format_error("block", "None or a positive integer", repr(block)))
-        self.radius, self.block = float(radius), block
+        for name, val in (("block", block), ("weight_stride", weight_stride)):
+            if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
+                raise ConfigError(format_error(name, "a positive integer", repr(val)))
+        if gram not in ("auto", "dense", "local"):
+            raise ConfigError(format_error("gram", "'auto', 'dense' or 'local'", repr(gram)))
+        self.radius, self.block, self.weight_stride, self.gram = float(radius), block, weight_stride, gram
 
-    def taper(self, event_shape: tuple[int, ...], op: AbstractObservation) -> Tensor:
-        """Localisation weights ``rho`` ``(G, p)`` between the ``G`` grid points and the observations."""
+    def _obs_locations(self, event_shape: tuple[int, ...], op: AbstractObservation) -> Tensor:
         obs_loc = op.locations(event_shape)
         if obs_loc is None:
             raise ConfigError(format_error("op", "an observation operator with locations (for the LETKF)",
@@ -212,33 +248,68 @@ class LETKF(AbstractEnsembleFilter):
         if not grid or obs_loc.shape[1] != len(grid):
             raise ShapeError(format_error("op", f"observation positions in {len(grid)} dimension(s) (the state's grid "
                                                 f"{grid})", f"positions of shape {tuple(obs_loc.shape)}"))
-        return gaspari_cohn(periodic_distance(grid_points(grid), obs_loc), self.radius)
+        return obs_loc
+
+    def taper(self, event_shape: tuple[int, ...], op: AbstractObservation, stride: int = 1) -> Tensor:
+        """Localisation weights ``rho`` ``(G, p)`` between the grid points (every ``stride``-th) and the observations."""
+        obs_loc = self._obs_locations(event_shape, op)
+        grid = tuple(int(n) for n in event_shape[1:])
+        pts = grid_points(tuple(n // stride for n in grid))                      # k / (n / s): the points k s
+        return gaspari_cohn(periodic_distance(pts, obs_loc), self.radius)
 
     def analyse(self, ensemble: Tensor, obs_values: Tensor, op: AbstractObservation, *,
                 generator: torch.Generator | None = None) -> Tensor:
         event, a, xm, hx, y, r = self._moments(ensemble, obs_values, op)
-        rho = self.taper(event, op).to(hx)                                       # (G, p)
-        m, c, g = a.shape[0], event[0], rho.shape[0]
+        grid = tuple(int(n) for n in event[1:])
+        s = self.weight_stride
+        if s > 1 and any(n % s for n in grid):
+            raise ConfigError(format_error("weight_stride", f"a divisor of every grid size {grid}", repr(s)))
+        rho = self.taper(event, op, s).to(hx)                                    # (G_s, p) at the weight points
+        m, c = a.shape[0], event[0]
+        g = math.prod(grid)
         a3 = a.reshape(m, c, g).permute(2, 0, 1)                                  # (G, M, C)
         xm3 = xm.reshape(c, g).T                                                  # (G, C)
         yb = hx - hx.mean(0)                                                      # (M, p)
         d = y - hx.mean(0)                                                        # (p,)
         n_local = int((rho > 0).sum(1).max())
-        out = torch.empty_like(a3)
         if n_local == 0:
-            out = xm3[:, None, :] + a3
-        else:
-            block = self.block or max(1, (2**22) // max(m * max(n_local, m, c), 1))
+            return ensemble.clone()
+        p = rho.shape[1]
+        block = self.block or max(1, (2**22) // (m * max(n_local, m, c)))
+        eye = torch.eye(m, dtype=hx.dtype, device=hx.device)
+        # many local observations: Z Z^T = sum_o (rho_o / r_o) y_o y_o^T / (M - 1) for all points in one GEMM
+        dense = self.gram == "dense" or (self.gram == "auto" and 8 * n_local >= p and p * m * m <= 2**24)
+        outer = (yb.T[:, :, None] * yb.T[:, None, :]).reshape(p, m * m) if dense else None
+
+        def transforms(lo: int, hi: int) -> Tensor:                              # K = W + 1 w^T, (b, M, M)
+            if outer is not None:
+                q = rho[lo:hi] / r                                                # (b, p)
+                lam, u = torch.linalg.eigh((q @ outer).reshape(hi - lo, m, m) / (m - 1))
+                lam = lam.clamp_min(0.0)
+                zs = ((q * d) @ yb.T) / (m - 1)                                   # Z s, (b, M)
+                w = (u @ ((u.mT @ zs[..., None])[..., 0] / (1.0 + lam))[..., None])[..., 0]
+                return (u * (1.0 + lam).rsqrt()[:, None, :]) @ u.mT + w[:, None, :]
+            wts, idx = torch.topk(rho[lo:hi], n_local, dim=1)                     # (b, L): the local observations
+            scale = (wts / r[idx]).sqrt() / math.sqrt(m - 1)                       # (b, L)
+            z = yb[:, idx].permute(1, 0, 2) * scale[:, None, :]                   # (b, M, L)
+            w, transform = _sqrt_weights(z, d[idx] * scale)
+            return transform(eye.expand(hi - lo, m, m)) + w[:, None, :]
+
+        out = torch.empty_like(a3)
+        if s == 1:
             for lo in range(0, g, block):
                 hi = min(lo + block, g)
-                wts, idx = torch.topk(rho[lo:hi], n_local, dim=1)                 # (b, L): the local observations
-                scale = (wts / r[idx]).sqrt() / math.sqrt(m - 1)                   # (b, L)
-                z = yb[:, idx].permute(1, 0, 2) * scale[:, None, :]               # (b, M, L)
-                w, transform = _sqrt_weights(z, d[idx] * scale)
-                ab = a3[lo:hi]
-                out[lo:hi] = xm3[lo:hi, None, :] + (w[..., None] * ab).sum(1, keepdim=True) + transform(ab)
-        xa = out.permute(1, 2, 0).reshape(ensemble.shape)
-        return xa.to(ensemble.dtype)
+                out[lo:hi] = xm3[lo:hi, None, :] + transforms(lo, hi) @ a3[lo:hi]
+        else:
+            gs = rho.shape[0]
+            k_s = torch.cat([transforms(lo, min(lo + block, gs)) for lo in range(0, gs, block)])  # (G_s, M, M)
+            idx, wts = _corners(grid, s)
+            wts = wts.to(hx)
+            for lo in range(0, g, block):
+                hi = min(lo + block, g)
+                k = (wts[lo:hi, :, None, None] * k_s[idx[lo:hi]]).sum(1)          # interpolated transforms
+                out[lo:hi] = xm3[lo:hi, None, :] + k @ a3[lo:hi]
+        return out.permute(1, 2, 0).reshape(ensemble.shape).to(ensemble.dtype)
 
 
 FILTERS: dict[str, type[AbstractEnsembleFilter]] = {"enkf": EnKF, "etkf": ETKF, "letkf": LETKF}

@@ -66,7 +66,8 @@ class AbstractInflation(Configurable, abc.ABC):
         """Restore :meth:`state_dict` (a resumed run)."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+        args = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "config", {}).items())
+        return f"{type(self).__name__}({args})"
 
 
 class MultiplicativeInflation(AbstractInflation):

@@ -1,14 +1,16 @@
 """The bad-input battery: every row of every area, in one table.
 
 Areas (one module each, so that they can grow independently): ``cases_core`` (sampling,
-components, rollouts, training, HDF5, checkpoints, configuration files and the command line).
+components, rollouts, training, HDF5, checkpoints, configuration files and the command line),
+``cases_assimilation`` (observation operators, filters, inflation, cycling).
 """
 
 from __future__ import annotations
 
 from .base import BadInput, Context, Outcome, run_case
+from .cases_assimilation import CASES as _ASSIMILATION
 from .cases_core import CASES as _CORE
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
-CASES: list[BadInput] = [*_CORE]
+CASES: list[BadInput] = [*_CORE, *_ASSIMILATION]
