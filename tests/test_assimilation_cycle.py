@@ -47,7 +47,7 @@ def _truth0(system, seed=5, spinup=300):
     return x[0], y[0]
 
 
-def _small_run(tmp_path=None, cycles=6, **kw):
+def _small_run(tmp_path=None, cycles=6, closure=None, **kw):
     l96 = Lorenz96(K=8, J=8, dt=2e-3)
     args = dict(observation=GridObservation(every=2, std=0.5), filter="enkf", members=6, cycles=cycles,
                 steps_per_cycle=2, dt=0.01, seed=3, inflation=["adaptive", {"type": "additive", "std": 0.05}],
@@ -55,7 +55,7 @@ def _small_run(tmp_path=None, cycles=6, **kw):
     args.update(kw)
     if tmp_path is not None:
         args["checkpoint"] = tmp_path / "run.safetensors"
-    return assimilate(l96, _cubic(), _truth0(l96), **args)
+    return assimilate(l96, _cubic() if closure is None else closure, _truth0(l96), **args)
 
 
 def _assert_same(a: AssimilationResult, b: AssimilationResult) -> None:
@@ -84,6 +84,9 @@ def test_a_checkpointed_run_continues_to_the_uninterrupted_result(tmp_path):
     _assert_same(straight, again)
     with pytest.raises(ConfigError, match="'checkpoint'.*another run"):
         _small_run(tmp_path, cycles=6, seed=9)
+    other = PolynomialClosure([*CUBIC[:3], 0.003])
+    with pytest.raises(ConfigError, match="'checkpoint'.*another run"):       # another closure
+        _small_run(tmp_path, cycles=6, closure=lambda cond: other(cond.fields))
     with pytest.raises(ConfigError, match="'cycles'.*at least the 6 cycles"):
         _small_run(tmp_path, cycles=4)
 

@@ -248,8 +248,11 @@ def _describe(obj: Any, depth: int = 0) -> Any:
         return {"method": obj.__func__.__qualname__, "self": _describe(obj.__self__, depth + 1)}
     if inspect.isfunction(obj):
         cells = [c.cell_contents for c in (obj.__closure__ or ()) if _has_contents(c)]
+        names = {n: obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__}
+        used = {n: v for n, v in names.items() if not (inspect.ismodule(v) or inspect.isclass(v)
+                                                        or inspect.isbuiltin(v) or v is obj)}
         return {"function": f"{obj.__module__}.{obj.__qualname__}", "closure": _describe(cells, depth + 1),
-                "defaults": _describe(obj.__defaults__, depth + 1)}
+                "globals": _describe(used, depth + 1), "defaults": _describe(obj.__defaults__, depth + 1)}
     if hasattr(obj, "__dict__"):
         return {"type": f"{type(obj).__module__}.{type(obj).__qualname__}",
                 "vars": {k: _describe(v, depth + 1) for k, v in sorted(vars(obj).items()) if not callable(v)
