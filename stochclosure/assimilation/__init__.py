@@ -14,7 +14,7 @@ is corrected by sparse, noisy observations of a truth every few time units:
   and resumable after a kill.
 """
 
-from .cycle import AssimilationResult, assimilate
+from .cycle import assimilate
 from .filters import ETKF, FILTERS, LETKF, AbstractEnsembleFilter, EnKF, filter_from_spec
 from .inflation import (
     INFLATIONS,
@@ -39,6 +39,7 @@ from .observations import (
     sample_observations,
 )
 from .particle import BootstrapParticleFilter, ParticleFilterResult
+from .result import AssimilationResult
 from .twins import AbstractTwin, FullModelTwin, Lorenz96Twin, ReducedTwin, twin_for
 
 __all__ = [
