@@ -213,3 +213,14 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
         assimilate(l96, None, truth0, members=4, start={}, **kw)
     with pytest.raises(ConfigError, match="'filter'"):
         assimilate(l96, None, truth0, members=4, **{**kw, "filter": "kalman"})
+
+
+def test_a_blown_up_forecast_is_recorded_and_stops_the_run(tmp_path):
+    l96 = Lorenz96(K=8, J=8, dt=2e-3)
+    kw = dict(observation=GridObservation(std=1.0), filter="etkf", members=4, cycles=5, steps_per_cycle=2, dt=0.01,
+              checkpoint=tmp_path / "blow.safetensors")
+    res = assimilate(l96, lambda cond: cond.fields * 1e300, _truth0(l96, spinup=0), **kw)
+    assert res.stopped and res.cycles == 1 and bool(res.diverged[0])
+    assert torch.isnan(res.analysis_rmse[0]) and res.summary()["divergences"] == 1
+    again = assimilate(l96, lambda cond: cond.fields * 1e300, _truth0(l96, spinup=0), **kw)   # stays stopped
+    assert again.stopped and again.cycles == 1

@@ -18,7 +18,7 @@ factorised, so a 3200-member ensemble with three observations costs a 3 x 3 eige
 * :class:`LETKF` (Hunt et al. 2007): one ETKF per grid point with the observations' inverse
   variances tapered by the Gaspari–Cohn function of their periodic distance to the point
   (R-localisation); all grid points are solved as one batch of small ensemble-space problems,
-  in blocks, with only the observations inside the taper's support gathered for each point.
+  in blocks (optionally on a sub-lattice of points, with the weights interpolated in between).
 """
 
 from __future__ import annotations
