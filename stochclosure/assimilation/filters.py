@@ -237,6 +237,7 @@ class LETKF(AbstractEnsembleFilter):
         if gram not in ("auto", "dense", "local"):
             raise ConfigError(format_error("gram", "'auto', 'dense' or 'local'", repr(gram)))
         self.radius, self.block, self.weight_stride, self.gram = float(radius), block, weight_stride, gram
+        self._taper: tuple[Any, Tensor, Tensor] | None = None          # the last geometry: cycles repeat it
 
     def _obs_locations(self, event_shape: tuple[int, ...], op: AbstractObservation) -> Tensor:
         obs_loc = op.locations(event_shape)
@@ -254,8 +255,13 @@ class LETKF(AbstractEnsembleFilter):
         """Localisation weights ``rho`` ``(G, p)`` between the grid points (every ``stride``-th) and the observations."""
         obs_loc = self._obs_locations(event_shape, op)
         grid = tuple(int(n) for n in event_shape[1:])
+        key = (grid, stride, self.radius)
+        if self._taper is not None and self._taper[0] == key and torch.equal(self._taper[1], obs_loc):
+            return self._taper[2]
         pts = grid_points(tuple(n // stride for n in grid))                      # k / (n / s): the points k s
-        return gaspari_cohn(periodic_distance(pts, obs_loc), self.radius)
+        rho = gaspari_cohn(periodic_distance(pts, obs_loc), self.radius)
+        self._taper = (key, obs_loc.clone(), rho)
+        return rho
 
     def analyse(self, ensemble: Tensor, obs_values: Tensor, op: AbstractObservation, *,
                 generator: torch.Generator | None = None) -> Tensor:
@@ -305,10 +311,14 @@ class LETKF(AbstractEnsembleFilter):
             k_s = torch.cat([transforms(lo, min(lo + block, gs)) for lo in range(0, gs, block)])  # (G_s, M, M)
             idx, wts = _corners(grid, s)
             wts = wts.to(hx)
-            for lo in range(0, g, block):
-                hi = min(lo + block, g)
-                k = (wts[lo:hi, :, None, None] * k_s[idx[lo:hi]]).sum(1)          # interpolated transforms
-                out[lo:hi] = xm3[lo:hi, None, :] + k @ a3[lo:hi]
+            out[:] = xm3[:, None, :]
+            per = s ** len(grid)                                  # fine points per lattice point and corner
+            for corner in range(idx.shape[1]):
+                # each lattice transform acts on the anomalies of the fine points that have it as this corner
+                order = torch.argsort(idx[:, corner], stable=True)
+                ab = a3[order].reshape(gs, per, m, c).permute(0, 2, 1, 3).reshape(gs, m, per * c)
+                inc = (k_s @ ab).reshape(gs, m, per, c).permute(0, 2, 1, 3).reshape(g, m, c)
+                out[order] += wts[order, corner][:, None, None] * inc
         return out.permute(1, 2, 0).reshape(ensemble.shape).to(ensemble.dtype)
 
 
