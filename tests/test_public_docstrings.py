@@ -24,6 +24,7 @@ MODULES = [
     "stochclosure.systems.navier_stokes",
     "stochclosure.systems.subgrid",
     "stochclosure.rollout",
+    "stochclosure.assimilation",
     "stochclosure.distributions",
     "stochclosure.data",
     "stochclosure.data.generate",
