@@ -42,9 +42,10 @@ from .checkpoint import (
     write_checkpoint_dir,
 )
 from .config import check_device, check_number, check_seed, derive_seed
+from .data.augment import resolve_augment
 from .data.base import collate_closure
 from .errors import CheckpointError, ConfigError, NonFiniteError, format_error
-from .losses import WEIGHTINGS, dsm_loss, sample_times
+from .losses import WEIGHTINGS, check_time_law, dsm_loss, sample_times
 from .model import ClosureModel
 from .runs import (
     LATEST,
@@ -57,7 +58,7 @@ from .runs import (
 )
 
 __all__ = ["Trainer", "TrainResult", "EMA", "default_t_range", "target_statistics", "SCHEDULES",
-           "check_trainer_options"]
+           "check_trainer_options", "power_ema_exponent"]
 
 SCHEDULES = ("constant", "cosine", "step")
 OPTIM_FILE = "optimizer.safetensors"
@@ -70,7 +71,8 @@ def check_trainer_options(options: Mapping[str, Any], where: str = "") -> None:
     Only the keys present are checked, so the command line can check a ``trainer:`` block before
     it opens the data. Rules: sizes are positive integers; ``lr > 0``; ``0 <= min_lr_ratio <= 1``;
     ``0 < gamma <= 1`` (a decay); ``0 <= warmup_steps <= max_steps``, an integer;
-    ``weight_decay >= 0``; ``grad_clip`` ``None`` or ``>= 0``; ``0 <= ema_decay < 1``; ``t_range``
+    ``weight_decay >= 0``; ``grad_clip`` ``None`` or ``>= 0``; ``0 <= ema_decay < 1``;
+    ``0 < ema_rel_std < 0.28`` or ``None``; ``val_draws >= 0``; a known ``time_law`` and ``augment``; ``t_range``
     two numbers ``0 < t_min < t_max``; ``seed`` in ``[0, 2**64)``; ``device`` available here.
 
     Args:
@@ -123,6 +125,22 @@ def check_trainer_options(options: Mapping[str, Any], where: str = "") -> None:
         hi = check_number(tr[1], name("t_range"), minimum=0)
         if not lo < hi:
             raise ConfigError(format_error(name("t_range"), "t_min < t_max", repr(list(tr))))
+    if o.get("ema_rel_std") is not None:
+        check_number(o["ema_rel_std"], name("ema_rel_std"), minimum=0, maximum=0.28, open_min=True, open_max=True,
+                     fix="the averaging window as a fraction of the run, e.g. 0.05 or 0.1 (null: ema_decay)")
+    if "val_draws" in o:
+        check_number(o["val_draws"], name("val_draws"), integer=True, minimum=0,
+                     fix="closure draws per validation item for the R^2/CRPS/spread-skill scores (0: none)")
+    if "time_law" in o:
+        try:
+            check_time_law(o["time_law"])
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("'time_law", f"'{name('time_law')}", 1)) from None
+    if o.get("augment") is not None:
+        try:
+            resolve_augment(o["augment"])
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("'augment", f"'{name('augment')}", 1)) from None
     if "seed" in o:
         check_seed(o["seed"], name("seed"))
     if "device" in o and not isinstance(o["device"], torch.device):
@@ -205,30 +223,65 @@ def target_statistics(dataset: Any, channels: int, batch_size: int = 256,
     return mean.float(), std.float()
 
 
+def power_ema_exponent(rel_std: float) -> float:
+    """Exponent ``gamma`` of the power-function EMA profile with relative std ``rel_std`` (Karras et al. 2024).
+
+    The profile averages the weights of step ``tau <= t`` with density ``prop. tau^gamma``, whose std is
+    ``rel_std * t``: ``rel_std = sqrt(gamma + 1) / ((gamma + 2) sqrt(gamma + 3))``, solved by bisection.
+    """
+    if not 0 < rel_std < 0.28:
+        raise ConfigError(format_error("ema_rel_std", "a relative width in (0, 0.28), e.g. 0.05 or 0.1",
+                                       repr(rel_std)))
+
+    def width(g: float) -> float:
+        return math.sqrt(g + 1) / ((g + 2) * math.sqrt(g + 3))
+
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if width(mid) > rel_std else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 class EMA:
     """Exponential moving average of a module's floating and complex parameters.
 
-    Spectral (Fourier-layer) weights are complex, so both kinds are averaged.
+    Spectral (Fourier-layer) weights are complex, so both kinds are averaged. Two profiles:
 
-    ``shadow <- d shadow + (1 - d) param`` with ``d = min(decay, (1 + step) / (10 + step))`` (a
-    short warm-up so early averages are not dominated by the initialisation).
+    * ``decay`` (default): ``shadow <- d shadow + (1 - d) param`` with
+      ``d = min(decay, (1 + step) / (10 + step))`` (a short warm-up so early averages are not
+      dominated by the initialisation). With ``decay = 0.999`` a run of a few hundred steps
+      averages only its last ``~step / 9`` steps, and the full decay is reached only after
+      thousands of steps.
+    * ``rel_std`` (power-function profile, Karras et al. 2024, "Analyzing and improving the training
+      dynamics of diffusion models"): ``d = (1 - 1 / step)^(gamma + 1)`` averages every past step with
+      weight ``prop. tau^gamma``, a window whose width is a fixed fraction ``rel_std`` of the run
+      so far, whatever its length: the right choice for short runs.
 
     Args:
         module: The module whose ``named_parameters`` are averaged.
-        decay: Final decay rate.
+        decay: Final decay rate of the default profile.
+        rel_std: Relative width of the power-function profile (``None``: the default profile).
     """
 
-    def __init__(self, module: torch.nn.Module, decay: float = 0.999) -> None:
+    def __init__(self, module: torch.nn.Module, decay: float = 0.999, rel_std: float | None = None) -> None:
         if not 0.0 <= decay < 1.0:
             raise ConfigError(format_error("ema_decay", "a float in [0, 1)", repr(decay)))
         self.decay = float(decay)
+        self.gamma = None if rel_std is None else power_ema_exponent(float(rel_std))
         self.shadow = {k: p.detach().clone() for k, p in module.named_parameters()
                        if p.is_floating_point() or p.is_complex()}
 
+    def decay_at(self, step: int) -> float:
+        """The decay ``d`` used by :meth:`update` at ``step`` (1-based: the steps taken so far)."""
+        if self.gamma is not None:
+            return (1.0 - 1.0 / max(step, 1)) ** (self.gamma + 1.0)
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
     def update(self, module: torch.nn.Module, step: int) -> None:
-        """Fold the current parameters of ``module`` into the average (decay warmed up with ``step``)."""
-        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        """Fold the current parameters of ``module`` into the average (decay from :meth:`decay_at`)."""
+        d = self.decay_at(step)
         for k, p in module.named_parameters():
             if k in self.shadow:
                 self.shadow[k].lerp_(p.detach(), 1.0 - d)
@@ -292,7 +345,16 @@ class Trainer:
         weight_decay: Adam's L2 weight decay.
         grad_clip: Max global gradient norm (``None`` or 0 disables clipping).
         ema_decay: EMA decay (0 disables the average; the raw weights are then used).
+        ema_rel_std: Width of the power-function EMA profile as a fraction of the run (e.g.
+            0.05): an average that works for runs of any length (see :class:`EMA`); ``None``
+            uses ``ema_decay``.
         t_range: ``(t_min, t_max)`` of the training times; default: the default sampler's range.
+        time_law: Law of the training times in ``t_range`` (``"uniform"`` or ``{"type": "lognormal",
+            "p_mean": -1.2, "p_std": 1.2}``, see :mod:`stochclosure.losses`).
+        augment: Symmetry augmentation of every training batch (``None``, ``"d4"`` or a
+            :class:`~stochclosure.data.augment.D4Augment` / its spec), one random element per item,
+            drawn from the noise generator for the global batch (so resumes and data-parallel runs
+            see the same elements).
         weighting: DSM weighting: ``"auto"`` uses the score operator's ``loss_weighting`` when it
             has one (preconditioned networks), else ``"sigma2"``; or any ``dsm_loss`` weighting.
         normalise_targets: Compute per-channel target mean/std on the training data at the start
@@ -304,6 +366,9 @@ class Trainer:
         keep_checkpoints: How many recent checkpoints to keep.
         val_every: Steps between validations (and logging points of the history).
         val_batches: Cap on validation batches (``None``: the whole set).
+        val_draws: Closure draws per validation item (0: none): each validation then also scores
+            the draws of the EMA model with :func:`stochclosure.metrics.offline_scores` (history keys
+            ``val_r2``, ``val_crps``, ``val_spread_skill``, ``val_coverage``), not only the DSM loss.
         progress: Show a tqdm progress bar.
         device: Training device (checked to exist here).
 
@@ -324,10 +389,11 @@ class Trainer:
     def __init__(self, model: ClosureModel, train_data: Any, val_data: Any = None, *, batch_size: int = 32,
                  max_steps: int = 1000, lr: float = 1e-3, schedule: str = "cosine", warmup_steps: int = 0,
                  min_lr_ratio: float = 0.05, step_size: int = 1000, gamma: float = 0.5, weight_decay: float = 0.0,
-                 grad_clip: float | None = 1.0, ema_decay: float = 0.999, t_range: Sequence[float] | None = None,
+                 grad_clip: float | None = 1.0, ema_decay: float = 0.999, ema_rel_std: float | None = None,
+                 t_range: Sequence[float] | None = None, time_law: Any = "uniform", augment: Any = None,
                  weighting: Any = "auto", normalise_targets: bool = True, seed: int = 0,
                  checkpoint_dir: str | Path | None = None, checkpoint_every: int = 500, keep_checkpoints: int = 2,
-                 val_every: int = 250, val_batches: int | None = None, progress: bool = True,
+                 val_every: int = 250, val_batches: int | None = None, val_draws: int = 0, progress: bool = True,
                  device: str | torch.device = "cpu") -> None:
         check_trainer_options(
             {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "schedule": schedule,
@@ -335,7 +401,8 @@ class Trainer:
              "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay, "t_range": t_range,
              "weighting": weighting, "seed": seed, "checkpoint_every": checkpoint_every,
              "keep_checkpoints": keep_checkpoints, "val_every": val_every, "val_batches": val_batches,
-             "device": device})
+             "device": device, "ema_rel_std": ema_rel_std, "time_law": time_law, "augment": augment,
+             "val_draws": val_draws})
         if t_range is not None and not float(t_range[1]) <= model.sde.T:
             raise ConfigError(format_error("t_range", f"0 < t_min < t_max <= T={model.sde.T} (the SDE's horizon)",
                                            repr(list(t_range))))
@@ -346,6 +413,9 @@ class Trainer:
         self.schedule, self.warmup_steps, self.min_lr_ratio = schedule, int(warmup_steps), float(min_lr_ratio)
         self.step_size, self.gamma, self.grad_clip = step_size, float(gamma), grad_clip
         self.t_range = tuple(float(v) for v in t_range) if t_range is not None else default_t_range(model)
+        self.time_law = check_time_law(time_law)
+        self.augment = resolve_augment(augment)
+        self.val_draws = int(val_draws)
         if weighting == "auto":
             weighting = getattr(model.score, "loss_weighting", "sigma2")
         self.weighting = weighting
@@ -367,7 +437,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(model.score, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr, weight_decay=weight_decay)
-        self.ema = EMA(model, ema_decay) if ema_decay > 0 else None
+        self.ema = EMA(model, ema_decay, ema_rel_std) if (ema_decay > 0 or ema_rel_std is not None) else None
         self.noise_gen = torch.Generator().manual_seed(self.seed)
         self.run_config: dict[str, Any] = {}
         self.step = 0
@@ -380,6 +450,11 @@ class Trainer:
                        "gamma": gamma, "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
                        "t_range": list(self.t_range), "seed": seed,
                        "weighting": weighting if isinstance(weighting, str) else "auto"}
+        # options added later are recorded only when set, so runs from before them resume unchanged
+        extra = {"ema_rel_std": ema_rel_std, "time_law": None if self.time_law == {"type": "uniform"} else self.time_law,
+                 "augment": None if self.augment is None else self.augment.spec(),
+                 "val_draws": self.val_draws or None}
+        self.config.update({k: v for k, v in extra.items() if v is not None})
 
     # -- schedule and data ------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -420,23 +495,33 @@ class Trainer:
         t = z = None
         if shard is not None:  # this rank's slice of the noise the single-process run draws for the global batch
             lo, hi, total = shard
-            t = sample_times(self.model.sde, total, self.t_range, generator=gen, dtype=x0.dtype, device=x0.device)
+            t = sample_times(self.model.sde, total, self.t_range, law=self.time_law, generator=gen, dtype=x0.dtype,
+                             device=x0.device)
             z = torch.randn((total, *x0.shape[1:]), generator=gen, dtype=x0.dtype).to(x0.device)
             t, z = t[lo:hi], z[lo:hi]
         return dsm_loss(self.model.score if net is None else net, self.model.sde, x0, c, t_range=self.t_range,
-                        weighting=self.weighting, generator=gen, t=t, z=z)
+                        weighting=self.weighting, generator=gen, t=t, z=z, time_law=self.time_law)
 
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean DSM loss on the validation set with the EMA weights and fixed noise (seed + 1)."""
+        """Mean DSM loss on the validation set with the EMA weights and fixed noise (seed + 1).
+
+        With ``val_draws > 0`` the same batches are also scored by drawing closures from the EMA
+        model (fixed seed): :attr:`last_val_scores` then holds ``val_r2``, ``val_crps``,
+        ``val_energy``, ``val_spread_skill`` and ``val_coverage`` (80 % interval).
+        """
+        self.last_val_scores: dict[str, float] = {}
         if self.val_data is None or len(self.val_data) == 0:
             return None
         collate = _collate_for(self.val_data)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, 1))
+        draw_gen = torch.Generator().manual_seed(derive_seed(self.seed, 2))
         was_training = self.model.training
         self.model.eval()
         if self.ema is not None:
             self.ema.swap(self.model)
+        draws: list[Tensor] = []
+        truths: list[Tensor] = []
         try:
             total, count = 0.0, 0
             for j, start in enumerate(range(0, len(self.val_data), self.batch_size)):
@@ -446,10 +531,20 @@ class Trainer:
                 target, cond = self._batch(self.val_data, idx, collate)
                 total += float(self._loss(target, cond, gen)) * len(idx)
                 count += len(idx)
+                if self.val_draws:
+                    draws.append(self.model.sample(None if cond.is_empty() else cond, n=self.val_draws,
+                                                   generator=draw_gen, grid=tuple(target.shape[2:]),
+                                                   dtype=target.dtype).cpu())
+                    truths.append(target.cpu())
         finally:
             if self.ema is not None:
                 self.ema.swap(self.model)
             self.model.train(was_training)
+        if draws:
+            from .metrics import offline_scores
+
+            scores = offline_scores(torch.cat(draws, 1), torch.cat(truths, 0))
+            self.last_val_scores = {f"val_{k}": v for k, v in scores.items()}
         return total / count
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -640,8 +735,14 @@ class Trainer:
                 if self.world > 1:
                     per = len(idx) // self.world
                     shard = (self.rank * per, (self.rank + 1) * per, len(idx))
+                # elements of the global batch, drawn on every rank alike, then sliced like the items
+                elements = self.augment.draw(len(idx), self.noise_gen) if self.augment is not None else None
+                if shard is not None:
                     idx = idx[shard[0]:shard[1]]
+                    elements = None if elements is None else elements[shard[0]:shard[1]]
                 target, cond = self._batch(self.train_data, idx.tolist(), self._collate)
+                if self.augment is not None:
+                    target, cond = self.augment(target, cond, elements=elements)
                 loss = self._loss(target, cond, self.noise_gen, self.net, shard)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # DistributedDataParallel averages the gradients over the ranks here
@@ -666,6 +767,7 @@ class Trainer:
                     row = {"step": self.step, "train_loss": self._window[0] / max(1, self._window[1]), "lr": lr}
                     if val is not None:
                         row["val_loss"] = val
+                        row.update(self.last_val_scores)
                     self.history.append(row)
                     self._window = [0.0, 0]
                 if self.checkpoint_dir is not None and (self.step % self.checkpoint_every == 0

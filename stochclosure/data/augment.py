@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ from torch import Tensor
 from .._types import Conditioning
 from ..errors import ConfigError, ShapeError, format_error
 
-__all__ = ["D4_ORDER", "d4_apply", "d4_points", "d4_inverse", "d4_compose", "d4_det", "D4Augment"]
+__all__ = ["D4_ORDER", "d4_apply", "d4_points", "d4_inverse", "d4_compose", "d4_det", "D4Augment", "resolve_augment"]
 
 D4_ORDER = 8
 """Number of elements of D4."""
@@ -150,11 +151,16 @@ class D4Augment:
             raise ConfigError(format_error("elements", "at least one D4 element", "an empty list"))
 
     def spec(self) -> dict[str, object]:
-        """JSON-able configuration."""
-        return {"target_parity": self.target_parity, "field_parity": self.field_parity, "elements": list(self.elements)}
+        """JSON-able configuration (``resolve_augment`` rebuilds it)."""
+        return {"type": "d4", "target_parity": self.target_parity, "field_parity": self.field_parity, "elements": list(self.elements)}
 
-    def __call__(self, target: Tensor, cond: Conditioning, generator: torch.Generator | None = None
-                 ) -> tuple[Tensor, Conditioning]:
+    def draw(self, n: int, generator: torch.Generator | None = None) -> list[int]:
+        """``n`` random elements (one uniform integer each), e.g. for a whole global batch before sharding."""
+        pick = torch.randint(len(self.elements), (n,), generator=generator)
+        return [self.elements[int(i)] for i in pick]
+
+    def __call__(self, target: Tensor, cond: Conditioning, generator: torch.Generator | None = None,
+                 elements: Sequence[int] | None = None) -> tuple[Tensor, Conditioning]:
         """Transform item ``i`` of the batch by a random element ``e_i``.
 
         Args:
@@ -162,14 +168,16 @@ class D4Augment:
             cond: The batch's condition (fields ``(B, C_f, n, n)``, history ``(B, k, C_f, n, n)``,
                 sparse values ``(B, C_o, P)`` at points shared by the batch).
             generator: Seeds the draw of the elements.
+            elements: The elements to apply (``B`` of them) instead of drawing.
 
         Returns:
             ``(target, cond)`` transformed.
         """
         if target.dim() != 4:
             raise ShapeError(format_error("target", "(B, C, n, n) fields on a 2-D grid", f"shape {tuple(target.shape)}"))
-        pick = torch.randint(len(self.elements), (target.shape[0],), generator=generator)
-        es = [self.elements[int(i)] for i in pick]
+        es = self.draw(target.shape[0], generator) if elements is None else [_check_element(e) for e in elements]
+        if len(es) != target.shape[0]:
+            raise ShapeError(format_error("elements", f"{target.shape[0]} elements (one per item)", str(len(es))))
         out_t = torch.stack([d4_apply(target[i], e, parity=self.target_parity) for i, e in enumerate(es)])
 
         def each(x: Tensor | None) -> Tensor | None:
@@ -189,3 +197,20 @@ class D4Augment:
         cond = Conditioning(fields=each(cond.fields), history=each(cond.history), obs_values=values,
                             obs_points=cond.obs_points, features=cond.features)
         return out_t, cond
+
+
+def resolve_augment(spec: Any) -> D4Augment | None:
+    """``None``, a :class:`D4Augment`, ``"d4"`` or ``{"type": "d4", **options}`` -> an augmentation or ``None``."""
+    if spec is None or isinstance(spec, D4Augment):
+        return spec
+    if spec == "d4":
+        return D4Augment()
+    if isinstance(spec, dict) and spec.get("type") == "d4":
+        opts = {k: v for k, v in spec.items() if k != "type"}
+        unknown = sorted(set(opts) - {"target_parity", "field_parity", "elements"})
+        if unknown:
+            raise ConfigError(format_error(f"augment.{unknown[0]}", "target_parity, field_parity or elements",
+                                           repr(unknown[0])))
+        return D4Augment(**opts)
+    raise ConfigError(format_error("augment", "null, 'd4' or {'type': 'd4', target_parity, field_parity, elements}",
+                                   repr(spec)))
