@@ -42,7 +42,8 @@ def assert_close(actual: Tensor, expected: Tensor, *, rtol: float, what: str = "
     differently by a few units in the last place of the largest entries, so any absolute
     tolerance is wrong for outputs of some magnitude. Small entries next to large ones are
     compared at the large entries' precision (one rounding step of ``7.9e3`` in float32 is
-    ``4.9e-4``). ``rtol=0`` asks for bitwise equality (NaN never compares equal).
+    ``4.9e-4``). ``rtol=0`` asks for bitwise equality (NaN never compares equal). Complex tensors
+    are compared as complex numbers (modulus of the difference, in complex128).
 
     Contract checks use, for float32 outputs, ``rtol = 1e-5`` (about 80 float32 rounding steps
     of the largest entry) for encoders, ``1e-4`` for score operators (deep networks accumulate
@@ -62,8 +63,9 @@ def assert_close(actual: Tensor, expected: Tensor, *, rtol: float, what: str = "
         >>> import torch
         >>> assert_close(torch.tensor([7.9e3, 1.0]), torch.tensor([7.9e3 + 4.9e-4, 1.0]), rtol=1e-6)
     """
-    a = actual.detach().to("cpu", torch.float64)
-    b = expected.detach().to("cpu", torch.float64)
+    wide = torch.complex128 if (actual.is_complex() or expected.is_complex()) else torch.float64
+    a = actual.detach().to("cpu", wide)
+    b = expected.detach().to("cpu", wide)
     if rtol == 0:
         if not torch.equal(torch.broadcast_to(a, torch.broadcast_shapes(a.shape, b.shape)),
                            torch.broadcast_to(b, torch.broadcast_shapes(a.shape, b.shape))):
