@@ -36,7 +36,6 @@ def _contents(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def ns_file(tmp_path_factory):
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("ns") / "ns.h5"
     generate("navier_stokes_2d", load_config(TINY_NS), out, progress=False)
     return out

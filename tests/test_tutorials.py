@@ -34,7 +34,7 @@ def _numbers(obj):
 
 
 def run_tutorial(name: str, out: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("STOCHCLOSURE_TEST_THREADS", "1"), "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(TUTORIALS / f"{name}.py"), "--smoke", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
