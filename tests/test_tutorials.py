@@ -96,7 +96,7 @@ def test_03_uncertainty_quantification(tmp_path):
 def test_04_ensemble_rollouts(tmp_path):
     res = run_tutorial("04_ensemble_rollouts", tmp_path)
     assert res["replay_identical"] is True and res["predictive_matches_single_run"] is True
-    assert res["condition_max_error"] < 1e-5
+    assert res["condition_max_rel_error"] < 3e-6  # of the states' magnitude (~3)
     pol = res["policies"]
     assert pol["every 20, hold"]["spread"] > pol["every 5, hold"]["spread"] > pol["every step"]["spread"]
     assert 0.5 < pol["every step"]["spread"] / pol["reference_spread"] < 1.5
