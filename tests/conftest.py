@@ -1,20 +1,63 @@
-"""Shared test setup: deterministic seeds, one intra-op thread.
+"""Shared test setup: deterministic seeds, one intra-op thread unless asked for more.
 
 Small FFTs and elementwise kernels run far slower with two threads than with one when the two
-cores are shared (thread hand-off dominates), so the suite runs single-threaded; tests that
-measure threading set it themselves.
+cores are shared (thread hand-off dominates), so the suite runs single-threaded by default;
+tests that measure threading set it themselves.
+
+Thread count switch: ``STOCHCLOSURE_TEST_THREADS=N`` (a positive integer, default ``1``) runs
+every test with ``N`` intra-op threads, e.g.::
+
+    STOCHCLOSURE_TEST_THREADS=2 .venv/bin/python -m pytest -q tests/test_rollout.py
+
+Reductions, matmuls and FFTs split their work differently with two threads, so results may differ
+from the single-thread run by float rounding; the tests compare floats relative to the values'
+magnitude (``stochclosure.testing.assert_close``) and must pass with 1 and with 2 threads. The
+count is set once per session (``pytest_configure``, so module-scoped fixtures and, in the same
+session, the plugin tests and doctests see it too) and re-pinned around every test under
+``tests/``. The variable is normalised at start-up (set to the count in use), so tests that start
+subprocesses which should follow it (the tutorials) pass ``os.environ[THREADS_VARIABLE]`` on as
+``OMP_NUM_THREADS``.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+from stochclosure.errors import format_error
+
+THREADS_VARIABLE = "STOCHCLOSURE_TEST_THREADS"
+
+
+def session_threads() -> int:
+    """The intra-op thread count of the test session (``STOCHCLOSURE_TEST_THREADS``, default 1).
+
+    Raises:
+        pytest.UsageError: if the variable is set to anything but a positive integer.
+    """
+    raw = os.environ.get(THREADS_VARIABLE, "1").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise pytest.UsageError(format_error(THREADS_VARIABLE, "a positive integer number of intra-op threads",
+                                             repr(raw), f"unset it or set e.g. {THREADS_VARIABLE}=2"))
+    return int(raw)
+
+
+def pytest_configure(config):
+    threads = session_threads()
+    os.environ[THREADS_VARIABLE] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def pytest_report_header(config):
+    return f"torch intra-op threads: {session_threads()} (set {THREADS_VARIABLE}=N to change)"
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(session_threads())
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)

@@ -16,7 +16,7 @@ from stochclosure.encoders import (
     grid_points,
     sparse_from_grid,
 )
-from stochclosure.testing import check_encoder, registered_examples
+from stochclosure.testing import assert_close, check_encoder, registered_examples
 
 LATTICE = grid_points((16, 16))  # the research setting: a 16 x 16 lattice of fixed points
 
@@ -71,7 +71,7 @@ def test_same_points_same_encoding_at_every_resolution(enc):
     ref = enc(cond, (32, 32))
     for n in (64, 128):
         step = n // 32
-        torch.testing.assert_close(enc(cond, (n, n))[..., ::step, ::step], ref, rtol=1e-5, atol=1e-6)
+        assert_close(enc(cond, (n, n))[..., ::step, ::step], ref, rtol=1e-5, what=f"{n}^2 vs 32^2 at shared points")
 
 
 @pytest.mark.parametrize("enc", [SparseInterpEncoder(), SparseSmoothEncoder()])
@@ -83,7 +83,7 @@ def test_edges_are_periodic(enc):
     out = enc(observe(analytic), (64, 64))
     out_moved = enc(sc.Conditioning(obs_values=analytic(LATTICE)[None, None].float(), obs_points=moved.float()),
                     (64, 64))
-    torch.testing.assert_close(out_moved, torch.roll(out, 16, dims=-2), rtol=1e-4, atol=1e-5)
+    assert_close(out_moved, torch.roll(out, 16, dims=-2), rtol=1e-4, what="encoding of the translated points")
     # the jump across the edge is like any other neighbour difference
     jump = float((out[..., 0, :] - out[..., -1, :]).abs().max())
     inner = float((out[..., 1:, :] - out[..., :-1, :]).abs().max())
@@ -116,7 +116,7 @@ def test_sparse_from_grid_mask_round_trip():
     values, points = sparse_from_grid(field, mask)
     assert values.shape == (1, 1, 256) and points.shape == (256, 2)
     out = SparseInterpEncoder()(sc.Conditioning(obs_values=values, obs_points=points), (64, 64))
-    torch.testing.assert_close(out[..., ::4, ::4], field[..., ::4, ::4], rtol=1e-4, atol=1e-4)
+    assert_close(out[..., ::4, ::4], field[..., ::4, ::4], rtol=1e-4, what="interpolant at the observed points")
     with pytest.raises(sc.ShapeError, match="mask"):
         sparse_from_grid(field, mask[:32])
 
@@ -129,15 +129,15 @@ def test_composite_stacks_in_order_and_normalized_standardises():
                                                                    {"type": "sparse_smooth", "density": True}]})
     out = enc(cond, (32, 32))
     assert enc.out_channels == 4 and out.shape == (3, 4, 32, 32)
-    torch.testing.assert_close(out[:, :1], y)
-    torch.testing.assert_close(out[:, 1:2], SparseInterpEncoder()(cond, (32, 32)))
+    assert_close(out[:, :1], y, rtol=1e-6, what="field channel")
+    assert_close(out[:, 1:2], SparseInterpEncoder()(cond, (32, 32)), rtol=1e-6, what="sparse_interp channel")
     norm = NormalizedEncoder.fit(enc, [cond], (32, 32))
     z = norm(cond, (32, 32)).double()
-    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(4, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert float(z.mean(dim=(0, 2, 3)).abs().max()) <= 3e-6 * float(z.abs().max())  # |z| <= ~3.9: as 1e-5
     std = z.std(dim=(0, 2, 3), unbiased=False)
-    torch.testing.assert_close(std, torch.ones(4, dtype=torch.float64), atol=1e-4, rtol=0)
+    assert_close(std, torch.ones(4, dtype=torch.float64), rtol=1e-4, what="standardised std")
     rebuilt = sc.resolve("encoder", norm.spec())
-    torch.testing.assert_close(rebuilt(cond, (32, 32)), norm(cond, (32, 32)))
+    assert_close(rebuilt(cond, (32, 32)), norm(cond, (32, 32)), rtol=1e-6, what="encoder rebuilt from its spec")
 
 
 def test_registered_encoders_pass_the_contract_suite():
@@ -175,6 +175,6 @@ def test_history_window_with_sparse_measurements():
     out = enc(cond, (32, 32))
     assert out.shape == (2, 4, 32, 32)
     # channel order: current state, the last two history states (oldest first), the sparse field
-    torch.testing.assert_close(out[:, :1], sc.fft.spectral_resample(y, (32, 32)))
-    torch.testing.assert_close(out[:, 1:3], sc.fft.spectral_resample(hist[:, 1:, 0], (32, 32)))
-    torch.testing.assert_close(out[:, 3:], SparseInterpEncoder()(cond, (32, 32)))
+    assert_close(out[:, :1], sc.fft.spectral_resample(y, (32, 32)), rtol=1e-6, what="current state")
+    assert_close(out[:, 1:3], sc.fft.spectral_resample(hist[:, 1:, 0], (32, 32)), rtol=1e-6, what="history")
+    assert_close(out[:, 3:], SparseInterpEncoder()(cond, (32, 32)), rtol=1e-6, what="sparse field")

@@ -22,7 +22,7 @@ import torch
 import stochclosure as sc
 from stochclosure.samplers import BrownianNoise, DPMSolverPP2M, EDMHeun, EulerMaruyama, GaussianNoise, grids
 from stochclosure.scores import GaussianScore
-from stochclosure.testing import check_sampler
+from stochclosure.testing import assert_close, check_sampler
 
 
 def _exact_flow(sde, x_T, m, s, t_end):
@@ -69,7 +69,7 @@ def test_dpm_solver_first_order_variant_is_first_order_only_at_the_last_step():
     for lof in (True, False):
         out = DPMSolverPP2M(steps=64, denoise=False, lower_order_final=lof).sample(
             lambda x, t: op(x, t), sde, (64, 1), x_init=x0, dtype=torch.float64)
-        assert (out - ref).abs().max() < 1e-2
+        assert (out - ref).abs().max() < 3.6e-3 * ref.abs().max()  # |x| <= 2.76; measured 1.3e-3 of it
 
 
 @pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
@@ -115,12 +115,13 @@ def test_brownian_noise_gives_one_path_for_any_grid():
         ts = grids.uniform(sde, sde.T, sde.eps, n).tolist()
         w = torch.stack([noise.increment(ts[i], ts[i + 1], like) for i in range(n)]).cumsum(0)
         paths.append(w[n // 10 - 1 :: n // 10])  # W at the 10 coarse grid points
-    assert torch.allclose(paths[0], paths[1], atol=1e-5) and torch.allclose(paths[0], paths[2], atol=1e-5)
+    assert_close(paths[1], paths[0], rtol=1e-5, what="W on a 2x finer grid")
+    assert_close(paths[2], paths[0], rtol=1e-5, what="W on a 4x finer grid")
     # ... and on a non-nested (Karras) grid the endpoint increment is the same too
     ts = grids.karras(sde, sde.T, sde.eps, 13).tolist()
     noise = BrownianNoise(seed=7, t_max=sde.T)
     total = sum(noise.increment(ts[i], ts[i + 1], like) for i in range(13))
-    assert torch.allclose(total, paths[0][-1], atol=1e-5)
+    assert_close(total, paths[0][-1], rtol=1e-5, what="W(T) on a Karras grid")
 
 
 def test_brownian_noise_members_reproducible_and_independent():

@@ -39,7 +39,6 @@ def _contents(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def ns_file(tmp_path_factory):
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("ns") / "ns.h5"
     generate("navier_stokes_2d", load_config(TINY_NS), out, progress=False)
     return out
@@ -60,7 +59,8 @@ def test_layout_attributes_and_split(ns_file):
         # striding: the coarse fields are the fine point values; obs are point values at i/16
         np.testing.assert_array_equal(f["res_16/H"][()], f["res_32/H"][..., ::2, ::2])
         np.testing.assert_array_equal(f["obs/G"][()], f["res_32/G"][..., ::2, ::2].reshape(6, 4, 1, 256))
-        assert not np.allclose(f["res_32/G"][0], f["res_32/G"][1])  # trajectories differ
+        g = f["res_32/G"][()]
+        assert np.abs(g[0] - g[1]).max() > 1e-3 * np.abs(g).max()  # trajectories differ
 
 
 def test_lazy_dataset_items_follow_the_protocol(ns_file):
@@ -81,14 +81,14 @@ def test_lazy_dataset_items_follow_the_protocol(ns_file):
     import pickle
     again = pickle.loads(pickle.dumps(ds))
     assert again._file is None
-    torch.testing.assert_close(again[1]["target"], item["target"])
+    assert_close(again[1]["target"], item["target"], rtol=0, what="item read after unpickling")
     loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=ds.collate)
     t, c = next(iter(loader))
     assert t.shape[0] == 3 and c.history.shape == (3, 2, 1, 32, 32)
     # two worker processes, each opening the file itself, see every item exactly once
     workers = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=ds.collate)
     got = torch.cat([b[0] for b in workers])
-    torch.testing.assert_close(got, torch.stack([ds[i]["target"] for i in range(len(ds))]))
+    assert_close(got, torch.stack([ds[i]["target"] for i in range(len(ds))]), rtol=0, what="items read by workers")
     assert collate_closure([ds[0]], ds.obs_points)[0].shape == (1, 1, 32, 32)
     no_obs = ClosureH5Dataset(ns_file, split="test", obs=False, fields=False)
     assert set(no_obs[0]) == {"target"} and no_obs.obs_points is None
@@ -214,7 +214,8 @@ def test_subgrid_dataset_has_one_closure_per_resolution(tmp_path):
         assert json.loads(f.attrs["closures"]) == ["U"]
         assert f["res_32/U"].shape == (2, 3, 1, 32, 32) and f["res_16/U"].shape == (2, 3, 1, 16, 16)
         # each resolution has its own filter and closure: the 16^2 closure is not a subsample of the 32^2 one
-        assert not np.allclose(f["res_16/U"][()], f["res_32/U"][..., ::2, ::2])
+        u16, u32 = f["res_16/U"][()], f["res_32/U"][..., ::2, ::2]
+        assert np.abs(u16 - u32).max() > 1e-3 * np.abs(u32).max()
     ds = ClosureH5Dataset(out, split=None, resolution=16, system="navier_stokes_2d_subgrid")
     assert ds[0]["target"].shape == (1, 16, 16) and ds[0]["obs_values"].shape == (1, 256)
 

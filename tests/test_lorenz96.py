@@ -13,7 +13,6 @@ from stochclosure.systems.lorenz96 import Lorenz96, PolynomialAR1Closure, Polyno
 def spun_up():
     # Standard setting K = 8, J = 32, h = 1, b = 10, c = 10, F = 20; 1.5 time units of spin-up.
     s = Lorenz96()
-    torch.set_num_threads(1)
     x, y = s.full_initial_state(4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for _ in range(1500):
         x, y = s.full_step(x, y)
@@ -23,7 +22,6 @@ def spun_up():
 @pytest.fixture(scope="module")
 def records():
     s = Lorenz96()
-    torch.set_num_threads(1)
     r = s.generate_records(8, generator=torch.Generator().manual_seed(0), spinup_steps=1000, record_every=10,
                            n_records=250)
     return s, r["fields"][8]
@@ -47,7 +45,7 @@ def test_reduced_model_with_true_closure_reproduces_x(spun_up):
         xr = s.step(xr, s.step_closure(xf, xn))
         xn_none = s.step(xn_none, None)
         xf, yf = xn, yn
-    assert float((xr - xf).abs().max()) < 1e-11
+    assert float((xr - xf).abs().max()) < 1e-12 * float(xf.abs().max())  # |X| ~ 13
     err_none = float((xn_none - xf).abs().max())
     assert err_none > 1.0, err_none
 

@@ -16,6 +16,7 @@ from stochclosure import registry
 from stochclosure.registry import PluginWarning, Registry
 from stochclosure.samplers import AbstractSampler, EulerMaruyama
 from stochclosure.sdes import VPSDE
+from stochclosure.testing import assert_close
 
 BUILTINS = {
     "sde": {"ve", "ve_exp", "vp", "subvp"},
@@ -43,7 +44,8 @@ def test_test_only_plugin_distribution_is_discovered():
     assert reg._discover()["loopback_vp"].provider == "stochclosure-loopback"
     sde = sc.resolve("sde", {"type": "loopback_vp", "beta_max": 10.0})
     t = torch.tensor([0.3], dtype=torch.float64)
-    torch.testing.assert_close(sde.marginal_coefficients(t)[1], VPSDE(beta_max=10.0).marginal_coefficients(t)[1])
+    assert_close(sde.marginal_coefficients(t)[1], VPSDE(beta_max=10.0).marginal_coefficients(t)[1], rtol=1e-12,
+                 what="loopback VP sigma_t vs VPSDE")
     assert isinstance(sc.resolve("sampler", "loopback_em"), AbstractSampler)
 
 

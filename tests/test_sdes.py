@@ -5,7 +5,7 @@ import torch
 
 import stochclosure as sc
 from stochclosure.sdes import VESDE, VPSDE, ExpVESDE, SubVPSDE
-from stochclosure.testing import check_sde, registered_examples
+from stochclosure.testing import assert_close, check_sde, registered_examples
 
 
 @pytest.mark.parametrize("name,sde", list(registered_examples("sde")))
@@ -42,7 +42,7 @@ def test_marginal_matches_monte_carlo_of_forward_sde(sde):
 def test_vp_marginal_is_variance_preserving():
     sde = VPSDE()
     a, s = sde.marginal_coefficients(torch.linspace(0.01, 1, 5, dtype=torch.float64))
-    torch.testing.assert_close(a**2 + s**2, torch.ones(5, dtype=torch.float64))
+    assert_close(a**2 + s**2, torch.ones(5, dtype=torch.float64), rtol=1e-12, what="alpha^2 + sigma^2")
 
 
 def test_subvp_variance_below_vp():

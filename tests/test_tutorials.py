@@ -34,7 +34,7 @@ def _numbers(obj):
 
 
 def run_tutorial(name: str, out: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("STOCHCLOSURE_TEST_THREADS", "1"), "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(TUTORIALS / f"{name}.py"), "--smoke", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -96,7 +96,7 @@ def test_03_uncertainty_quantification(tmp_path):
 def test_04_ensemble_rollouts(tmp_path):
     res = run_tutorial("04_ensemble_rollouts", tmp_path)
     assert res["replay_identical"] is True and res["predictive_matches_single_run"] is True
-    assert res["condition_max_error"] < 1e-5
+    assert res["condition_max_rel_error"] < 3e-6  # of the states' magnitude (~3)
     pol = res["policies"]
     assert pol["every 20, hold"]["spread"] > pol["every 5, hold"]["spread"] > pol["every step"]["spread"]
     assert 0.5 < pol["every step"]["spread"] / pol["reference_spread"] < 1.5

@@ -181,7 +181,7 @@ gen_full = torch.Generator().manual_seed(1)
 x, y = l96.full_initial_state(n_cases, generator=gen_full, dtype=torch.float64)
 for _ in range(1000):
     x, y = l96.full_step(x, y)
-assert torch.allclose(x.float(), cases0)
+assert float((x.float() - cases0).abs().max()) <= 1e-6 * float(cases0.abs().max())  # same states, float rounding
 truth_l96 = [x.float()]
 for s in range(lead_steps):
     x, y = l96.full_step(x, y)

@@ -120,10 +120,11 @@ for _ in range(6):
     truth.append(s)
 # without a plate a closure is one event (C, *spatial) = (1, 8, 8), like v0
 forced = poutine.condition(rollout, data={f"closure/{k}": u[0] for k, u in enumerate(true_u)})(system, exact, v0, 6)
-condition_error = float((forced.states - torch.stack(truth)[:, 0]).abs().max())
-print(f"replay identical: {replay_identical}; conditioned on the true closures, max |state - truth| = {condition_error:.1e}")
+condition_error = float((forced.states - torch.stack(truth)[:, 0]).abs().max() / torch.stack(truth).abs().max())
+print(f"replay identical: {replay_identical}; conditioned on the true closures, "
+      f"max |state - truth| / max |truth| = {condition_error:.1e}")
 results["replay_identical"] = replay_identical
-results["condition_max_error"] = condition_error
+results["condition_max_rel_error"] = condition_error
 
 # %% [markdown]
 # ## 4. Plates and `Predictive`
@@ -142,7 +143,8 @@ pyro.set_rng_seed(3)
 pred = Predictive(rollout, num_samples=5, parallel=True, return_sites=["member_seed", "state/6"])(system, exact, v0, 6)
 print("Predictive state/6:", tuple(pred["state/6"].shape))
 one = poutine.condition(rollout, {"member_seed": pred["member_seed"][2]})(system, exact, v0, 6)
-predictive_matches = bool(torch.allclose(one.final, pred["state/6"][2], atol=1e-5))
+# batched and single-run kernels may round differently: equal up to 1e-6 of the states' magnitude
+predictive_matches = float((one.final - pred["state/6"][2]).abs().max()) <= 1e-6 * float(one.final.abs().max())
 cases = system.initial_state(3, generator=torch.Generator().manual_seed(4))                  # (3, 1, 8, 8)
 both = ensemble(system, exact, cases, 6, members=5, seed=0)
 print("members x cases:", both.dims, tuple(both.states.shape))
