@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -193,3 +194,57 @@ def test_ema_averages_every_parameter_including_complex_spectral_weights():
     ema.update(op, step=10**6)  # decay 0.5: every average moves half way
     for k, p in op.named_parameters():
         assert_close(_real(ema.shadow[k]), _real(p.detach() - 0.5), rtol=1e-6, what=k)
+
+
+def test_augmented_lognormal_power_ema_run_resumes_exactly_and_reports_draw_scores(tmp_path):
+    """The new options keep the resume guarantee; validation scores closure draws, not only the loss."""
+    opts = dict(KW, max_steps=20, schedule="constant", augment="d4", time_law={"type": "lognormal"}, ema_rel_std=0.1,
+                val_draws=3, val_batches=1)
+    model, data = build()
+    ref = Trainer(model, data, data, **opts, checkpoint_dir=tmp_path / "ref").fit()
+    want = _final_state(model)
+    row = ref.history[-1]
+    for key in ("val_r2", "val_crps", "val_energy", "val_spread_skill", "val_coverage"):
+        assert key in row and math.isfinite(row[key]), key
+    assert 0 <= row["val_coverage"] <= 1 and row["val_crps"] > 0
+    model, data = build()
+    tr = Trainer(model, data, data, **dict(opts, max_steps=10), checkpoint_dir=tmp_path / "run")
+    tr.fit()
+    model2, data2 = build()
+    res = Trainer(model2, data2, data2, **opts, checkpoint_dir=tmp_path / "run").fit(resume=True)
+    assert res.resumed_from == 10
+    got = _final_state(model2)
+    for k in want:
+        assert_close(_real(got[k]), _real(want[k]), rtol=1e-6, what=k)
+
+
+def test_augmentation_changes_the_batches_and_the_draws_do_not_depend_on_the_data():
+    model, data = build()
+    a = Trainer(model, data, **dict(KW, max_steps=5), augment="d4")
+    b = Trainer(build()[0], data, **dict(KW, max_steps=5))
+    ea = a.augment.draw(8, torch.Generator().manual_seed(0))
+    assert len(set(ea)) > 1 and b.augment is None
+    with pytest.raises(sc.ConfigError, match="augment"):
+        Trainer(model, data, **KW, augment="d8")
+    with pytest.raises(sc.ConfigError, match="time_law"):
+        Trainer(model, data, **KW, time_law="edm")
+    with pytest.raises(sc.ConfigError, match="ema_rel_std"):
+        Trainer(model, data, **KW, ema_rel_std=0.5)
+
+
+def test_power_ema_averages_a_fixed_fraction_of_the_run():
+    """The power profile's averaging window is rel_std of the run: its weights have std rel_std * t."""
+    from stochclosure.train import EMA, power_ema_exponent
+
+    gamma = power_ema_exponent(0.1)
+    ema = EMA(torch.nn.Linear(1, 1), rel_std=0.1)
+    for t in (100, 1000):
+        w = torch.ones(t, dtype=torch.float64)  # weight of step tau in the average after t steps
+        for tau in range(1, t + 1):
+            d = ema.decay_at(tau)
+            w[:tau - 1] *= d
+            w[tau - 1] = 1 - d
+        tau = torch.arange(1, t + 1, dtype=torch.float64)
+        assert abs(float(w.sum()) - 1) < 1e-9  # abs-tol: weights of an average sum to one
+        std = float(((w * tau**2).sum() - (w * tau).sum() ** 2).sqrt())
+        assert abs(std / t - 0.1) < 0.01, (t, std / t, gamma)
