@@ -245,6 +245,6 @@ def test_power_ema_averages_a_fixed_fraction_of_the_run():
             w[:tau - 1] *= d
             w[tau - 1] = 1 - d
         tau = torch.arange(1, t + 1, dtype=torch.float64)
-        assert abs(float(w.sum()) - 1) < 1e-9  # abs-tol: weights of an average sum to one
+        assert abs(float(w.sum()) - 1) < 1e-9  # the weights of an average sum to one
         std = float(((w * tau**2).sum() - (w * tau).sum() ** 2).sqrt())
         assert abs(std / t - 0.1) < 0.01, (t, std / t, gamma)
