@@ -10,6 +10,7 @@ kind               entry-point group                interface
 ``encoder``        ``stochclosure.encoders``        :class:`~stochclosure.encoders.AbstractConditioningEncoder`
 ``sampler``        ``stochclosure.samplers``        :class:`~stochclosure.samplers.AbstractSampler`
 ``system``         ``stochclosure.systems``         :class:`~stochclosure.systems.AbstractSystem`
+``closure``        ``stochclosure.closures``        :class:`~stochclosure.closures.AbstractClosureLaw`
 =================  ===============================  =====================================
 
 The core registers its own built-ins through the same entry points as any third-party
@@ -60,6 +61,7 @@ GROUPS: dict[str, str] = {
     "encoder": "stochclosure.encoders",
     "sampler": "stochclosure.samplers",
     "system": "stochclosure.systems",
+    "closure": "stochclosure.closures",
 }
 KINDS = tuple(GROUPS)
 
@@ -70,6 +72,7 @@ _INTERFACES: dict[str, str] = {
     "encoder": "stochclosure.encoders.base:AbstractConditioningEncoder",
     "sampler": "stochclosure.samplers.base:AbstractSampler",
     "system": "stochclosure.systems.base:AbstractSystem",
+    "closure": "stochclosure.closures.base:AbstractClosureLaw",
 }
 
 # Names provided by the project's optional distributions, for "pip install" hints.

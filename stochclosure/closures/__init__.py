@@ -1,0 +1,9 @@
+"""Closure laws ``p(U | y)``: one interface for diffusion, learned, physics and residual closures.
+
+See :class:`~stochclosure.closures.base.AbstractClosureLaw`. Implementations are registered under
+the ``closure`` kind (entry-point group ``stochclosure.closures``).
+"""
+
+from .base import AbstractClosureLaw, LikelihoodUnavailable, TimeMemory
+
+__all__ = ["AbstractClosureLaw", "LikelihoodUnavailable", "TimeMemory"]
