@@ -237,7 +237,7 @@ def _finished(run: Path, steps: int) -> Path | None:
 def stage_train(work: Path, h5: Path, train: dict[str, Any], cfg: dict[str, Any]) -> Path:
     import yaml
 
-    from stochclosure.train_cli import run_training
+    from stochclosure.cli.train import run_training
 
     tc = _train_config(work, h5, train, cfg)
     (work / "train.yaml").write_text(yaml.safe_dump(tc, sort_keys=False))
@@ -257,7 +257,7 @@ def stage_train(work: Path, h5: Path, train: dict[str, Any], cfg: dict[str, Any]
 def stage_distill(work: Path, h5: Path, teacher: Path, cfg: dict[str, Any]) -> Path:
     import yaml
 
-    from stochclosure.distill import run_distillation
+    from stochclosure.cli.distill import run_distillation
 
     dc = {"teacher": str(teacher), "data": {"path": str(h5), "closure": "U", "history": 0, "obs": False,
                                             "val_split": "val"},

@@ -169,7 +169,7 @@ def fault_diverging(d: Path) -> tuple[str, str]:
 
     import stochclosure as sc
     from stochclosure.checkpoint import load_model
-    from stochclosure.train import Trainer
+    from stochclosure.training.trainer import Trainer
 
     model, data = build()
 

@@ -11,6 +11,9 @@ one :mod:`registry` fed by entry points.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from . import distributions, encoders, errors, metrics, registry, rollout, samplers, scores, sdes, systems
 from ._types import Conditioning, ScoreFn, check_tensor
 from .checkpoint import load_model, save_model
@@ -29,14 +32,29 @@ from .errors import (
     StochClosureError,
     UnknownPluginError,
 )
-from .losses import dsm_loss
 from .model import ClosureModel
 from .registry import available, register, resolve
 from .rollout import RolloutResult, ensemble
 from .scores.base import bind_score
-from .train import Trainer, TrainResult
 
 __version__ = "0.1.0"
+
+# The training layer is loaded on first use (PEP 562), so that ``import stochclosure`` and loading
+# a checkpoint do not import the trainer.
+_LAZY = {"Trainer": "stochclosure.training.trainer", "TrainResult": "stochclosure.training.trainer",
+         "dsm_loss": "stochclosure.training.losses"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'stochclosure' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "__version__",

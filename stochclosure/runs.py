@@ -1,7 +1,7 @@
 """Run folders of ``train`` and ``distill``: one writer, no overwrite, and a resume that checks what it finds.
 
 A *run folder* (``out`` of ``stochclosure train`` / ``distill``, ``checkpoint_dir`` of the
-:class:`~stochclosure.train.Trainer`) holds the checkpoints ``step-XXXXXXXX``, the pointer
+:class:`~stochclosure.training.Trainer`) holds the checkpoints ``step-XXXXXXXX``, the pointer
 ``latest`` naming the newest, and, once a resume changed the configuration, ``run-history.jsonl``.
 Four rules keep a run from being lost:
 
@@ -57,7 +57,7 @@ def run_lock(folder: str | os.PathLike[str], argument: str = "out") -> Iterator[
     """Hold the run folder's exclusive lock; re-entrant within one process.
 
     The command line takes the lock before building anything, and :meth:`Trainer.fit
-    <stochclosure.train.Trainer.fit>` takes it again for callers of the Python API; the inner
+    <stochclosure.training.Trainer.fit>` takes it again for callers of the Python API; the inner
     call of the same process is a no-op instead of a self-deadlock.
 
     Args:

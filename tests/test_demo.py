@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stochclosure.demo import run_demo
+from stochclosure.cli.demo import run_demo
 
 
 def test_demo_writes_report_and_beats_no_closure(tmp_path):

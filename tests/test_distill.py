@@ -8,10 +8,11 @@ import torch
 import stochclosure as sc
 from stochclosure.checkpoint import load_model
 from stochclosure.data.base import TensorClosureDataset
-from stochclosure.distill import ConsistencyScore, Distiller, consistency_targets, make_student
 from stochclosure.samplers import ConsistencySampler
 from stochclosure.scores.analytic import GaussianScore
+from stochclosure.scores.consistency import ConsistencyScore
 from stochclosure.testing import check_sampler, check_score_operator
+from stochclosure.training.distill import Distiller, consistency_targets, make_student
 
 MEAN, STD, GRID = 0.5, 0.7, (8, 8)
 LEVELS = [1.0, 0.3]
@@ -124,7 +125,7 @@ def test_make_student_copies_the_teacher_and_validates():
 
 
 def test_distill_config_parse_errors_are_config_errors(tmp_path):
-    from stochclosure.distill import load_distill_config
+    from stochclosure.cli.distill import load_distill_config
     from stochclosure.errors import ConfigError
 
     bad = tmp_path / "bad.yaml"

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 import stochclosure as sc
 from stochclosure import _io
 from stochclosure.cli import main
+from stochclosure.cli.rollout import load_rollout_config, run_rollout
 from stochclosure.rollout import ClosureAR1, NoiseAR1, ensemble, resumable_ensemble
-from stochclosure.rollout_cli import load_rollout_config, run_rollout
 from stochclosure.systems import LinearRelaxation
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -187,7 +187,7 @@ def test_preflight_probe_reports_read_only_and_full_disks(tmp_path, monkeypatch)
 def test_generate_train_and_rollout_fail_before_work_on_bad_output(tmp_path, monkeypatch, capsys, small, code,
                                                                    match):
     from stochclosure.data import TensorClosureDataset
-    from stochclosure.train import Trainer
+    from stochclosure.training.trainer import Trainer
 
     cfg = _rollout_config(tmp_path, small)
     gen_cfg = tmp_path / "gen.yaml"

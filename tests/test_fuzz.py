@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stochclosure as sc
+from stochclosure.cli.rollout import load_rollout_config
+from stochclosure.cli.train import load_train_config
 from stochclosure.data.generate import normalise_config
-from stochclosure.rollout_cli import load_rollout_config
-from stochclosure.train_cli import load_train_config
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])

@@ -42,7 +42,7 @@ import torch
 import stochclosure as sc
 from stochclosure.data import TensorClosureDataset
 from stochclosure.scores.analytic import LinearGaussianScore, SpectralCovariance, grf_spectrum
-from stochclosure.train import Trainer
+from stochclosure.training.trainer import Trainer
 
 pytest.importorskip("stochclosure_neuralop")
 

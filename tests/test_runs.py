@@ -17,7 +17,7 @@ import stochclosure as sc
 from stochclosure.cli import main
 from stochclosure.data import TensorClosureDataset
 from stochclosure.runs import HISTORY_FILE, check_separate_folders, latest_checkpoint, read_history
-from stochclosure.train import Trainer
+from stochclosure.training.trainer import Trainer
 
 pytest.importorskip("stochclosure_neuralop")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -81,7 +81,7 @@ def test_train_refuses_a_folder_holding_a_run_and_leaves_it_untouched(tmp_path, 
 
 
 def test_distill_out_may_not_be_inside_or_contain_the_teacher(tmp_path, capsys):
-    from stochclosure.distill import load_distill_config
+    from stochclosure.cli.distill import load_distill_config
 
     (tmp_path / "work" / "teacher" / "step-00000004").mkdir(parents=True)
     base = {"teacher": "teacher/step-00000004", "data": {"path": "ns.h5"}}
@@ -99,7 +99,7 @@ def test_distill_out_may_not_be_inside_or_contain_the_teacher(tmp_path, capsys):
 
 
 def test_distill_paths_follow_the_config_path_rule_of_train(tmp_path):
-    from stochclosure.distill import load_distill_config
+    from stochclosure.cli.distill import load_distill_config
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     path = tmp_path / "a" / "b" / "distill.yaml"
@@ -149,7 +149,7 @@ def test_two_train_resume_processes_on_one_folder_the_second_exits_2_at_once(tmp
 
 
 def test_distill_and_the_python_trainer_take_the_same_lock(tmp_path, capsys):
-    from stochclosure.distill import run_distillation
+    from stochclosure.cli.distill import run_distillation
 
     holder = _hold_lock(tmp_path / "student")
     try:
@@ -300,7 +300,7 @@ def test_training_config_values_are_checked_before_the_data_are_opened(tmp_path,
 
 
 def test_rollout_seeds_follow_the_seed_rule(tmp_path):
-    from stochclosure.rollout_cli import load_rollout_config
+    from stochclosure.cli.rollout import load_rollout_config
 
     for change, name in (({"seed": -1}, "'seed'"), ({"initial": {"seed": 2**64}}, "'initial.seed'")):
         path = tmp_path / "r.yaml"
@@ -311,7 +311,7 @@ def test_rollout_seeds_follow_the_seed_rule(tmp_path):
 
 
 def test_demo_refuses_non_positive_sizes_before_any_work(tmp_path, capsys):
-    from stochclosure.demo import run_demo
+    from stochclosure.cli.demo import run_demo
 
     for kw, name in (({"horizon": 0.0}, "horizon"), ({"horizon": float("inf")}, "horizon"),
                      ({"members": 1}, "members"), ({"resample_every": 0}, "resample_every"),
@@ -334,7 +334,7 @@ def test_demo_refuses_non_positive_sizes_before_any_work(tmp_path, capsys):
 @pytest.mark.parametrize("levels", [["a", 0.3], [0.3, 1.0], [1.0, 1.0], [], "1.0", [2.0, 0.5], [1.0, 0.0],
                                     [float("nan")], [True]])
 def test_distillation_levels_are_checked(levels):
-    from stochclosure.distill import check_levels, make_student
+    from stochclosure.training.distill import check_levels, make_student
 
     with pytest.raises(sc.ConfigError, match="'levels': expected"):
         check_levels(levels, horizon=1.0)
@@ -344,7 +344,7 @@ def test_distillation_levels_are_checked(levels):
 
 
 def test_distill_config_values_are_checked_before_any_work(tmp_path, capsys):
-    from stochclosure.distill import load_distill_config
+    from stochclosure.cli.distill import load_distill_config
 
     base = {"teacher": "teacher", "data": {"path": "ns.h5"}, "out": "student"}
     for change, name in (({"student": {"levels": ["one", 0.3]}}, "student.levels"),
@@ -363,7 +363,7 @@ def test_distill_config_values_are_checked_before_any_work(tmp_path, capsys):
 # -- distillation noise does not depend on the batch split ------------------------------------------------------------
 def test_distillation_noise_of_each_item_is_independent_of_the_batch_split(monkeypatch):
     """One process (batch of 6) and two ranks (items 0..2 and 3..5) see the same x_t for every item."""
-    import stochclosure.distill as distill
+    import stochclosure.training.distill as distill
 
     seen: list[torch.Tensor] = []
 

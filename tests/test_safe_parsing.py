@@ -7,12 +7,12 @@ import time
 
 import pytest
 
+from stochclosure.cli.distill import load_distill_config
+from stochclosure.cli.rollout import load_rollout_config
+from stochclosure.cli.train import load_train_config
 from stochclosure.config import MAX_NESTING, MAX_YAML_NODES, json_nesting, load_json_text, load_yaml_mapping
 from stochclosure.data.generate import load_config
-from stochclosure.distill import load_distill_config
 from stochclosure.errors import CheckpointError, ConfigError, DatasetError
-from stochclosure.rollout_cli import load_rollout_config
-from stochclosure.train_cli import load_train_config
 
 LOADERS = [load_yaml_mapping, load_config, load_train_config, load_rollout_config, load_distill_config]
 

@@ -10,9 +10,9 @@ import torch
 import stochclosure as sc
 from stochclosure.encoders import FieldEncoder
 from stochclosure.fft import spectral_resample
-from stochclosure.losses import dsm_loss
 from stochclosure.scores import GaussianScore, LinearGaussianScore, SpectralCovariance, grf_spectrum
 from stochclosure.testing import assert_close, check_encoder, check_score_operator, check_system, registered_examples
+from stochclosure.training.losses import dsm_loss
 
 
 @pytest.mark.parametrize("name,op", list(registered_examples("score_operator")))

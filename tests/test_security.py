@@ -16,9 +16,9 @@ import yaml
 
 import stochclosure as sc
 from stochclosure._io import resolve_config_path
+from stochclosure.cli.rollout import load_rollout_config
+from stochclosure.cli.train import load_train_config
 from stochclosure.data.generate import load_config
-from stochclosure.rollout_cli import load_rollout_config
-from stochclosure.train_cli import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNSAFE = [

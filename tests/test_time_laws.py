@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 import stochclosure as sc
-from stochclosure.losses import check_time_law, dsm_loss, sample_times
+from stochclosure.training.losses import check_time_law, dsm_loss, sample_times
 
 LAW = {"type": "lognormal", "p_mean": -1.2, "p_std": 1.2}
 

@@ -71,7 +71,7 @@ def test_config_errors_are_one_line_and_name_the_key(tmp_path, dataset, capsys):
     err = capsys.readouterr().err
     assert "ConfigError" in err and "data.resolutoin" in err and "Traceback" not in err
     with pytest.raises(sc.ConfigError, match="trainer.max_step"):
-        from stochclosure.train_cli import load_train_config, run_training
+        from stochclosure.cli.train import load_train_config, run_training
 
         text["data"].pop("resolutoin")
         text["trainer"]["max_step"] = 3

@@ -17,7 +17,7 @@ import stochclosure as sc
 from stochclosure.checkpoint import load_model
 from stochclosure.data import TensorClosureDataset
 from stochclosure.testing import assert_close
-from stochclosure.train import Trainer, default_t_range
+from stochclosure.training.trainer import Trainer, default_t_range
 
 pytest.importorskip("stochclosure_neuralop")
 
@@ -132,7 +132,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
 def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
     """SIGKILL a training process after its first checkpoint, resume here, compare."""
     script = SETUP + textwrap.dedent(f'''
-        from stochclosure.train import Trainer
+        from stochclosure.training.trainer import Trainer
         model, data = build(delay=0.01)
         Trainer(model, data, **KW, checkpoint_dir={str(tmp_path / "run")!r}).fit()
     ''')
@@ -180,7 +180,7 @@ def test_bad_arguments_raise_config_errors():
 
 
 def test_ema_averages_every_parameter_including_complex_spectral_weights():
-    from stochclosure.train import EMA
+    from stochclosure.training.trainer import EMA
 
     op = sc.resolve("score_operator", {"type": "fno", "sde": "vp", "width": 8, "modes": 4, "layers": 2,
                                        "encoder": "field"})
@@ -234,7 +234,7 @@ def test_augmentation_changes_the_batches_and_the_draws_do_not_depend_on_the_dat
 
 def test_power_ema_averages_a_fixed_fraction_of_the_run():
     """The power profile's averaging window is rel_std of the run: its weights have std rel_std * t."""
-    from stochclosure.train import EMA, power_ema_exponent
+    from stochclosure.training.trainer import EMA, power_ema_exponent
 
     gamma = power_ema_exponent(0.1)
     ema = EMA(torch.nn.Linear(1, 1), rel_std=0.1)

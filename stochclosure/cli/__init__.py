@@ -1,5 +1,11 @@
 """The ``stochclosure`` command line.
 
+Every sub-command lives in its own module of this package and is listed in the static table
+:data:`COMMANDS` (name -> module and help line). A command's module is imported only when that
+command runs (or its ``--help`` is asked), so starting the program for one command never loads
+the others, and no command module imports this package's ``__init__`` to register itself.
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> exit code``.
+
 Errors that stochclosure raises on purpose are printed on one line (no traceback unless
 ``--debug``) and exit with status 2.
 """
@@ -7,64 +13,72 @@ Errors that stochclosure raises on purpose are printed on one line (no traceback
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
 
-from .errors import StochClosureError
+from ..errors import StochClosureError
+from ..perf import tune_allocator
 
-__all__ = ["main", "COMMANDS"]
-
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
-
-
-def command(name: str, help: str) -> Callable[..., object]:
-    """Register a sub-command: ``add_args(parser)`` then ``run(args) -> exit code``."""
-
-    def deco(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        add = getattr(run, "add_args", lambda p: None)
-        COMMANDS[name] = (add, run, help)
-        return run
-
-    return deco
+__all__ = ["main", "build_parser", "COMMANDS", "Command"]
 
 
-@command("plugins", "list every registered component by kind, with its distribution")
-def _plugins(args: argparse.Namespace) -> int:
-    from .registry import KINDS, get_registry
+@dataclass(frozen=True)
+class Command:
+    """One row of the command table.
 
-    rows = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for kind in KINDS:
-            for comp in get_registry(kind).components(load=True):
-                target = comp.target or f"{comp.obj.__module__}:{comp.obj.__qualname__}"
-                rows.append((kind, comp.name, comp.provider, target))
-    w = [max(len(r[i]) for r in rows + [("kind", "name", "distribution", "object")]) for i in range(4)]
-    print("  ".join(h.ljust(w[i]) for i, h in enumerate(("kind", "name", "distribution", "object"))))
-    for r in rows:
-        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-    for c in caught:
-        print(f"warning: {c.message}", file=sys.stderr)
-    return 0
+    Attributes:
+        module: Dotted name of the module defining ``add_arguments(parser)`` and ``run(args)``.
+        help: The one-line description shown by ``stochclosure --help``.
+    """
+
+    module: str
+    help: str
+
+    def load(self) -> ModuleType:
+        """Import the command's module (only now: the table itself imports nothing)."""
+        return importlib.import_module(self.module)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered sub-command."""
-    _load_commands()
+COMMANDS: dict[str, Command] = {
+    "demo": Command("stochclosure.cli.demo",
+                    "ensemble forecast with the shipped pretrained closure vs no closure; writes a report"),
+    "distill": Command("stochclosure.cli.distill",
+                       "distil a trained closure model into a 1-2 evaluation consistency model (resumable)"),
+    "generate": Command("stochclosure.cli.generate", "simulate a system and write a resumable HDF5 closure dataset"),
+    "plugins": Command("stochclosure.cli.plugins", "list every registered component by kind, with its distribution"),
+    "rollout": Command("stochclosure.cli.rollout",
+                       "run a resumable, checkpointed ensemble rollout from a trained closure"),
+    "samplers": Command("stochclosure.cli.samplers",
+                        "sample a known Gaussian random field with every sampler and report the error"),
+    "train": Command("stochclosure.cli.train", "train a closure model on an HDF5 closure dataset (resumable)"),
+}
+"""The sub-commands: name -> :class:`Command` (module imported when the command runs)."""
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser.
+
+    Args:
+        only: Load the arguments of this command only (its module is imported); ``None`` loads
+            every command's arguments, ``""`` none (the top-level help needs only the table).
+    """
     parser = argparse.ArgumentParser(prog="stochclosure", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (add, _, help_) in sorted(COMMANDS.items()):
-        p = sub.add_parser(name, help=help_, description=help_)
-        add(p)
+    for name, cmd in sorted(COMMANDS.items()):
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        if only is None or only == name:
+            cmd.load().add_arguments(p)
     return parser
 
 
-def _load_commands() -> None:
-    # Commands living in other modules register themselves on import.
-    from . import demo, distill, rollout_cli, sampler_check, train_cli  # noqa: F401
-    from .data import generate  # noqa: F401
+def _chosen(argv: Sequence[str]) -> str:
+    """The sub-command named on the line (the first word that is not an option), or ``""``."""
+    word = next((a for a in argv if not a.startswith("-")), "")
+    return word if word in COMMANDS else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,15 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Applies :func:`stochclosure.perf.tune_allocator` first (glibc allocator settings that make
     large batched passes several times faster; opt out with ``STOCHCLOSURE_MALLOC=0``).
     """
-    from .perf import tune_allocator
-
     tune_allocator()
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen(argv))
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
-    _, run, _ = COMMANDS[args.command]
+    run = COMMANDS[args.command].load().run
     try:
         return int(run(args) or 0)
     except StochClosureError as exc:
@@ -92,9 +105,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stochclosure {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m stochclosure.cli`
-    from stochclosure.cli import main as _main  # the package's module, where commands register
-
-    sys.exit(_main())

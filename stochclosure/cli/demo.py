@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from .cli import command
-from .config import check_number, check_seed, derive_seed
+from ..config import check_number, check_seed, derive_seed
 
 __all__ = ["run_demo", "check_demo_options"]
 
@@ -53,7 +52,7 @@ def _truth_run(fine: Any, w0: torch.Tensor, n_steps: int, n_coarse: int, closure
                record_every: int, seed: int, progress: bool) -> dict[str, torch.Tensor]:
     from tqdm.auto import tqdm
 
-    from .systems.navier_stokes import coarsen
+    from ..systems.navier_stokes import coarsen
 
     gen = torch.Generator().manual_seed(seed)
     stride = fine.n // obs_grid
@@ -87,12 +86,12 @@ def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: fl
         The metrics written to ``metrics.json``.
     """
     check_demo_options(members, horizon, resample_every, sampler_steps, record_every, seed)
+    from .._io import preflight_output
+    from ..errors import ConfigError, format_error
+    from ..pretrained import DEFAULT, initial_state, load_pretrained, pretrained_info
+    from ..rollout import StreamedObservations, ensemble, rollout
+    from ..systems.navier_stokes import NavierStokes2D, coarsen
     from . import metrics, plots
-    from ._io import preflight_output
-    from .errors import ConfigError, format_error
-    from .pretrained import DEFAULT, initial_state, load_pretrained, pretrained_info
-    from .rollout import StreamedObservations, ensemble, rollout
-    from .systems.navier_stokes import NavierStokes2D, coarsen
 
     out = preflight_output(out_dir, "out_dir", is_dir=True)
     t_start = time.perf_counter()
@@ -219,7 +218,7 @@ def _write_report(out: Path, r: dict[str, Any], info: dict[str, Any], figs: dict
     (out / "report.md").write_text("\n".join(lines))
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     check_demo_options(args.members, args.horizon, args.resample_every, args.sampler_steps, 100, args.seed,
                        prefix="--")
     check_number(args.threads, "--threads", integer=True, minimum=0, fix="0 keeps torch's default")
@@ -239,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_output", help="report folder")
     p.add_argument("--members", type=int, default=16)
     p.add_argument("--horizon", type=float, default=2.0, help="forecast length in time units")
@@ -249,6 +248,3 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
 
-
-_run.add_args = _add_args  # type: ignore[attr-defined]
-command("demo", "ensemble forecast with the shipped pretrained closure vs no closure; writes a report")(_run)

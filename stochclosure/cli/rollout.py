@@ -31,10 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._io import preflight_output, resolve_config_path
-from .cli import command
-from .config import check_seed, load_yaml_mapping
-from .errors import ConfigError, format_error
+from .._io import preflight_output, resolve_config_path
+from ..config import check_seed, load_yaml_mapping
+from ..errors import ConfigError, format_error
 
 __all__ = ["load_rollout_config", "run_rollout", "ROLLOUT_DEFAULTS"]
 
@@ -86,7 +85,7 @@ def load_rollout_config(path: str | Path) -> dict[str, Any]:
 def _initial_state(system: Any, init: dict[str, Any]) -> Any:
     import torch
 
-    from .checkpoint import load_tensors
+    from ..checkpoint import load_tensors
 
     if "path" in init:
         tensors = load_tensors(init["path"])
@@ -101,9 +100,9 @@ def run_rollout(cfg: dict[str, Any], progress: bool = True) -> Path:
     """Run (or resume) the ensemble of ``cfg`` and write ``cfg["out"]``; returns the output path."""
     import torch
 
-    from .checkpoint import load_model, save_tensors
-    from .registry import resolve
-    from .rollout.resume import resumable_ensemble, run_fingerprint
+    from ..checkpoint import load_model, save_tensors
+    from ..registry import resolve
+    from ..rollout.resume import resumable_ensemble, run_fingerprint
 
     out = Path(cfg["out"])
     ckpt = out.with_name(out.name + ".ckpt")
@@ -142,7 +141,7 @@ def _metadata(path: Path) -> dict[str, str]:
         return fh.metadata() or {}
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
     if args.threads:
@@ -155,11 +154,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="rollout YAML (model, system, initial, n_steps, members, out)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
-
-_run.add_args = _add_args  # type: ignore[attr-defined]
-command("rollout", "run a resumable, checkpointed ensemble rollout from a trained closure")(_run)

@@ -12,8 +12,6 @@ import time
 
 import torch
 
-from .cli import command
-
 __all__ = ["run_sampler_check"]
 
 
@@ -23,15 +21,15 @@ def run_sampler_check(n: int = 32, batch: int = 256, seed: int = 0, steps: int |
     Returns:
         One row per pair: relative error of the per-mode variance, mean error, NFE and seconds.
     """
-    from .errors import ConfigError, format_error
-    from .registry import get_registry, resolve
+    from ..errors import ConfigError, format_error
+    from ..registry import get_registry, resolve
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 4 or n % 2:
         raise ConfigError(format_error("--n", "an even grid size >= 4", repr(n), "use e.g. --n 32"))
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2:
         raise ConfigError(format_error("--batch", "at least 2 samples per sampler", repr(batch)))
-    from .scores.analytic import GaussianScore
-    from .scores.base import bind_score as sc_bind
+    from ..scores.analytic import GaussianScore
+    from ..scores.base import bind_score as sc_bind
 
     grf = {"alpha": 2.5, "tau": 7.0, "scale": 5.0e4}
     rows: list[dict[str, float | str]] = []
@@ -64,7 +62,7 @@ def run_sampler_check(n: int = 32, batch: int = 256, seed: int = 0, steps: int |
     return rows
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     rows = run_sampler_check(n=args.n, batch=args.batch, seed=args.seed)
     print(f"Sampling a {args.n}x{args.n} Gaussian random field (batch {args.batch}) with its exact score")
     print("mode_var_rel_err = mean relative error of the per-Fourier-mode variance vs the exact law")
@@ -78,11 +76,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=32, help="grid size")
     p.add_argument("--batch", type=int, default=256, help="samples per sampler")
     p.add_argument("--seed", type=int, default=0)
 
-
-_run.add_args = _add_args  # type: ignore[attr-defined]
-command("samplers", "sample a known Gaussian random field with every sampler and report the error")(_run)

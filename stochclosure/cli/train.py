@@ -1,7 +1,7 @@
 """``stochclosure train --config FILE.yaml [--resume]``: train a closure model on an HDF5 dataset.
 
 Data-parallel on several processes: ``torchrun --standalone --nproc_per_node N -m stochclosure
-train --config FILE.yaml`` (see :class:`~stochclosure.train.Trainer`).
+train --config FILE.yaml`` (see :class:`~stochclosure.training.Trainer`).
 
 The YAML file (read with ``yaml.safe_load``) has four blocks. Relative paths are relative to
 the YAML file and must stay inside its folder, or inside the folder named by an optional
@@ -18,7 +18,7 @@ top-level ``root`` key (see :mod:`stochclosure._io`); absolute paths are used as
       sde: ve_exp
       sampler: {type: truncated_karras_em}
       score: {type: fno, encoder: {type: composite, encoders: [field, sparse_interp]}}
-    trainer:                    # keyword arguments of stochclosure.train.Trainer
+    trainer:                    # keyword arguments of stochclosure.training.Trainer
       batch_size: 32
       max_steps: 2000
       lr: 1.0e-3
@@ -46,17 +46,21 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._io import preflight_output, resolve_config_path
-from .cli import command
-from .config import check_config_keys, check_device, check_seed, load_yaml_mapping
-from .errors import ConfigError, format_error
-from .runs import check_run_folder, latest_checkpoint, run_lock
+import torch
+
+from .._io import preflight_output, resolve_config_path
+from ..config import check_config_keys, check_device, check_seed, load_yaml_mapping
+from ..errors import ConfigError, format_error
+from ..model import ClosureModel
+from ..runs import check_run_folder, latest_checkpoint, run_lock
+from ..training.trainer import Trainer, check_trainer_options
 
 __all__ = ["load_train_config", "run_training", "check_blocks", "resolve_paths", "check_trainer_block",
-           "data_block", "open_datasets", "run_folder", "run_command", "add_run_args", "print_summary"]
+           "data_block", "open_datasets", "run_folder", "run_command", "add_run_args", "print_summary",
+           "check_types", "DATA_KEYS", "run", "add_arguments"]
 
 _BLOCKS = {"data", "model", "trainer", "out", "seed", "root"}
-_DATA_KEYS = {"path", "closure", "resolution", "history", "obs", "val_split"}
+DATA_KEYS = {"path", "closure", "resolution", "history", "obs", "val_split"}
 _MODEL_KEYS = {"sde", "score", "sampler", "channels"}
 _DATA_DEFAULTS = {"closure": None, "resolution": None, "history": 0, "obs": True, "val_split": "val"}
 
@@ -119,7 +123,8 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
-def _check_types(cfg: dict[str, Any]) -> None:
+def check_types(cfg: dict[str, Any]) -> None:
+    """Check the types and ranges of ``seed`` and the ``data``/``model``/``trainer`` entries a config has."""
     if "seed" in cfg:
         check_seed(cfg["seed"], "seed")
     for key, (types, what) in _TYPES.items():
@@ -138,8 +143,6 @@ def _check_types(cfg: dict[str, Any]) -> None:
 
 def check_trainer_block(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check the ``trainer:`` block (known keys, every value) before any work; returns a copy of it."""
-    from .train import Trainer, check_trainer_options
-
     kw = dict(cfg.get("trainer") or {})
     check_config_keys(Trainer, {"model": None, "train_data": None, **kw}, where="trainer")
     check_trainer_options(kw, where="trainer.")
@@ -154,7 +157,7 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     cfg = load_yaml_mapping(path, "a mapping with blocks data, model, trainer, out")
-    check_blocks(cfg, (("", _BLOCKS), ("data", _DATA_KEYS), ("model", _MODEL_KEYS)), "train")
+    check_blocks(cfg, (("", _BLOCKS), ("data", DATA_KEYS), ("model", _MODEL_KEYS)), "train")
     for key in ("data", "model", "out"):
         if key not in cfg:
             raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
@@ -162,7 +165,7 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
             raise ConfigError(format_error(key, "a mapping", f"{type(cfg[key]).__name__} {cfg[key]!r}"))
     if "path" not in cfg["data"] or "score" not in cfg["model"]:
         raise ConfigError(format_error("data.path / model.score", "both set", "missing"))
-    _check_types(cfg)
+    check_types(cfg)
     check_trainer_block(cfg)
     resolve_paths(cfg, path, ("data.path", "out"))
     return cfg
@@ -175,7 +178,7 @@ def data_block(d: dict[str, Any]) -> dict[str, Any]:
 
 def open_datasets(d: dict[str, Any]) -> tuple[Any, Any]:
     """``(train, validation or None)`` :class:`~stochclosure.data.hdf5.ClosureH5Dataset` of a ``data`` block."""
-    from .data.hdf5 import ClosureH5Dataset
+    from ..data.hdf5 import ClosureH5Dataset
 
     d = data_block(d)
     common = {"closure": d["closure"], "resolution": d["resolution"], "history": int(d["history"]),
@@ -205,7 +208,7 @@ def run_folder(out: str | Path, resume: bool) -> Iterator[None]:
 
 def run_training(cfg: dict[str, Any], resume: bool = False, progress: bool = True, *,
                  allow_config_change: bool = False, device: str | None = None) -> Any:
-    """Build the datasets, the model and the :class:`~stochclosure.train.Trainer` from ``cfg`` and train.
+    """Build the datasets, the model and the :class:`~stochclosure.training.Trainer` from ``cfg`` and train.
 
     ``out`` is locked and checked (:func:`run_folder`) before anything is built; the data block
     and the seed are recorded with the run (compared on resume, see :mod:`stochclosure.runs`).
@@ -218,13 +221,8 @@ def run_training(cfg: dict[str, Any], resume: bool = False, progress: bool = Tru
         device: Overrides ``trainer.device``.
 
     Returns:
-        The :class:`~stochclosure.train.TrainResult`.
+        The :class:`~stochclosure.training.TrainResult`.
     """
-    import torch
-
-    from .model import ClosureModel
-    from .train import Trainer
-
     kw = check_trainer_block(cfg)
     seed = check_seed(cfg.get("seed", 0), "seed")
     if device is not None:
@@ -263,7 +261,8 @@ def run_command(args: argparse.Namespace, load: Callable[[str], dict[str, Any]],
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run ``stochclosure train`` with the parsed arguments."""
     return run_command(args, load_train_config, run_training, "trained")
 
 
@@ -271,7 +270,7 @@ def print_summary(result: Any, verb: str, as_json: bool) -> None:
     """Print a training-like run's one-line summary and checkpoint (and a JSON line with ``as_json``).
 
     Args:
-        result: A :class:`~stochclosure.train.TrainResult`.
+        result: A :class:`~stochclosure.training.TrainResult`.
         verb: ``"trained"``, ``"distilled"``, ...
         as_json: Also print the summary as one JSON line.
     """
@@ -298,10 +297,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
 
 
-def _add_args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``stochclosure train``."""
     p.add_argument("--config", required=True, help="training YAML (blocks data, model, trainer, out, seed)")
     add_run_args(p)
 
-
-_run.add_args = _add_args  # type: ignore[attr-defined]
-command("train", "train a closure model on an HDF5 closure dataset (resumable)")(_run)

@@ -1,4 +1,4 @@
-"""``stochclosure generate``: simulate a registered system and write a closure dataset (HDF5).
+"""Simulate a registered system and write a closure dataset (HDF5); ``stochclosure generate`` runs it.
 
 The YAML configuration (read by :func:`stochclosure.config.load_yaml_mapping`: plain data,
 bounded in size, nesting and alias expansion) has a ``system`` block (constructor arguments of
@@ -44,7 +44,6 @@ in 1-D) taken from the finest stored resolution, which they must divide.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -60,7 +59,6 @@ import numpy as np
 import torch
 
 from .._io import exclusive_lock, preflight_output, temporary_name
-from ..cli import command
 from ..config import check_config_keys, load_json_text, load_yaml_mapping
 from ..errors import ConfigError, OutputError, format_error
 from .hdf5 import FORMAT, FORMAT_VERSION, SPLITS, open_checked
@@ -539,26 +537,3 @@ def _assemble(out: Path, parts: Path, system_name: str, spec: dict[str, Any], cf
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
-    t0 = time.perf_counter()
-    path = generate(args.system, cfg, args.out, progress=not args.no_progress)
-    dt = time.perf_counter() - t0
-    print(f"wrote {path} ({cfg['trajectories']} trajectories, {dt:.1f} s)", file=sys.stderr)
-    return 0
-
-
-def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--system", required=True, help="registered system name (see `stochclosure plugins`)")
-    p.add_argument("--config", required=True, help="YAML file: a `system` block and generation keys")
-    p.add_argument("--out", required=True, help="output .h5 file (resumes an unfinished run of the same config)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-
-
-_run.add_args = _add_args  # type: ignore[attr-defined]
-command("generate", "simulate a system and write a resumable HDF5 closure dataset")(_run)

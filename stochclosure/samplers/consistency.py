@@ -6,7 +6,7 @@ steps re-noise the estimate to a smaller time ``tau`` through the forward margin
 ``x = alpha_tau f + sigma_tau z``, and apply ``f`` again. The sampler reads ``f`` off the score by
 Tweedie's formula, ``f(x, t) = (x + sigma_t^2 score(x, t)) / alpha_t``, so it works with any score
 operator, but it draws from the model's law only when that score was *distilled* to be a
-consistency function (:class:`~stochclosure.distill.ConsistencyScore`, ``stochclosure distill``).
+consistency function (:class:`~stochclosure.scores.consistency.ConsistencyScore`, ``stochclosure distill``).
 With an ordinary score one step returns the posterior mean ``E[x_0 | x_T]`` (a blurred draw).
 """
 

@@ -14,7 +14,7 @@ normalise(U) + sigma_t z``, the teacher's target ``x_0(x_t)`` (no gradients) and
 deterministic function of ``x_t``, the regression's minimiser is the map itself, so the student's
 one-step law is the teacher's ODE law, not its mean.
 
-**Components.** :class:`ConsistencyScore` (registered score operator ``consistency``) wraps the
+**Components.** :class:`~stochclosure.scores.consistency.ConsistencyScore` (registered score operator ``consistency``) wraps the
 student network (``backbone``, e.g. ``fno``, initialised with the teacher's weights) and exposes
 ``f`` through the score interface: ``score = (alpha_t f - x) / sigma_t^2``, so Tweedie's formula
 returns ``f``. :class:`~stochclosure.samplers.consistency.ConsistencySampler` (registered sampler
@@ -22,34 +22,32 @@ returns ``f``. :class:`~stochclosure.samplers.consistency.ConsistencySampler` (r
 :class:`~stochclosure.ClosureModel` checkpoint: :func:`~stochclosure.checkpoint.load_model`
 rebuilds it like any other.
 
-**Training.** :class:`Distiller` is the :class:`~stochclosure.train.Trainer` with this loss, so
+**Training.** :class:`Distiller` is the :class:`~stochclosure.training.Trainer` with this loss, so
 it has the same schedule, EMA, validation, checkpoints and exact resume after a kill;
-``stochclosure distill --config FILE.yaml [--resume]`` runs it from a YAML file.
+``stochclosure distill --config FILE.yaml [--resume]`` (:mod:`stochclosure.cli.distill`) runs it from a
+YAML file.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._types import Conditioning, check_tensor
-from .cli import command
-from .config import check_number, check_seed
-from .errors import ConfigError, format_error
-from .model import ClosureModel
-from .registry import resolve
-from .scores.base import AbstractScoreOperator, bind_score
-from .sdes.base import expand_as_batch
-from .train import Trainer
+from .._types import Conditioning, check_tensor
+from ..config import check_number
+from ..errors import ConfigError, format_error
+from ..model import ClosureModel
+from ..registry import resolve
+from ..scores.base import bind_score
+from ..scores.consistency import ConsistencyScore
+from ..sdes.base import expand_as_batch
+from .trainer import Trainer
 
-__all__ = ["ConsistencyScore", "Distiller", "consistency_targets", "make_student", "check_levels",
-           "load_distill_config", "run_distillation"]
+__all__ = ["ConsistencyScore", "Distiller", "consistency_targets", "make_student", "check_levels"]
 
 
 def check_levels(levels: Any, horizon: float | None = None, argument: str = "levels") -> list[float]:
@@ -85,44 +83,6 @@ def check_levels(levels: Any, horizon: float | None = None, argument: str = "lev
     if horizon is not None and out[0] > horizon:
         raise ConfigError(format_error(argument, f"diffusion times <= T={horizon} (the SDE's horizon)", repr(out)))
     return out
-
-
-class ConsistencyScore(AbstractScoreOperator):
-    """The score interface of a consistency-distilled student (registered as ``consistency``).
-
-    ``forward`` is the backbone's score; the name marks the operator as distilled (its Tweedie
-    denoiser ``(x + sigma_t^2 score) / alpha_t`` is the consistency function, not the posterior
-    mean) and the configuration records how it was made.
-
-    Args:
-        backbone: The student network's score operator (name, spec or instance), usually the
-            teacher's architecture so that it starts from the teacher's weights.
-        teacher_sampler: Spec of the teacher ODE solver used for the targets (provenance).
-        levels: Diffusion times the student was trained at (provenance; the consistency sampler
-            should evaluate at these times).
-    """
-
-    conditional: ClassVar[bool] = True
-
-    def __init__(self, backbone: Any, teacher_sampler: Any = None, levels: list[float] | None = None) -> None:
-        super().__init__()
-        self.backbone = resolve("score_operator", backbone)
-        self.teacher_sampler = teacher_sampler
-        self.levels = None if levels is None else [float(v) for v in levels]
-        self.sde = getattr(self.backbone, "sde", None)
-        self.spatial_dims = tuple(getattr(self.backbone, "spatial_dims", (2,)))  # type: ignore[misc]
-        self.resolution_invariant = bool(getattr(self.backbone, "resolution_invariant", False))  # type: ignore[misc]
-
-    def forward(self, x: Tensor, t: Tensor, cond: Conditioning | None = None) -> Tensor:
-        return self.backbone(x, t, cond)
-
-    @classmethod
-    def example(cls) -> ConsistencyScore:
-        return cls({"type": "gaussian", "sde": "vp", "std": 1.0})
-
-    def example_inputs(self, batch: int, generator: torch.Generator | None = None
-                       ) -> tuple[Tensor, Tensor, Conditioning | None]:
-        return self.backbone.example_inputs(batch, generator)
 
 
 def consistency_targets(teacher: ClosureModel, x_t: Tensor, t: float, cond: Conditioning | None,
@@ -171,7 +131,7 @@ def make_student(teacher: ClosureModel, levels: list[float], teacher_sampler: An
 
 
 class Distiller(Trainer):
-    """:class:`~stochclosure.train.Trainer` whose loss is the consistency-distillation regression.
+    """:class:`~stochclosure.training.Trainer` whose loss is the consistency-distillation regression.
 
     Args:
         student: From :func:`make_student` (its score is trained; normalisation is the teacher's).
@@ -180,7 +140,7 @@ class Distiller(Trainer):
         val_data: Validation dataset or ``None``.
         levels: Diffusion times to train at, drawn uniformly per step (default: the student's).
         teacher_sampler: Teacher ODE solver spec (default: the student's record of it).
-        **kwargs: Any :class:`~stochclosure.train.Trainer` option (``normalise_targets`` is forced off).
+        **kwargs: Any :class:`~stochclosure.training.Trainer` option (``normalise_targets`` is forced off).
     """
 
     def __init__(self, student: ClosureModel, teacher: ClosureModel, train_data: Any, val_data: Any = None, *,
@@ -228,100 +188,3 @@ class Distiller(Trainer):
         score = (self.model.score if net is None else net)(x_t, tb, c)
         f = sde.denoise(x_t, tb, score)
         return ((f - y) ** 2).mean()
-
-
-# -- the command line ------------------------------------------------------------------------------------
-_BLOCKS = {"teacher", "data", "student", "trainer", "out", "seed", "root"}
-_STUDENT_KEYS = {"levels", "teacher_sampler", "steps"}
-
-
-def load_distill_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a distillation YAML file before any work.
-
-    Blocks ``teacher``, ``data``, ``student``, ``trainer``, ``out``, ``seed`` (and ``root``).
-    ``teacher`` is a checkpoint path; ``data`` is the training block of ``stochclosure train``;
-    ``student`` has ``levels`` (strictly decreasing diffusion times), ``teacher_sampler`` (ODE
-    sampler spec) and ``steps`` (the distilled model's default number of evaluations). Paths
-    (``teacher``, ``data.path``, ``out``) follow the config-path rule of ``stochclosure train``
-    (:mod:`stochclosure._io`), and ``out`` may not be, lie inside or contain the teacher's run
-    folder. Unknown keys and bad values raise :class:`ConfigError`; an ``out`` overlapping the
-    teacher raises :class:`~stochclosure.errors.OutputError`.
-    """
-    from .config import load_yaml_mapping
-    from .runs import check_separate_folders, teacher_run_folder
-    from .train_cli import _DATA_KEYS, _check_types, check_blocks, check_trainer_block, resolve_paths
-
-    path = Path(path)
-    cfg = load_yaml_mapping(path, "a mapping with blocks teacher, data, student, trainer, out")
-    check_blocks(cfg, (("", _BLOCKS), ("data", _DATA_KEYS), ("student", _STUDENT_KEYS)), "distill")
-    for key in ("teacher", "data", "out"):
-        if key not in cfg:
-            raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
-    if not isinstance(cfg["data"], dict) or "path" not in cfg["data"]:
-        raise ConfigError(format_error("data.path", "a data block with a path", repr(cfg["data"])))
-    _check_types({k: v for k, v in cfg.items() if k in ("data", "seed")})
-    st = cfg.get("student") or {}
-    if "levels" in st:
-        check_levels(st["levels"], argument="student.levels")
-    if "steps" in st:
-        n = len(st["levels"]) if "levels" in st else None
-        check_number(st["steps"], "student.steps", integer=True, minimum=1, maximum=n,
-                     fix="one evaluation per level at most")
-    if "teacher_sampler" in st and not isinstance(st["teacher_sampler"], (str, dict)):
-        raise ConfigError(format_error("student.teacher_sampler", "a sampler name or {type: ...}",
-                                       repr(st["teacher_sampler"])))
-    check_trainer_block(cfg)
-    resolve_paths(cfg, path, ("teacher", "data.path", "out"))
-    check_separate_folders(cfg["out"], teacher_run_folder(cfg["teacher"]), "out")
-    return cfg
-
-
-def run_distillation(cfg: dict[str, Any], resume: bool = False, progress: bool = True, *,
-                     allow_config_change: bool = False, device: str | None = None) -> Any:
-    """Build teacher, student, data and :class:`Distiller` from ``cfg`` and train (see :func:`load_distill_config`).
-
-    ``out`` is checked against the teacher's folder, locked and checked for another run before
-    anything is built (:func:`stochclosure.train_cli.run_folder`); teacher, data, student block
-    and seed are recorded with the run and compared on resume.
-    """
-    from .checkpoint import load_model
-    from .runs import check_separate_folders, teacher_run_folder
-    from .train_cli import check_trainer_block, data_block, open_datasets, run_folder
-
-    check_separate_folders(cfg["out"], teacher_run_folder(cfg["teacher"]), "out")
-    kw = check_trainer_block(cfg)
-    seed = check_seed(cfg.get("seed", 0), "seed")
-    if device is not None:
-        kw["device"] = device
-    with run_folder(cfg["out"], resume):
-        train, val = open_datasets(cfg["data"])
-        teacher = load_model(cfg["teacher"])
-        st = dict(cfg.get("student") or {})
-        levels = st.get("levels") or [teacher.sde.T]
-        teacher_sampler = st.get("teacher_sampler") or {"type": "dpm_solver_pp_2m", "steps": 6}
-        student = make_student(teacher, levels, teacher_sampler, steps=st.get("steps", 1))
-        kw.pop("normalise_targets", None)
-        kw.setdefault("seed", seed)
-        kw.setdefault("progress", progress)
-        distiller = Distiller(student, teacher, train, val, checkpoint_dir=cfg["out"], **kw)
-        distiller.run_config = {"data": data_block(cfg["data"]), "seed": seed, "teacher": str(cfg["teacher"]),
-                                "student": {"steps": st.get("steps", 1)}}
-        distiller._allow_flag = "--allow-config-change"
-        return distiller.fit(resume=resume, allow_config_change=allow_config_change)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .train_cli import run_command
-
-    return run_command(args, load_distill_config, run_distillation, "distilled")
-
-
-def _add_args(p: argparse.ArgumentParser) -> None:
-    from .train_cli import add_run_args
-
-    p.add_argument("--config", required=True, help="distillation YAML (blocks teacher, data, student, trainer, out)")
-    add_run_args(p)
-
-
-_run.add_args = _add_args  # type: ignore[attr-defined]
-command("distill", "distil a trained closure model into a 1-2 evaluation consistency model (resumable)")(_run)

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._types import Conditioning, check_tensor
-from .errors import ConfigError, format_error
-from .sdes.base import AbstractSDE, expand_as_batch
+from .._types import Conditioning, check_tensor
+from ..errors import ConfigError, format_error
+from ..sdes.base import AbstractSDE, expand_as_batch
 
 __all__ = ["dsm_loss", "WEIGHTINGS", "TIME_LAWS", "sample_times", "check_time_law"]
 

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._io import preflight_output
-from ._types import Conditioning, check_finite
-from .checkpoint import (
+from .._io import preflight_output
+from .._types import Conditioning, check_finite
+from ..checkpoint import (
     EMA_FILE,
     MODEL_FILE,
     load_tensors,
@@ -41,13 +41,12 @@ from .checkpoint import (
     read_config,
     write_checkpoint_dir,
 )
-from .config import check_device, check_number, check_seed, derive_seed
-from .data.augment import resolve_augment
-from .data.base import collate_closure
-from .errors import CheckpointError, ConfigError, NonFiniteError, format_error
-from .losses import WEIGHTINGS, check_time_law, dsm_loss, sample_times
-from .model import ClosureModel
-from .runs import (
+from ..config import check_device, check_number, check_seed, derive_seed
+from ..data.augment import resolve_augment
+from ..data.base import collate_closure
+from ..errors import CheckpointError, ConfigError, NonFiniteError, format_error
+from ..model import ClosureModel
+from ..runs import (
     LATEST,
     check_resume_config,
     check_run_folder,
@@ -56,6 +55,7 @@ from .runs import (
     record_changes,
     run_lock,
 )
+from .losses import WEIGHTINGS, check_time_law, dsm_loss, sample_times
 
 __all__ = ["Trainer", "TrainResult", "EMA", "default_t_range", "target_statistics", "SCHEDULES",
            "check_trainer_options", "power_ema_exponent"]
@@ -350,7 +350,7 @@ class Trainer:
             uses ``ema_decay``.
         t_range: ``(t_min, t_max)`` of the training times; default: the default sampler's range.
         time_law: Law of the training times in ``t_range`` (``"uniform"`` or ``{"type": "lognormal",
-            "p_mean": -1.2, "p_std": 1.2}``, see :mod:`stochclosure.losses`).
+            "p_mean": -1.2, "p_std": 1.2}``, see :mod:`stochclosure.training.losses`).
         augment: Symmetry augmentation of every training batch (``None``, ``"d4"`` or a
             :class:`~stochclosure.data.augment.D4Augment` / its spec), one random element per item,
             drawn from the noise generator for the global batch (so resumes and data-parallel runs
@@ -541,7 +541,7 @@ class Trainer:
                 self.ema.swap(self.model)
             self.model.train(was_training)
         if draws:
-            from .metrics import offline_scores
+            from ..metrics import offline_scores
 
             scores = offline_scores(torch.cat(draws, 1), torch.cat(truths, 0))
             self.last_val_scores = {f"val_{k}": v for k, v in scores.items()}
@@ -562,7 +562,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write a training checkpoint ``step-XXXXXXXX`` and point ``latest`` at it (atomically)."""
-        from .checkpoint import atomic_write_bytes
+        from ..checkpoint import atomic_write_bytes
 
         assert self.checkpoint_dir is not None
         opt_tensors, opt_json = self._optimizer_tensors()

@@ -182,7 +182,7 @@ def nan_pixel(ctx: Context) -> Any:
 def trainer(ctx: Context, target: torch.Tensor | None = None, **kw: Any) -> Any:
     from stochclosure.data import TensorClosureDataset
     from stochclosure.model import ClosureModel
-    from stochclosure.train import Trainer
+    from stochclosure.training.trainer import Trainer
 
     model = ClosureModel("vp", ctx.fno, {"type": "euler_maruyama", "steps": 2})
     u = torch.randn(4, 1, 16, 16) if target is None else target

@@ -141,16 +141,16 @@ CASES: list[BadInput] = [
       lambda c: (c.folder / "emptydir").mkdir(exist_ok=True) or load(c.folder / "emptydir")),
     # -- configuration files (API) ---------------------------------------------------------------------------
     C("train_unknown_key", "load_train_config", "data.resolutoin (typo)", E.ConfigError, "data.resolutoin",
-      lambda c: __import__("stochclosure.train_cli", fromlist=["x"]).load_train_config(
+      lambda c: __import__("stochclosure.cli.train", fromlist=["x"]).load_train_config(
           c.train_config("typo", **{"data.resolutoin": 16}))),
     C("train_wrong_type", "load_train_config", "data.history: 'two'", E.ConfigError, "data.history",
-      lambda c: __import__("stochclosure.train_cli", fromlist=["x"]).load_train_config(
+      lambda c: __import__("stochclosure.cli.train", fromlist=["x"]).load_train_config(
           c.train_config("type", **{"data.history": "two"}))),
     C("train_path_escape", "load_train_config", "out: ../../escaped (leaves the config's folder)", E.ConfigError,
-      "out", lambda c: __import__("stochclosure.train_cli", fromlist=["x"]).load_train_config(
+      "out", lambda c: __import__("stochclosure.cli.train", fromlist=["x"]).load_train_config(
           c.train_config("escape", out="../../escaped"))),
     C("yaml_python_tag", "load_train_config", "a !!python/object/apply tag", E.ConfigError, "--config",
-      lambda c: __import__("stochclosure.train_cli", fromlist=["x"]).load_train_config(
+      lambda c: __import__("stochclosure.cli.train", fromlist=["x"]).load_train_config(
           c.path("tag.yaml", _PICKLE_TAG))),
     C("generate_unknown_key", "generate.load_config", "trajectorys (typo)", E.ConfigError, "config.trajectorys",
       lambda c: __import__("stochclosure.data.generate", fromlist=["x"]).load_config(
@@ -159,7 +159,7 @@ CASES: list[BadInput] = [
       "config.resolutions", lambda c: __import__("stochclosure.data.generate", fromlist=["x"]).load_config(
           c.path("g2.yaml", "resolutions: 32\n"))),
     C("rollout_unknown_key", "load_rollout_config", "member: 4 (typo)", E.ConfigError, "member",
-      lambda c: __import__("stochclosure.rollout_cli", fromlist=["x"]).load_rollout_config(
+      lambda c: __import__("stochclosure.cli.rollout", fromlist=["x"]).load_rollout_config(
           c.rollout_config("r1", member=4))),
     # -- command line ----------------------------------------------------------------------------------------
     C("cli_generate_unknown_key", "stochclosure generate", "trajectorys: 3", E.ConfigError, "config.trajectorys",

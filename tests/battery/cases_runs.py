@@ -21,7 +21,7 @@ _NO_DEVICE = "cuda:99"  # missing on a CPU-only torch and on any machine with fe
 def _trainer(c: Context, folder: Path | None = None, **kw: Any) -> Any:
     from stochclosure.data import TensorClosureDataset
     from stochclosure.model import ClosureModel
-    from stochclosure.train import Trainer
+    from stochclosure.training.trainer import Trainer
 
     g = torch.Generator().manual_seed(0)
     data = TensorClosureDataset(torch.randn(4, 1, 16, 16, generator=g), fields=torch.randn(4, 1, 16, 16, generator=g))
@@ -61,8 +61,8 @@ def _cli_run(c: Context, name: str, **changes: Any) -> list[str]:
 
 
 def _student(c: Context, levels: Any) -> Any:
-    from stochclosure.distill import make_student
     from stochclosure.model import ClosureModel
+    from stochclosure.training.distill import make_student
 
     teacher = ClosureModel("vp", c.fno, {"type": "dpm_solver_pp_2m", "steps": 2})
     return make_student(teacher, levels, {"type": "dpm_solver_pp_2m", "steps": 2})
@@ -76,13 +76,13 @@ def _distill_config(c: Context, name: str, **changes: Any) -> Path:
 
 
 def _load_distill(path: Path) -> Any:
-    from stochclosure.distill import load_distill_config
+    from stochclosure.cli.distill import load_distill_config
 
     return load_distill_config(path)
 
 
 def _demo(**kw: Any) -> Any:
-    from stochclosure.demo import run_demo
+    from stochclosure.cli.demo import run_demo
 
     return run_demo(kw.pop("out"), progress=False, **kw)
 

@@ -255,7 +255,7 @@ class FNOScore(AbstractScoreOperator):
             g: ``(B,)`` diffusion coefficient (unused).
 
         Returns:
-            ``(B,)`` weights for :func:`stochclosure.losses.dsm_loss` (``weighting=``).
+            ``(B,)`` weights for :func:`stochclosure.training.losses.dsm_loss` (``weighting=``).
         """
         if self.preconditioning == "noise":
             return sigma**2
