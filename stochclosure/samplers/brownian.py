@@ -1,11 +1,13 @@
-"""A path-consistent noise source: one seeded Brownian tree per ensemble member (torchsde).
+"""A path-consistent noise source: one seeded Brownian path per ensemble member (torch only).
 
 :class:`~stochclosure.samplers.GaussianNoise` draws a fresh normal per step, so a run with 20
 steps and one with 40 steps see unrelated noise. :class:`BrownianNoise` instead answers every
-``increment(t0, t1)`` from one Brownian path per member, stored implicitly as a dyadic
-``torchsde.BrownianInterval`` (``halfway_tree=True``): the path is a function of the seed
-only, not of the query points, so the increment over a coarse step equals the sum of the fine
-increments it contains (up to the time resolution ``tol``). Step-count comparisons then differ
+``increment(t0, t1)`` from one Brownian path per member, stored implicitly as a dyadic Brownian
+bridge tree (Lévy's construction): the value at the midpoint of a dyadic interval is the mean of
+its end values plus ``sqrt(length / 4)`` times a standard normal drawn from a generator seeded by
+``(member, node)`` alone. The path is therefore a function of the seed only, not of the query
+points, so the increment over a coarse step equals the sum of the fine increments it contains
+(query times are rounded to the tree's finest level, ``tol``). Step-count comparisons then differ
 only by discretisation error, not by Monte Carlo noise.
 """
 
@@ -23,13 +25,58 @@ from .base import NoiseSource
 __all__ = ["BrownianNoise"]
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser: a well-mixed 64-bit integer from ``x`` (Steele et al. 2014)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+class _BrownianTree:
+    """One member's Brownian path on the dyadic points ``k / 2**depth`` of ``[0, 1]`` (in units of the range).
+
+    ``value(k)`` descends from the root interval, drawing each midpoint it passes from its own
+    seeded generator (memoised), so values never depend on which points were asked before.
+    Values are float64 tensors of shape ``(1, *event)`` for a path of unit variance per unit range.
+    """
+
+    def __init__(self, entropy: int, depth: int, event: tuple[int, ...]) -> None:
+        self.entropy, self.depth, self.event = int(entropy), int(depth), event
+        self._nodes: dict[int, Tensor] = {0: torch.zeros((1, *event), dtype=torch.float64),
+                                          1 << depth: self._normal(0, 0)}
+
+    def _normal(self, level: int, index: int) -> Tensor:
+        seed = _mix64(_mix64(_mix64(self.entropy) ^ level) ^ index) >> 1
+        return torch.randn((1, *self.event), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def value(self, k: int) -> Tensor:
+        """``W`` at the dyadic point ``k / 2**depth``."""
+        if k in self._nodes:
+            return self._nodes[k]
+        lo, hi = 0, 1 << self.depth
+        for level in range(1, self.depth + 1):
+            mid = (lo + hi) >> 1
+            if mid not in self._nodes:
+                half = (hi - lo) / (1 << self.depth) / 4  # variance of the bridge at the midpoint
+                self._nodes[mid] = 0.5 * (self._nodes[lo] + self._nodes[hi]) + math.sqrt(half) * self._normal(level, mid)
+            if k == mid:
+                break
+            lo, hi = (lo, mid) if k < mid else (mid, hi)
+        return self._nodes[k]
+
+
 class BrownianNoise(NoiseSource):
-    """Brownian increments from one seeded ``BrownianInterval`` per member, consistent across grids.
+    """Brownian increments from one seeded dyadic Brownian tree per member, consistent across grids.
 
     Member ``i``'s path depends only on ``(seed, i)``: the same seed gives the same ensemble
-    whatever the batch size, and distinct members are independent. Each query costs a
-    descent of the dyadic tree (about ``log2(range / tol)`` levels), so this source is for
-    step-count studies and reproducible ensembles rather than thousand-step runs on large batches.
+    whatever the batch size and dtype, and distinct members are independent. Each new query
+    point costs a descent of the dyadic tree (about ``log2(range / tol)`` levels, each level drawn
+    once and memoised), so this source is for step-count studies and reproducible ensembles rather
+    than thousand-step runs on large batches.
 
     Args:
         seed: Integer seed of the whole ensemble. Exactly one of ``seed`` and ``generator``
@@ -62,7 +109,8 @@ class BrownianNoise(NoiseSource):
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         self.seed, self.t_min, self.t_max, self.tol = int(seed), float(t_min), float(t_max), float(tol)
-        self._paths: list[object] = []
+        self._depth = max(1, math.ceil(math.log2((self.t_max - self.t_min) / self.tol)))
+        self._paths: list[_BrownianTree] = []
         self._event: tuple[int, ...] | None = None
         self._dtype: torch.dtype | None = None
         self._normal_gen = torch.Generator().manual_seed(int(np.random.SeedSequence(self.seed).generate_state(1)[0]))
@@ -72,8 +120,6 @@ class BrownianNoise(NoiseSource):
         return int(np.random.SeedSequence(self.seed, spawn_key=(i,)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
     def _ensure(self, like: Tensor) -> None:
-        import torchsde
-
         event = tuple(like.shape[1:])
         if self._event is not None and (event != self._event or like.dtype != self._dtype):
             raise ShapeError(format_error("like", f"events of shape {self._event} and dtype {self._dtype} (the "
@@ -83,9 +129,11 @@ class BrownianNoise(NoiseSource):
         self._event, self._dtype = event, like.dtype
         while len(self._paths) < like.shape[0]:
             i = len(self._paths)
-            self._paths.append(torchsde.BrownianInterval(
-                t0=self.t_min, t1=self.t_max, size=(1, *event), dtype=like.dtype, entropy=self.member_entropy(i),
-                tol=self.tol, halfway_tree=True))
+            self._paths.append(_BrownianTree(self.member_entropy(i), self._depth, event))
+
+    def _index(self, t: float) -> int:
+        """The dyadic point nearest to time ``t``."""
+        return round((t - self.t_min) / (self.t_max - self.t_min) * (1 << self._depth))
 
     def increment(self, t0: float, t1: float, like: Tensor) -> Tensor:
         """``W(t1) - W(t0)`` of each member's path, shaped like ``like`` ``(batch, *event)``."""
@@ -98,8 +146,10 @@ class BrownianNoise(NoiseSource):
         self._ensure(like)
         if hi - lo <= self.tol:
             return torch.zeros_like(like)
-        w = torch.cat([self._paths[i](lo, hi) for i in range(like.shape[0])], dim=0)  # type: ignore[operator]
-        w = w.to(like.device)
+        a, b = self._index(lo), self._index(hi)
+        scale = math.sqrt(self.t_max - self.t_min)
+        w = torch.cat([self._paths[i].value(b) - self._paths[i].value(a) for i in range(like.shape[0])], dim=0)
+        w = (scale * w).to(dtype=like.dtype, device=like.device)
         return w if t1 >= t0 else -w
 
     def normal(self, like: Tensor) -> Tensor:
