@@ -64,6 +64,8 @@ from torch import Tensor
 from ._io import temporary_name
 from .config import load_json_text
 from .errors import CheckpointError, IncompatibleComponentsError, format_error
+from .model import ClosureModel
+from .registry import get_registry
 
 __all__ = [
     "FORMAT",
@@ -128,8 +130,6 @@ def component_providers(model: Any) -> dict[str, str]:
         ``{"kind:name": distribution}``, e.g. ``{"score_operator:fno": "stochclosure-neuralop"}``;
         ``name`` is the registered name, or ``module:qualname`` for unregistered classes.
     """
-    from .registry import get_registry
-
     out: dict[str, str] = {}
     for obj in _components(model):
         kind = type(obj).component_kind
@@ -562,8 +562,6 @@ def load_model(path: str | os.PathLike[str], *, weights: str = "ema", map_locati
         IncompatibleComponentsError: ``config.json`` names another SDE than the one the weights
             were trained with.
     """
-    from .model import ClosureModel
-
     if weights not in ("ema", "raw"):
         raise CheckpointError(format_error("weights", "'ema' or 'raw'", repr(weights)))
     path = Path(path)

@@ -151,6 +151,8 @@ class ClosureModel(nn.Module):
         return u if n is None else u.reshape(k, b, *event)
 
     # -- checkpoints (stochclosure.checkpoint) ---------------------------------------------------
+    # Checkpoint I/O is the layer above the model (it builds models), so these two conveniences
+    # import it when called: the one deliberate upward call, which keeps the module graph acyclic.
     def save(self, path: Any, **kwargs: Any) -> Any:
         """Save to a checkpoint directory or ``.safetensors`` file (see :func:`stochclosure.checkpoint.save_model`)."""
         from .checkpoint import save_model

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from ._arguments import check_config_keys, from_jsonable
 from .errors import ConfigError, PluginValidationError, UnknownPluginError, format_error
 
 __all__ = [
@@ -396,8 +397,6 @@ class Registry(Mapping[str, Any]):
             raise ConfigError(format_error(self.kind, "a name, class, instance or {'type': name, ...} dict",
                                            type(spec).__name__))
         kwargs.update(overrides)
-        from .config import check_config_keys, from_jsonable
-
         if inspect.isclass(cls):
             check_config_keys(cls, kwargs, where=self.kind)
         kwargs = {k: from_jsonable(v) for k, v in kwargs.items()}

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import exclusive_lock
+from .checkpoint import atomic_write_bytes
 from .errors import CheckpointError, ConfigError, OutputError, format_error
 
 __all__ = ["LATEST", "HISTORY_FILE", "RESUMABLE_KEYS", "run_lock", "holds_run", "check_run_folder",
@@ -244,8 +245,6 @@ def record_changes(folder: str | os.PathLike[str], checkpoint: str | os.PathLike
     previous = path.read_bytes() if path.is_file() else b""
     if previous and not previous.endswith(b"\n"):
         previous += b"\n"
-    from .checkpoint import atomic_write_bytes
-
     atomic_write_bytes(path, previous + (json.dumps(entry, default=str) + "\n").encode())
 
 

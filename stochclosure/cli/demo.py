@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from .. import metrics
+from .._io import preflight_output
 from ..config import check_number, check_seed, derive_seed
+from ..errors import ConfigError, format_error
+from ..pretrained import DEFAULT, initial_state, load_pretrained, pretrained_info
+from ..rollout import StreamedObservations, ensemble, rollout
+from ..systems.navier_stokes import NavierStokes2D, coarsen
 
 __all__ = ["run_demo", "check_demo_options"]
 
@@ -50,10 +57,6 @@ def check_demo_options(members: Any, horizon: Any, resample_every: Any, sampler_
 
 def _truth_run(fine: Any, w0: torch.Tensor, n_steps: int, n_coarse: int, closure: str, obs_grid: int,
                record_every: int, seed: int, progress: bool) -> dict[str, torch.Tensor]:
-    from tqdm.auto import tqdm
-
-    from ..systems.navier_stokes import coarsen
-
     gen = torch.Generator().manual_seed(seed)
     stride = fine.n // obs_grid
     states, obs = [coarsen(w0, n_coarse, "stride")], []
@@ -86,12 +89,7 @@ def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: fl
         The metrics written to ``metrics.json``.
     """
     check_demo_options(members, horizon, resample_every, sampler_steps, record_every, seed)
-    from .._io import preflight_output
-    from ..errors import ConfigError, format_error
-    from ..pretrained import DEFAULT, initial_state, load_pretrained, pretrained_info
-    from ..rollout import StreamedObservations, ensemble, rollout
-    from ..systems.navier_stokes import NavierStokes2D, coarsen
-    from . import metrics, plots
+    from .. import plots  # matplotlib, only when a report is drawn
 
     out = preflight_output(out_dir, "out_dir", is_dir=True)
     t_start = time.perf_counter()
@@ -128,41 +126,46 @@ def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: fl
     t_base = time.perf_counter() - t0
 
     tr = truth["states"]                      # (T, 1, n, n)
-    mem = ens.members.float()                 # (T, M, 1, n, n)
-    times = ens.times
-    err_mean = metrics.relative_frobenius_error(mem.mean(1), tr)[:, 0]
-    err_members = metrics.relative_frobenius_error(mem, tr[:, None].expand_as(mem))[..., 0]          # (T, M)
-    err_base = metrics.relative_frobenius_error(base.states.float(), tr)[:, 0]
-    crps = metrics.crps_ensemble(mem, tr, member_dim=1).mean(dim=(-1, -2, -3))
-    ratio = metrics.spread_skill_ratio(mem[1:], tr[1:], member_dim=1)
-    counts = metrics.rank_histogram(mem[1:].movedim(1, 0), tr[1:])
-    chi2, p_value = metrics.rank_histogram_chi2(counts)
-
+    scores = _score_forecast(ens.members.float(), tr, base.states.float())
     figs = plots.rollout_report(ens, tr, out, prefix="closure", vorticity=True)
     err_path = out / "error_vs_baseline.png"
-    _plot_error_vs_baseline(times, err_mean, err_members, err_base, err_path)
-
-    result = {
-        "pretrained": DEFAULT,
-        "members": members,
-        "horizon": horizon,
-        "resample_every": resample_every,
-        "network_evaluations_per_draw": sampler_steps + 1,
-        "times": [float(t) for t in times],
-        "rel_error_ensemble_mean": [float(v) for v in err_mean],
-        "rel_error_members_median": [float(v) for v in err_members.median(dim=1).values],
-        "rel_error_no_closure": [float(v) for v in err_base],
-        "crps": [float(v) for v in crps],
-        "spread_skill_ratio": float(ratio),
-        "rank_histogram": [int(c) for c in counts],
-        "rank_histogram_chi2": float(chi2),
-        "rank_histogram_p": float(p_value),
-        "seconds": {"truth_fine": t_truth, "closure_ensemble": t_closure, "no_closure": t_base,
-                    "total": time.perf_counter() - t_start},
-    }
+    _plot_error_vs_baseline(ens.times, scores["err_mean"], scores["err_members"], scores["err_base"], err_path)
+    result = {"pretrained": DEFAULT, "members": members, "horizon": horizon, "resample_every": resample_every,
+              "network_evaluations_per_draw": sampler_steps + 1, "times": [float(t) for t in ens.times],
+              **_score_summary(scores),
+              "seconds": {"truth_fine": t_truth, "closure_ensemble": t_closure, "no_closure": t_base,
+                          "total": time.perf_counter() - t_start}}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     _write_report(out, result, info, figs, err_path)
     return result
+
+
+def _score_forecast(mem: torch.Tensor, tr: torch.Tensor, base: torch.Tensor) -> dict[str, Any]:
+    """Scores of the ensemble ``mem`` ``(T, M, 1, n, n)`` and the baseline ``base`` against the truth ``tr``."""
+    counts = metrics.rank_histogram(mem[1:].movedim(1, 0), tr[1:])
+    chi2, p_value = metrics.rank_histogram_chi2(counts)
+    return {
+        "err_mean": metrics.relative_frobenius_error(mem.mean(1), tr)[:, 0],
+        "err_members": metrics.relative_frobenius_error(mem, tr[:, None].expand_as(mem))[..., 0],  # (T, M)
+        "err_base": metrics.relative_frobenius_error(base, tr)[:, 0],
+        "crps": metrics.crps_ensemble(mem, tr, member_dim=1).mean(dim=(-1, -2, -3)),
+        "ratio": metrics.spread_skill_ratio(mem[1:], tr[1:], member_dim=1),
+        "counts": counts, "chi2": chi2, "p_value": p_value,
+    }
+
+
+def _score_summary(s: dict[str, Any]) -> dict[str, Any]:
+    """The JSON entries of ``metrics.json`` from :func:`_score_forecast`'s tensors."""
+    return {
+        "rel_error_ensemble_mean": [float(v) for v in s["err_mean"]],
+        "rel_error_members_median": [float(v) for v in s["err_members"].median(dim=1).values],
+        "rel_error_no_closure": [float(v) for v in s["err_base"]],
+        "crps": [float(v) for v in s["crps"]],
+        "spread_skill_ratio": float(s["ratio"]),
+        "rank_histogram": [int(c) for c in s["counts"]],
+        "rank_histogram_chi2": float(s["chi2"]),
+        "rank_histogram_p": float(s["p_value"]),
+    }
 
 
 def _plot_error_vs_baseline(times: torch.Tensor, err_mean: torch.Tensor, err_members: torch.Tensor,

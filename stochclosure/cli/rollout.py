@@ -31,9 +31,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+
 from .._io import preflight_output, resolve_config_path
+from ..checkpoint import load_model, load_tensors, save_tensors
 from ..config import check_seed, load_yaml_mapping
 from ..errors import ConfigError, format_error
+from ..registry import resolve
+from ..rollout.resume import resumable_ensemble, run_fingerprint
 
 __all__ = ["load_rollout_config", "run_rollout", "ROLLOUT_DEFAULTS"]
 
@@ -83,10 +89,6 @@ def load_rollout_config(path: str | Path) -> dict[str, Any]:
 
 
 def _initial_state(system: Any, init: dict[str, Any]) -> Any:
-    import torch
-
-    from ..checkpoint import load_tensors
-
     if "path" in init:
         tensors = load_tensors(init["path"])
         if "state" not in tensors:
@@ -98,12 +100,6 @@ def _initial_state(system: Any, init: dict[str, Any]) -> Any:
 
 def run_rollout(cfg: dict[str, Any], progress: bool = True) -> Path:
     """Run (or resume) the ensemble of ``cfg`` and write ``cfg["out"]``; returns the output path."""
-    import torch
-
-    from ..checkpoint import load_model, save_tensors
-    from ..registry import resolve
-    from ..rollout.resume import resumable_ensemble, run_fingerprint
-
     out = Path(cfg["out"])
     ckpt = out.with_name(out.name + ".ckpt")
     preflight_output(out, "out")
@@ -135,15 +131,12 @@ def run_rollout(cfg: dict[str, Any], progress: bool = True) -> Path:
 
 
 def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as fh:
         return fh.metadata() or {}
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    """Run ``stochclosure rollout`` with the parsed arguments."""
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_rollout_config(args.config)

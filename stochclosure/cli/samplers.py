@@ -12,6 +12,11 @@ import time
 
 import torch
 
+from ..errors import ConfigError, format_error
+from ..registry import get_registry, resolve
+from ..scores.analytic import GaussianScore
+from ..scores.base import bind_score as sc_bind
+
 __all__ = ["run_sampler_check"]
 
 
@@ -21,16 +26,10 @@ def run_sampler_check(n: int = 32, batch: int = 256, seed: int = 0, steps: int |
     Returns:
         One row per pair: relative error of the per-mode variance, mean error, NFE and seconds.
     """
-    from ..errors import ConfigError, format_error
-    from ..registry import get_registry, resolve
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 4 or n % 2:
         raise ConfigError(format_error("--n", "an even grid size >= 4", repr(n), "use e.g. --n 32"))
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2:
         raise ConfigError(format_error("--batch", "at least 2 samples per sampler", repr(batch)))
-    from ..scores.analytic import GaussianScore
-    from ..scores.base import bind_score as sc_bind
-
     grf = {"alpha": 2.5, "tau": 7.0, "scale": 5.0e4}
     rows: list[dict[str, float | str]] = []
     for sde_name in ("ve", "ve_exp", "vp", "subvp"):

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from .._io import preflight_output, resolve_config_path
 from ..config import check_config_keys, check_device, check_seed, load_yaml_mapping
@@ -251,8 +252,6 @@ def run_command(args: argparse.Namespace, load: Callable[[str], dict[str, Any]],
         result = run(cfg, resume=args.resume, progress=not args.no_progress,
                      allow_config_change=args.allow_config_change, device=args.device)
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():  # launched by torchrun
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) > 0:

@@ -57,10 +57,13 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .. import __version__
 from .._io import exclusive_lock, preflight_output, temporary_name
 from ..config import check_config_keys, load_json_text, load_yaml_mapping
 from ..errors import ConfigError, OutputError, format_error
+from ..registry import get, resolve
 from .hdf5 import FORMAT, FORMAT_VERSION, SPLITS, open_checked
 
 __all__ = ["DEFAULTS", "MAX_COUNT", "MAX_SEED", "load_config", "normalise_config", "check_compression", "generate",
@@ -244,15 +247,11 @@ def batch_seed(seed: int, batch_index: int) -> int:
 
 
 def _versions() -> dict[str, str]:
-    from .. import __version__
-
     return {"stochclosure": __version__, "torch": torch.__version__, "h5py": h5py.__version__,
             "numpy": np.__version__, "hdf5": h5py.version.hdf5_version, "python": platform.python_version()}
 
 
 def _build_system(name: str, cfg: dict[str, Any]) -> Any:
-    from ..registry import get, resolve
-
     cls = get("system", name)
     check_config_keys(cls, cfg["system"], where="config.system")
     return resolve("system", {"type": name, **cfg["system"]})
@@ -384,8 +383,6 @@ def generate(system_name: str, config: dict[str, Any], out: str | os.PathLike[st
         ConfigError: an invalid configuration, or ``out`` made with another configuration.
         OutputError: ``out`` cannot be written, or another process is writing it.
     """
-    from tqdm.auto import tqdm
-
     cfg = normalise_config(config)
     system = _build_system(system_name, cfg)
     spec = system.spec()
@@ -404,22 +401,10 @@ def generate(system_name: str, config: dict[str, Any], out: str | os.PathLike[st
     preflight_output(out, "--out")
     parts = out.with_name(out.name + ".parts")
     with exclusive_lock(out, "--out"):
-        if out.exists():
-            with open_checked(out, system_name) as f:
-                if f.attrs.get("config_hash") != chash:
-                    raise ConfigError(format_error("--out", "a new path or a file made with this same configuration",
-                                                   f"{str(out)!r}, made with another configuration",
-                                                   "choose another --out or delete the file"))
-            shutil.rmtree(parts, ignore_errors=True)
-            _remove_stale_temporaries(out, parts)
+        if _already_written(out, parts, system_name, chash):
             return out
         manifest = parts / "manifest.json"
-        if manifest.exists():
-            old = load_json_text(manifest.read_bytes(), str(manifest), OutputError)
-            if not isinstance(old, dict) or old.get("config_hash") != chash:
-                raise ConfigError(format_error("--config", f"the configuration of the unfinished run in {str(parts)!r}",
-                                               "a different configuration",
-                                               f"rerun with the same configuration, or delete {str(parts)!r}"))
+        _check_manifest(manifest, parts, chash)
         _probe(system, cfg, closures, int(obs_grid), store)
         _remove_stale_temporaries(out, parts)
         parts.mkdir(parents=True, exist_ok=True)
@@ -450,6 +435,34 @@ def generate(system_name: str, config: dict[str, Any], out: str | os.PathLike[st
         _assemble(out, parts, system_name, spec, cfg, chash, n_batches, sizes, obs_grid, dims, store)
         shutil.rmtree(parts, ignore_errors=True)
     return out
+
+
+def _already_written(out: Path, parts: Path, system_name: str, chash: str) -> bool:
+    """Whether ``out`` is a finished file of this configuration (then its leftovers are removed).
+
+    Raises:
+        ConfigError: ``out`` exists but was made with another configuration.
+    """
+    if not out.exists():
+        return False
+    with open_checked(out, system_name) as f:
+        if f.attrs.get("config_hash") != chash:
+            raise ConfigError(format_error("--out", "a new path or a file made with this same configuration",
+                                           f"{str(out)!r}, made with another configuration",
+                                           "choose another --out or delete the file"))
+    shutil.rmtree(parts, ignore_errors=True)
+    _remove_stale_temporaries(out, parts)
+    return True
+
+
+def _check_manifest(manifest: Path, parts: Path, chash: str) -> None:
+    """Refuse to continue an unfinished run whose manifest records another configuration."""
+    if manifest.exists():
+        old = load_json_text(manifest.read_bytes(), str(manifest), OutputError)
+        if not isinstance(old, dict) or old.get("config_hash") != chash:
+            raise ConfigError(format_error("--config", f"the configuration of the unfinished run in {str(parts)!r}",
+                                           "a different configuration",
+                                           f"rerun with the same configuration, or delete {str(parts)!r}"))
 
 
 class _Moments:

@@ -11,14 +11,13 @@ from torch import Tensor, nn
 
 from .._types import Conditioning
 from ..errors import ConfigError, ShapeError, format_error
+from ..registry import resolve
 from .base import AbstractConditioningEncoder
 
 __all__ = ["CompositeEncoder", "NormalizedEncoder"]
 
 
 def _resolve(spec: Any) -> AbstractConditioningEncoder:
-    from ..registry import resolve
-
     return resolve("encoder", spec)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checkpoint import load_model
 from ..errors import UnknownPluginError
 
 __all__ = ["available", "pretrained_path", "load_pretrained", "pretrained_info", "initial_state",
@@ -47,8 +48,6 @@ def pretrained_info(name: str = DEFAULT) -> dict[str, Any]:
 
 def load_pretrained(name: str = DEFAULT, weights: str = "ema") -> Any:
     """Load pretrained closure ``name`` as a :class:`~stochclosure.ClosureModel` (eval mode)."""
-    from ..checkpoint import load_model
-
     return load_model(pretrained_path(name), weights=weights)
 
 

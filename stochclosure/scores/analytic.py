@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .._types import Conditioning, check_tensor
 from ..errors import ConfigError, ShapeError, format_error
+from ..registry import resolve
 from ..sdes.base import AbstractSDE, expand_as_batch
 from .base import AbstractScoreOperator
 
@@ -180,8 +181,6 @@ class SpectralCovariance(Covariance):
 
 
 def _resolve_sde(sde: Any) -> AbstractSDE:
-    from ..registry import resolve
-
     return resolve("sde", sde)
 
 

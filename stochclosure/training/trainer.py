@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,13 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from .._io import preflight_output
 from .._types import Conditioning, check_finite
 from ..checkpoint import (
     EMA_FILE,
     MODEL_FILE,
+    atomic_write_bytes,
     load_tensors,
     model_config,
     read_config,
@@ -45,6 +51,7 @@ from ..config import check_device, check_number, check_seed, derive_seed
 from ..data.augment import resolve_augment
 from ..data.base import collate_closure
 from ..errors import CheckpointError, ConfigError, NonFiniteError, format_error
+from ..metrics import offline_scores
 from ..model import ClosureModel
 from ..runs import (
     LATEST,
@@ -149,13 +156,9 @@ def check_trainer_options(options: Mapping[str, Any], where: str = "") -> None:
 
 def _join_process_group(device: str | torch.device) -> tuple[int, int, str | torch.device]:
     """``(world size, rank, device)``; joins the process group when launched by torchrun."""
-    import os
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 1, 0, device
-    import torch.distributed as dist
-
     cuda = torch.device(device).type == "cuda"
     if cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -432,8 +435,6 @@ class Trainer:
         self.params = [p for p in model.score.parameters() if p.requires_grad]
         self.net: Any = model.score
         if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(model.score, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr, weight_decay=weight_decay)
@@ -541,8 +542,6 @@ class Trainer:
                 self.ema.swap(self.model)
             self.model.train(was_training)
         if draws:
-            from ..metrics import offline_scores
-
             scores = offline_scores(torch.cat(draws, 1), torch.cat(truths, 0))
             self.last_val_scores = {f"val_{k}": v for k, v in scores.items()}
         return total / count
@@ -562,8 +561,6 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write a training checkpoint ``step-XXXXXXXX`` and point ``latest`` at it (atomically)."""
-        from ..checkpoint import atomic_write_bytes
-
         assert self.checkpoint_dir is not None
         opt_tensors, opt_json = self._optimizer_tensors()
         rng = {"noise": self.noise_gen.get_state(), "torch": torch.get_rng_state()}
@@ -578,8 +575,6 @@ class Trainer:
         self.last_checkpoint = path
         old = sorted(p for p in self.checkpoint_dir.glob("step-*") if p.is_dir() and p.name != name)
         for p in old[:max(0, len(old) - (self.keep_checkpoints - 1))]:
-            import shutil
-
             shutil.rmtree(p, ignore_errors=True)
         return path
 
@@ -708,8 +703,6 @@ class Trainer:
             return self._fit(resume, allow_config_change, t0)
 
     def _fit(self, resume: bool, allow_config_change: bool, t0: float) -> TrainResult:
-        from tqdm.auto import tqdm
-
         latest = self.latest_checkpoint() if resume else None
         if latest is not None:
             changes = self.check_resume(latest, allow_config_change)
