@@ -31,7 +31,7 @@ from ..pretrained import DEFAULT, initial_state, load_pretrained, pretrained_inf
 from ..rollout import StreamedObservations, ensemble, rollout
 from ..systems.navier_stokes import NavierStokes2D, coarsen
 
-__all__ = ["run_demo", "check_demo_options"]
+__all__ = ["run_demo", "check_demo_options", "run", "add_arguments"]
 
 
 def check_demo_options(members: Any, horizon: Any, resample_every: Any, sampler_steps: Any, record_every: Any,
@@ -222,6 +222,7 @@ def _write_report(out: Path, r: dict[str, Any], info: dict[str, Any], figs: dict
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``stochclosure demo`` with the parsed arguments."""
     check_demo_options(args.members, args.horizon, args.resample_every, args.sampler_steps, 100, args.seed,
                        prefix="--")
     check_number(args.threads, "--threads", integer=True, minimum=0, fix="0 keeps torch's default")
@@ -242,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``stochclosure demo``."""
     p.add_argument("--out", default="demo_output", help="report folder")
     p.add_argument("--members", type=int, default=16)
     p.add_argument("--horizon", type=float, default=2.0, help="forecast length in time units")

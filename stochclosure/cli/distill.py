@@ -13,61 +13,34 @@ from typing import Any
 
 from ..checkpoint import load_model
 from ..config import check_number, check_seed, load_yaml_mapping
-from ..errors import ConfigError, format_error
 from ..runs import check_separate_folders, teacher_run_folder
-from ..training.distill import Distiller, check_levels, make_student
-from .train import (
-    DATA_KEYS,
-    add_run_args,
-    check_blocks,
-    check_trainer_block,
-    check_types,
-    data_block,
-    open_datasets,
-    resolve_paths,
-    run_command,
-    run_folder,
-)
+from ..training.distill import Distiller, make_student
+from .schemas import DistillConfig, parse, to_dict
+from .train import add_run_args, check_trainer_block, data_block, open_datasets, run_command, run_folder
 
 __all__ = ["load_distill_config", "run_distillation", "run", "add_arguments"]
-
-_BLOCKS = {"teacher", "data", "student", "trainer", "out", "seed", "root"}
-_STUDENT_KEYS = {"levels", "teacher_sampler", "steps"}
-
 
 def load_distill_config(path: str | Path) -> dict[str, Any]:
     """Read and check a distillation YAML file before any work.
 
-    Blocks ``teacher``, ``data``, ``student``, ``trainer``, ``out``, ``seed`` (and ``root``).
-    ``teacher`` is a checkpoint path; ``data`` is the training block of ``stochclosure train``;
-    ``student`` has ``levels`` (strictly decreasing diffusion times), ``teacher_sampler`` (ODE
-    sampler spec) and ``steps`` (the distilled model's default number of evaluations). Paths
-    (``teacher``, ``data.path``, ``out``) follow the config-path rule of ``stochclosure train``
-    (:mod:`stochclosure._io`), and ``out`` may not be, lie inside or contain the teacher's run
-    folder. Unknown keys and bad values raise :class:`ConfigError`; an ``out`` overlapping the
-    teacher raises :class:`~stochclosure.errors.OutputError`.
+    Blocks ``teacher``, ``data``, ``student``, ``trainer``, ``out``, ``seed`` (and ``root``), checked
+    against :class:`~stochclosure.cli.schemas.DistillConfig`. ``teacher`` is a checkpoint path;
+    ``data`` is the training block of ``stochclosure train``; ``student`` has ``levels`` (strictly
+    decreasing diffusion times), ``teacher_sampler`` (ODE sampler spec) and ``steps`` (the distilled
+    model's default number of evaluations, at most one per level). Paths (``teacher``,
+    ``data.path``, ``out``) follow the one config-path rule (:mod:`stochclosure._io`), and ``out``
+    may not be, lie inside or contain the teacher's run folder. Unknown keys and bad values raise
+    :class:`ConfigError`; an ``out`` overlapping the teacher raises
+    :class:`~stochclosure.errors.OutputError`.
     """
     path = Path(path)
-    cfg = load_yaml_mapping(path, "a mapping with blocks teacher, data, student, trainer, out")
-    check_blocks(cfg, (("", _BLOCKS), ("data", DATA_KEYS), ("student", _STUDENT_KEYS)), "distill")
-    for key in ("teacher", "data", "out"):
-        if key not in cfg:
-            raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
-    if not isinstance(cfg["data"], dict) or "path" not in cfg["data"]:
-        raise ConfigError(format_error("data.path", "a data block with a path", repr(cfg["data"])))
-    check_types({k: v for k, v in cfg.items() if k in ("data", "seed")})
-    st = cfg.get("student") or {}
-    if "levels" in st:
-        check_levels(st["levels"], argument="student.levels")
-    if "steps" in st:
-        n = len(st["levels"]) if "levels" in st else None
-        check_number(st["steps"], "student.steps", integer=True, minimum=1, maximum=n,
+    raw = load_yaml_mapping(path, "a mapping with blocks teacher, data, student, trainer, out")
+    cfg = to_dict(parse(DistillConfig, raw, path, "distill"))
+    st = cfg["student"] or {}
+    if st.get("levels") is not None:
+        check_number(st["steps"], "student.steps", integer=True, minimum=1, maximum=len(st["levels"]),
                      fix="one evaluation per level at most")
-    if "teacher_sampler" in st and not isinstance(st["teacher_sampler"], (str, dict)):
-        raise ConfigError(format_error("student.teacher_sampler", "a sampler name or {type: ...}",
-                                       repr(st["teacher_sampler"])))
     check_trainer_block(cfg)
-    resolve_paths(cfg, path, ("teacher", "data.path", "out"))
     check_separate_folders(cfg["out"], teacher_run_folder(cfg["teacher"]), "out")
     return cfg
 

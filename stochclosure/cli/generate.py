@@ -12,7 +12,9 @@ import time
 
 import torch
 
-from ..data.generate import generate, load_config
+from ..config import load_yaml_mapping
+from ..data.generate import generate, normalise_config
+from .schemas import GenerateConfig, parse
 
 __all__ = ["run", "add_arguments"]
 
@@ -21,7 +23,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``stochclosure generate`` with the parsed arguments."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
+    raw = load_yaml_mapping(args.config, empty_ok=True)
+    parse(GenerateConfig, raw, args.config, "generate", where="config")  # keys and types, with near misses
+    cfg = normalise_config(raw)  # ranges, dtypes, device, compression (the library's own check)
     t0 = time.perf_counter()
     path = generate(args.system, cfg, args.out, progress=not args.no_progress)
     dt = time.perf_counter() - t0

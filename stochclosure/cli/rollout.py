@@ -36,55 +36,27 @@ from safetensors import safe_open
 
 from .._io import preflight_output, resolve_config_path
 from ..checkpoint import load_model, load_tensors, save_tensors
-from ..config import check_seed, load_yaml_mapping
+from ..config import load_yaml_mapping
 from ..errors import ConfigError, format_error
 from ..registry import resolve
 from ..rollout.resume import resumable_ensemble, run_fingerprint
+from .schemas import RolloutConfig, parse, to_dict
 
-__all__ = ["load_rollout_config", "run_rollout", "ROLLOUT_DEFAULTS"]
-
-ROLLOUT_DEFAULTS: dict[str, Any] = {"initial": {"seed": 0}, "n_steps": 100, "members": 8, "seed": 0,
-                                    "checkpoint_every": 50, "record_every": 1, "resample_every": 1,
-                                    "sampler_steps": None}
-_REQUIRED = ("model", "system", "out")
-
+__all__ = ["load_rollout_config", "run_rollout", "run", "add_arguments"]
 
 def load_rollout_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a rollout YAML file (unknown keys and wrong types raise :class:`ConfigError`)."""
+    """Read and check a rollout YAML file against :class:`~stochclosure.cli.schemas.RolloutConfig`.
+
+    Unknown keys and wrong types raise :class:`ConfigError`; ``model``, ``out`` and
+    ``initial.path`` follow the one config-path rule; ``model: none`` (or null) runs without a closure.
+    """
     path = Path(path)
     raw = load_yaml_mapping(path, "a mapping with keys model, system, out")
-    allowed = {*ROLLOUT_DEFAULTS, *_REQUIRED, "root"}
-    unknown = sorted(str(k) for k in set(raw) - allowed)
-    if unknown:
-        raise ConfigError(format_error(unknown[0], f"one of the keys {sorted(allowed)}", f"unknown key(s) {unknown}",
-                                       "check the spelling against `stochclosure rollout --help`"))
-    for key in _REQUIRED:
-        if key not in raw:
-            raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
-    cfg = {**ROLLOUT_DEFAULTS, **raw}
-    for key, minimum in (("n_steps", 0), ("members", 1), ("checkpoint_every", 1), ("record_every", 1),
-                         ("resample_every", 1)):
-        v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ConfigError(format_error(key, f"an integer >= {minimum}", f"{type(v).__name__} {v!r}"))
-    cfg["seed"] = check_seed(cfg["seed"], "seed")
-    if cfg["sampler_steps"] is not None and (not isinstance(cfg["sampler_steps"], int) or cfg["sampler_steps"] < 1):
-        raise ConfigError(format_error("sampler_steps", "null or a positive integer", repr(cfg["sampler_steps"])))
-    if not isinstance(cfg["system"], (str, dict)):
-        raise ConfigError(format_error("system", "a system name or {type: NAME, ...}", repr(cfg["system"])))
-    init = cfg["initial"]
-    if not isinstance(init, dict) or len(init) != 1 or not ({"seed", "path"} & set(init)):
-        raise ConfigError(format_error("initial", "{seed: INT} or {path: FILE.safetensors}", repr(init)))
-    root = cfg.pop("root", None)
-    if "path" in init:
-        cfg["initial"] = {"path": resolve_config_path(init["path"], "initial.path", path, root)}
-    else:
-        check_seed(init["seed"], "initial.seed")
-    if cfg["model"] not in (None, "none"):
-        cfg["model"] = resolve_config_path(cfg["model"], "model", path, root)
-    else:
-        cfg["model"] = None
-    cfg["out"] = resolve_config_path(cfg["out"], "out", path, root)
+    if raw.get("model") == "none":
+        raw = {**raw, "model": None}
+    cfg = to_dict(parse(RolloutConfig, raw, path, "rollout"))
+    if "path" in cfg["initial"]:
+        cfg["initial"] = {"path": resolve_config_path(cfg["initial"]["path"], "initial.path", path, raw.get("root"))}
     return cfg
 
 
@@ -148,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``stochclosure rollout``."""
     p.add_argument("--config", required=True, help="rollout YAML (model, system, initial, n_steps, members, out)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -17,7 +17,7 @@ from ..registry import get_registry, resolve
 from ..scores.analytic import GaussianScore
 from ..scores.base import bind_score as sc_bind
 
-__all__ = ["run_sampler_check"]
+__all__ = ["run_sampler_check", "run", "add_arguments"]
 
 
 def run_sampler_check(n: int = 32, batch: int = 256, seed: int = 0, steps: int | None = None) -> list[dict[str, float | str]]:
@@ -62,6 +62,7 @@ def run_sampler_check(n: int = 32, batch: int = 256, seed: int = 0, steps: int |
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``stochclosure samplers`` with the parsed arguments."""
     rows = run_sampler_check(n=args.n, batch=args.batch, seed=args.seed)
     print(f"Sampling a {args.n}x{args.n} Gaussian random field (batch {args.batch}) with its exact score")
     print("mode_var_rel_err = mean relative error of the per-Fourier-mode variance vs the exact law")
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``stochclosure samplers``."""
     p.add_argument("--n", type=int, default=32, help="grid size")
     p.add_argument("--batch", type=int, default=256, help="samples per sampler")
     p.add_argument("--seed", type=int, default=0)

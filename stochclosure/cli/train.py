@@ -40,107 +40,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from .._io import preflight_output, resolve_config_path
+from .._io import preflight_output
 from ..config import check_config_keys, check_device, check_seed, load_yaml_mapping
-from ..errors import ConfigError, format_error
 from ..model import ClosureModel
 from ..runs import check_run_folder, latest_checkpoint, run_lock
 from ..training.trainer import Trainer, check_trainer_options
+from .schemas import DataBlock, TrainConfig, parse, to_dict
 
-__all__ = ["load_train_config", "run_training", "check_blocks", "resolve_paths", "check_trainer_block",
-           "data_block", "open_datasets", "run_folder", "run_command", "add_run_args", "print_summary",
-           "check_types", "DATA_KEYS", "run", "add_arguments"]
-
-_BLOCKS = {"data", "model", "trainer", "out", "seed", "root"}
-DATA_KEYS = {"path", "closure", "resolution", "history", "obs", "val_split"}
-_MODEL_KEYS = {"sde", "score", "sampler", "channels"}
-_DATA_DEFAULTS = {"closure": None, "resolution": None, "history": 0, "obs": True, "val_split": "val"}
-
-
-def check_blocks(cfg: dict[str, Any], blocks: Iterable[tuple[str, set[str]]], command_name: str) -> None:
-    """Refuse unknown keys (and blocks that are not mappings) in a ``--config`` file.
-
-    Args:
-        cfg: The parsed YAML mapping.
-        blocks: ``(block, allowed keys)`` pairs; block ``""`` is the top level.
-        command_name: The sub-command, for the fix (``"train"``, ``"distill"``).
-
-    Raises:
-        ConfigError: naming the first unknown key as ``block.key``.
-    """
-    for block, allowed in blocks:
-        section = cfg if not block else cfg.get(block) or {}
-        if not isinstance(section, dict):
-            raise ConfigError(format_error(block, "a mapping", f"{type(section).__name__} {section!r}"))
-        unknown = sorted(str(k) for k in set(section) - allowed)
-        if unknown:
-            where = f"{block}.{unknown[0]}" if block else unknown[0]
-            raise ConfigError(format_error(where, f"one of the keys {sorted(allowed)}", f"unknown key(s) {unknown}",
-                                           f"check the spelling against `stochclosure {command_name} --help`"))
-
-
-def resolve_paths(cfg: dict[str, Any], config_path: str | Path, keys: Iterable[str]) -> None:
-    """Resolve every path key of a config in place by the one config-path rule (:mod:`stochclosure._io`).
-
-    Pops the optional top-level ``root`` key. Relative paths are relative to the config's folder
-    and may not leave it (or ``root``); absolute paths are used as given.
-
-    Args:
-        cfg: The parsed config (changed in place).
-        config_path: The YAML file.
-        keys: Dotted keys of the paths (``"data.path"``, ``"out"``).
-
-    Raises:
-        ConfigError: a path that is not a string, or one leaving the allowed folder.
-    """
-    root = cfg.pop("root", None)
-    for key in keys:
-        block, _, name = key.rpartition(".")
-        section = cfg[block] if block else cfg
-        section[name] = resolve_config_path(section[name], key, config_path, root)
-
-
-# key -> (accepted types, description); None is accepted where the default is None
-_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "data.closure": ((str, type(None)), "a closure name"),
-    "data.resolution": ((int, type(None)), "an integer grid size"),
-    "data.history": ((int,), "a non-negative integer"),
-    "data.obs": ((bool,), "true or false"),
-    "data.val_split": ((str, type(None)), "a split name or null"),
-    "model.sde": ((str, dict), "an SDE name or {type: ...}"),
-    "model.score": ((str, dict), "a score-operator name or {type: ...}"),
-    "model.sampler": ((str, dict), "a sampler name or {type: ...}"),
-    "model.channels": ((int, type(None)), "a positive integer"),
-    "trainer": ((dict, type(None)), "a mapping of Trainer arguments"),
-}
-
-
-def check_types(cfg: dict[str, Any]) -> None:
-    """Check the types and ranges of ``seed`` and the ``data``/``model``/``trainer`` entries a config has."""
-    if "seed" in cfg:
-        check_seed(cfg["seed"], "seed")
-    for key, (types, what) in _TYPES.items():
-        block, _, name = key.partition(".")
-        section = cfg if not name else cfg.get(block) or {}
-        name = name or block
-        if name not in section:
-            continue
-        v = section[name]
-        bad = not isinstance(v, types) or (isinstance(v, bool) and bool not in types)
-        if not bad and key in ("data.history", "data.resolution", "model.channels") and v is not None:
-            bad = v < (0 if key == "data.history" else 1)
-        if bad:
-            raise ConfigError(format_error(key, what, f"{type(v).__name__} {v!r}", "fix the value in the YAML file"))
-
+__all__ = ["load_train_config", "run_training", "check_trainer_block", "data_block", "open_datasets", "run_folder",
+           "run_command", "add_run_args", "print_summary", "run", "add_arguments"]
 
 def check_trainer_block(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check the ``trainer:`` block (known keys, every value) before any work; returns a copy of it."""
@@ -153,28 +71,23 @@ def check_trainer_block(cfg: dict[str, Any]) -> dict[str, Any]:
 def load_train_config(path: str | Path) -> dict[str, Any]:
     """Read and check a training YAML file before any work.
 
-    Unknown keys, wrong types and out-of-range values (every ``trainer`` option, the seed) raise
-    :class:`ConfigError` naming them; paths follow the config-path rule.
+    The file is checked against :class:`~stochclosure.cli.schemas.TrainConfig` (unknown keys,
+    wrong types and out-of-range values raise :class:`ConfigError` naming them; paths follow the
+    config-path rule), then every ``trainer`` option against the Trainer.
+
+    Returns:
+        The configuration as a mapping, defaults filled and paths absolute.
     """
     path = Path(path)
-    cfg = load_yaml_mapping(path, "a mapping with blocks data, model, trainer, out")
-    check_blocks(cfg, (("", _BLOCKS), ("data", DATA_KEYS), ("model", _MODEL_KEYS)), "train")
-    for key in ("data", "model", "out"):
-        if key not in cfg:
-            raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
-        if key != "out" and not isinstance(cfg[key], dict):
-            raise ConfigError(format_error(key, "a mapping", f"{type(cfg[key]).__name__} {cfg[key]!r}"))
-    if "path" not in cfg["data"] or "score" not in cfg["model"]:
-        raise ConfigError(format_error("data.path / model.score", "both set", "missing"))
-    check_types(cfg)
+    raw = load_yaml_mapping(path, "a mapping with blocks data, model, trainer, out")
+    cfg = to_dict(parse(TrainConfig, raw, path, "train"))
     check_trainer_block(cfg)
-    resolve_paths(cfg, path, ("data.path", "out"))
     return cfg
 
 
 def data_block(d: dict[str, Any]) -> dict[str, Any]:
     """The ``data`` block with its defaults filled in (the form recorded in the run's checkpoints)."""
-    return {"path": d["path"], **{k: d.get(k, v) for k, v in _DATA_DEFAULTS.items()}}
+    return dataclasses.asdict(DataBlock(**d))
 
 
 def open_datasets(d: dict[str, Any]) -> tuple[Any, Any]:
