@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checkpoint import model_config
+
 __all__ = ["describe"]
 
 
@@ -32,8 +34,6 @@ def describe(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, dict):
         return {str(k): describe(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, torch.nn.Module):
-        from ..checkpoint import model_config
-
         cfg = model_config(obj) if hasattr(obj, "score") and hasattr(obj, "sampler") else type(obj).__qualname__
         return {"module": describe(cfg, depth + 1),
                 "weights": {k: _digest(v) for k, v in sorted(obj.state_dict().items())}}

@@ -45,6 +45,7 @@ from .. import metrics
 from .._io import exclusive_lock, preflight_output
 from ..distributions import mix_seeds
 from ..errors import ConfigError, ShapeError, format_error
+from ..rollout import rollout
 from ._identity import describe
 from .filters import AbstractEnsembleFilter, filter_from_spec
 from .inflation import AbstractInflation, inflation_from_spec
@@ -86,8 +87,6 @@ def _scores(ens: Tensor, truth: Tensor) -> tuple[Tensor, float, float, float]:
 def _forecast(system: Any, closure: Any, ens: Tensor, carry: dict[str, Any] | None, cycle: int, steps: int, dt: float,
               keys: Tensor, seed: int, rollout_kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
     """All members ``steps`` solver steps ahead in one rollout continued from ``carry``; the new carry."""
-    from ..rollout import rollout
-
     s0 = cycle * steps
     start: dict[str, Any] = {"step": s0, "state": ens, "anchor": None, "e": None, "z": None, "past": [],
                              "records": [ens], "rec_steps": [s0], "closures": {}, "seconds": []}

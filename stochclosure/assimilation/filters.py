@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..config import Configurable
+from ..config import Configurable, check_config_keys
 from ..encoders.sparse import grid_points
 from ..errors import ConfigError, NonFiniteError, ShapeError, format_error
 from .localization import gaspari_cohn, periodic_distance
@@ -328,8 +328,6 @@ FILTERS: dict[str, type[AbstractEnsembleFilter]] = {"enkf": EnKF, "etkf": ETKF, 
 
 def filter_from_spec(spec: AbstractEnsembleFilter | str | dict[str, Any]) -> AbstractEnsembleFilter:
     """A filter from a name, ``{"type": name, **kwargs}`` (names of :data:`FILTERS`), or as given."""
-    from ..config import check_config_keys
-
     if isinstance(spec, AbstractEnsembleFilter):
         return spec
     if isinstance(spec, str):

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..config import Configurable
+from ..config import Configurable, check_config_keys
 from ..errors import ConfigError, format_error
 from .filters import check_ensemble
 from .observations import AbstractObservation
@@ -227,8 +227,6 @@ INFLATIONS: dict[str, type[AbstractInflation]] = {
 def inflation_from_spec(spec: Any) -> AbstractInflation:
     """An inflation from ``None`` (none), a number (fixed covariance factor), ``"adaptive"``, a spec dict
     ``{"type": name, **kwargs}`` (names of :data:`INFLATIONS`), a list (a chain), or as given."""
-    from ..config import check_config_keys
-
     if isinstance(spec, AbstractInflation):
         return spec
     if spec is None:

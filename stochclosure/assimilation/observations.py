@@ -28,7 +28,7 @@ import pyro.distributions as pdist
 import torch
 from torch import Tensor
 
-from ..config import Configurable
+from ..config import Configurable, check_config_keys, from_jsonable
 from ..errors import ConfigError, NonFiniteError, ShapeError, format_error
 
 __all__ = [
@@ -434,8 +434,6 @@ OBSERVATIONS: dict[str, type[AbstractObservation]] = {
 
 def observation_from_spec(spec: AbstractObservation | dict[str, Any]) -> AbstractObservation:
     """An operator from ``{"type": name, **kwargs}`` (names of :data:`OBSERVATIONS`), or as given."""
-    from ..config import check_config_keys, from_jsonable
-
     if isinstance(spec, AbstractObservation):
         return spec
     if not isinstance(spec, dict) or spec.get("type") not in OBSERVATIONS:

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..distributions import MemberSeed
 from ..errors import ConfigError, ShapeError, format_error
+from ..rollout import rollout
 from .observations import AbstractObservation, observation_from_spec
 
 __all__ = ["ForecastModel", "TransitionGuide", "ParticleFilterResult", "BootstrapParticleFilter"]
@@ -61,8 +62,6 @@ class ForecastModel:
 
     def forecast(self, x: Tensor, keys: Tensor) -> Tensor:
         """All particles ``x`` ``(P, *state)`` one segment ahead, with the randomness keyed by ``keys`` ``(P,)``."""
-        from ..rollout import rollout
-
         def program() -> Any:
             return rollout(self.system, self.closure, x, self.steps, dt=self.dt, record_every=self.steps, keyed=True,
                            **self.kwargs)

@@ -23,6 +23,8 @@ from pyro import poutine
 from torch import Tensor
 
 from ..errors import ConfigError, ShapeError, format_error
+from ..rollout import rollout
+from ..systems.lorenz96 import Lorenz96
 
 __all__ = ["AbstractTwin", "Lorenz96Twin", "FullModelTwin", "ReducedTwin", "twin_for"]
 
@@ -169,8 +171,6 @@ class ReducedTwin(AbstractTwin):
         return {"state": _one(truth_state0, _event_rank(self.system), "truth_state0")}
 
     def advance(self, state: dict[str, Tensor], duration: float, generator: torch.Generator) -> dict[str, Tensor]:
-        from ..rollout import rollout
-
         n = _substeps(duration, self.dt, "reduced model")
         seed = int(torch.randint(0, 2**32, (1,), generator=generator))
         res = poutine.seed(rollout, rng_seed=seed)(self.system, self.closure, state["state"], n, dt=self.dt,
@@ -186,8 +186,6 @@ class ReducedTwin(AbstractTwin):
 
 def twin_for(system: Any, closure: Any = None) -> AbstractTwin:
     """The default truth of ``system``: its full model if it has one, else the reduced model with ``closure``."""
-    from ..systems.lorenz96 import Lorenz96
-
     if isinstance(system, Lorenz96):
         return Lorenz96Twin(system)
     if callable(getattr(system, "full_step", None)):

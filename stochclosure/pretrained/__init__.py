@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..checkpoint import load_model
 from ..errors import UnknownPluginError
+from ..systems.navier_stokes import NavierStokes2D, coarsen
 
 __all__ = ["available", "pretrained_path", "load_pretrained", "pretrained_info", "initial_state",
            "offline_test_set", "DEFAULT"]
@@ -76,8 +77,6 @@ def offline_test_set(name: str = DEFAULT) -> dict[str, Tensor]:
         ``{"state": (R, 1, n, n), "target": (R, 1, n, n), "obs_values": (R, 1, P), "obs_points": (P, 2)}``
         at the model's resolution.
     """
-    from ..systems.navier_stokes import NavierStokes2D, coarsen
-
     info = pretrained_info(name)
     spec = info["offline_test"]
     w, state_info = initial_state(name)

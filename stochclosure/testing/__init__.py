@@ -19,7 +19,11 @@ import torch
 from torch import Tensor
 
 from .._types import Conditioning
+from ..fft import spectral_resample
 from ..registry import get_registry
+from ..samplers.base import CountingScore
+from ..scores.analytic import GaussianScore
+from ..sdes.ve import ExpVESDE
 
 __all__ = [
     "assert_close",
@@ -156,8 +160,6 @@ def check_score_operator(op: Any, batch: int = 3, rtol: float = 1e-4) -> None:
                 _close(single, out[i:i + 1], rtol, f"member {i} alone vs in a batch (per-sample conditioning)")
             if getattr(op, "resolution_invariant", False) and x.dim() >= 3:
                 grid = tuple(2 * s for s in x.shape[2:])
-                from ..fft import spectral_resample
-
                 x2 = spectral_resample(x, grid)
                 c2 = None
                 if cond is not None:
@@ -203,10 +205,6 @@ def check_sampler(sampler: Any, steps: int | None = None) -> None:
     moment bound is skipped for samplers with ``needs_distilled_score = True`` (consistency
     sampling), which draw the law only with a score distilled for them.
     """
-    from ..samplers.base import CountingScore
-    from ..scores.analytic import GaussianScore
-    from ..sdes.ve import ExpVESDE
-
     sde = ExpVESDE()
     op = GaussianScore(sde, mean=0.05, std=0.2)
     counter = CountingScore(lambda x, t: op(x, t, None))
