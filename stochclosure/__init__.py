@@ -36,13 +36,13 @@ from .model import ClosureModel
 from .registry import available, register, resolve
 from .rollout import RolloutResult, ensemble
 from .scores.base import bind_score
+from .training.losses import dsm_loss
 
 __version__ = "0.1.0"
 
 # The training layer is loaded on first use (PEP 562), so that ``import stochclosure`` and loading
 # a checkpoint do not import the trainer.
-_LAZY = {"Trainer": "stochclosure.training.trainer", "TrainResult": "stochclosure.training.trainer",
-         "dsm_loss": "stochclosure.training.losses"}
+_LAZY = {"Trainer": "stochclosure.training.trainer", "TrainResult": "stochclosure.training.trainer"}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
+from .. import perf
 from ..errors import StochClosureError
-from ..perf import tune_allocator
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command"]
 
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Applies :func:`stochclosure.perf.tune_allocator` first (glibc allocator settings that make
     large batched passes several times faster; opt out with ``STOCHCLOSURE_MALLOC=0``).
     """
-    tune_allocator()
+    perf.tune_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_chosen(argv))
     args = parser.parse_args(argv)
