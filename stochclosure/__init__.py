@@ -28,6 +28,7 @@ from .errors import (
     ShapeError,
     StochClosureError,
     UnknownPluginError,
+    AmbiguousPluginError,
 )
 from .losses import dsm_loss
 from .model import ClosureModel
@@ -73,6 +74,7 @@ __all__ = [
     "DeviceError",
     "IncompatibleComponentsError",
     "UnknownPluginError",
+    "AmbiguousPluginError",
     "PluginValidationError",
     "CheckpointError",
     "ConfigError",

@@ -137,8 +137,8 @@ def component_providers(model: Any) -> dict[str, str]:
         name = registry.name_of(obj)
         provider = None
         if name is not None:
-            comp = next((c for c in registry.components(load=False) if c.name == name), None)
-            if comp is not None and comp.entry_point is not None:
+            comp = registry.component(name)
+            if comp.entry_point is not None:
                 provider = comp.provider
         else:
             name = f"{type(obj).__module__}:{type(obj).__qualname__}"
