@@ -268,3 +268,69 @@ def test_the_loopback_plugin_is_provided_by_the_test_session_not_installed():
     where = Path(str(dist.locate_file(""))).resolve()
     assert where.name.startswith("stochclosure-test-plugins-"), f"loopback found at {where}, not the session's folder"
     assert provider_of("sde", "loopback_vp") == "stochclosure-loopback"
+
+
+# -- tutorial 02's sampler pattern --------------------------------------------------------------
+
+def tutorial_definitions(*names):
+    """The tutorial's imports and the named top-level definitions, executed without the script."""
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tutorials" / "02_register_components.py"
+    tree = ast.parse(path.read_text())
+    keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+            or (isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names)]
+    namespace: dict = {"__name__": "tutorial02_definitions"}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+def test_the_tutorial_sampler_forwards_the_grid_parameters_and_warm_starts():
+    from types import SimpleNamespace
+
+    from stochclosure.rollout import WarmStart
+
+    ddim_cls = tutorial_definitions("ddim", "DDIM")["DDIM"]
+    s = ddim_cls(steps=7, eta=0.5, t_start=0.4, t_end=2e-3, rho=5.0, data_std=1.5)
+    for key, want in {"t_start": 0.4, "t_end": 2e-3, "rho": 5.0, "data_std": 1.5, "eta": 0.5}.items():
+        assert s.spec()[key] == want, key
+    assert (s.t_start, s.t_end, s.rho, s.data_std) == (0.4, 2e-3, 5.0, 1.5)
+    sc.register("sampler", "ddim_frictions", ddim_cls, overwrite=True)
+    try:
+        warm = WarmStart(t_start=0.2).sampler_for(SimpleNamespace(sampler=s))
+        assert type(warm) is ddim_cls and warm.t_start == 0.2 and warm.rho == 5.0 and warm.data_std == 1.5
+    finally:
+        registry.get_registry("sampler").unregister("ddim_frictions")
+
+
+def test_warm_start_refusal_names_the_grid_parameters_to_forward():
+    from types import SimpleNamespace
+
+    from stochclosure.rollout import WarmStart
+
+    class Dropping(sc.samplers.GridSampler):
+        """Drops the skeleton's parameters (the mistake the tutorial warns about)."""
+
+        solver = staticmethod(lambda score_fn, sde, x, ts, **kw: x)
+        nfe_per_step = 1
+
+        def __init__(self, steps: int | None = None) -> None:
+            super().__init__(steps)
+
+    sc.register("sampler", "dropping_frictions", Dropping, overwrite=True)
+    try:
+        with pytest.raises(sc.ConfigError, match=r"t_start, t_end, rho and data_std.*GridSampler.__init__"):
+            WarmStart(t_start=0.2).sampler_for(SimpleNamespace(sampler=Dropping(steps=3)))
+    finally:
+        registry.get_registry("sampler").unregister("dropping_frictions")
+
+
+def test_example_condition_matches_the_encoder_rank():
+    class OneD(sc.encoders.FieldEncoder):
+        """A field encoder restricted to 1-D grids."""
+
+        spatial_dims = (1,)
+
+    assert tuple(sc.encoders.FieldEncoder().example_condition(3).fields.shape) == (3, 1, 16, 16)
+    assert tuple(OneD().example_condition(3).fields.shape) == (3, 1, 16)
