@@ -334,3 +334,31 @@ def test_example_condition_matches_the_encoder_rank():
 
     assert tuple(sc.encoders.FieldEncoder().example_condition(3).fields.shape) == (3, 1, 16, 16)
     assert tuple(OneD().example_condition(3).fields.shape) == (3, 1, 16)
+
+
+# -- `stochclosure samplers` checks every registered sampler ------------------------------------
+
+def test_the_sampler_check_reports_every_registered_sampler():
+    from stochclosure.sampler_check import run_sampler_check
+
+    class Exploding(EulerMaruyama):
+        """Fails while sampling."""
+
+        def sample(self, *args, **kwargs):
+            raise RuntimeError("exploded on purpose")
+
+    class MyEM(EulerMaruyama):
+        """A working run-time sampler."""
+
+    sc.register("sampler", "exploding_frictions", Exploding, overwrite=True)
+    sc.register("sampler", "my_em_frictions", MyEM, overwrite=True)
+    try:
+        rows = run_sampler_check(n=8, batch=4, steps=3, sdes=("vp",))
+        by_name = {r["sampler"]: r for r in rows}
+        assert set(by_name) == set(registry.available("sampler")["sampler"]) and len(rows) == len(by_name)
+        assert {"loopback_em", "my_em_frictions", "euler_maruyama", "consistency"} <= set(by_name)
+        assert by_name["exploding_frictions"]["status"] == "failed: RuntimeError: exploded on purpose"
+        assert by_name["my_em_frictions"]["status"] == "ok" and by_name["my_em_frictions"]["nfe"] == 4
+    finally:
+        for name in ("exploding_frictions", "my_em_frictions"):
+            registry.get_registry("sampler").unregister(name)
