@@ -362,3 +362,72 @@ def test_the_sampler_check_reports_every_registered_sampler():
     finally:
         for name in ("exploding_frictions", "my_em_frictions"):
             registry.get_registry("sampler").unregister(name)
+
+
+# -- dealiasing cut and the subgrid system's coarse noise ----------------------------------------
+
+def _masked_product(a_hat, b_hat, n, mask):
+    """Pseudo-spectral product of two fields on ``n x n``, truncated by ``mask``."""
+    prod = torch.fft.irfft2(a_hat, s=(n, n)) * torch.fft.irfft2(b_hat, s=(n, n))
+    return torch.fft.rfft2(prod) * mask
+
+
+def _exact_product(a_hat, b_hat, n, mask):
+    """The same product computed on a 2n grid (no aliasing possible), brought back and truncated."""
+    from stochclosure.systems.spectral import resize_hat
+
+    m = 2 * n
+    a, b = (torch.fft.irfft2(resize_hat(h, n, m), s=(m, m)) for h in (a_hat, b_hat))
+    return resize_hat(torch.fft.rfft2(a * b), m, n) * mask
+
+
+@pytest.mark.parametrize("n", [6, 8, 12, 18, 24, 30, 32, 48])
+def test_the_dealiasing_cut_is_alias_free_and_n_over_3_is_not(n):
+    from stochclosure.systems.spectral import spectral_grid
+    from stochclosure.testing import assert_close
+
+    g = spectral_grid(n, torch.float64)
+    gen = torch.Generator().manual_seed(n)
+    a_hat, b_hat = (torch.fft.rfft2(torch.randn(2, n, n, generator=gen, dtype=torch.float64)) for _ in range(2))
+    a_hat, b_hat = a_hat * g.dealias, b_hat * g.dealias
+    assert_close(_masked_product(a_hat, b_hat, n, g.dealias), _exact_product(a_hat, b_hat, n, g.dealias),
+                 rtol=1e-10, what=f"dealiased product of two kept modes, n={n}")
+    assert int(g.dealias[: n // 2, 0].sum()) == (n - 1) // 3 + 1
+    if n % 3 == 0:  # the one-mode-wider cut n // 3 folds |k + p| = 2n/3 onto the kept -n/3
+        wide = ((g.kx.abs() <= n // 3) & (g.ky.abs() <= n // 3)).to(torch.float64)
+        a_w = torch.fft.rfft2(torch.randn(2, n, n, generator=gen, dtype=torch.float64)) * wide
+        b_w = torch.fft.rfft2(torch.randn(2, n, n, generator=gen, dtype=torch.float64)) * wide
+        aliased = _masked_product(a_w, b_w, n, wide) - _exact_product(a_w, b_w, n, wide)
+        assert float(aliased.abs().max()) > 1e-3 * float(_exact_product(a_w, b_w, n, wide).abs().max())
+
+
+def _filtered_noise_variance(system, batch=4000):
+    gen = torch.Generator().manual_seed(0)
+    w = system.filter(system.fine.noise(batch, generator=gen, dtype=torch.float64))
+    return (torch.fft.rfft2(w, norm="forward").abs() ** 2).mean(dim=(0, 1))
+
+
+@pytest.mark.parametrize("noise", [{}, {"noise_alpha": 0.002, "noise_kappa": 3.0}], ids=["default", "custom"])
+def test_coarse_noise_has_the_law_of_the_filtered_noise_for_the_sharp_filter(noise):
+    from stochclosure.systems.subgrid import NavierStokes2DSubgrid
+
+    s = NavierStokes2DSubgrid(n=8, n_fine=32, **noise)
+    emp, exact = _filtered_noise_variance(s), s.coarse.noise_spectrum()
+    kept = exact > 0
+    assert torch.equal(kept, emp > 1e-12 * float(emp.max()))
+    ratio = emp[kept] / exact[kept]
+    # 4000 draws: each mode's variance estimate has a relative std of about 1/sqrt(4000) to 1/sqrt(2000)
+    assert abs(float(ratio.mean()) - 1.0) < 0.02 and float((ratio - 1.0).abs().max()) < 0.12, ratio
+
+
+def test_coarse_noise_differs_from_the_gaussian_filtered_noise_as_documented():
+    from stochclosure.systems.subgrid import NavierStokes2DSubgrid
+
+    s = NavierStokes2DSubgrid(n=8, n_fine=32, filter="gaussian")
+    emp, exact = _filtered_noise_variance(s), s.coarse.noise_spectrum()
+    kept = exact > 0
+    g = s.coarse.grid(torch.float64)
+    damping = torch.exp(-g.lam2 * (2.0 / 8) ** 2 / 24.0) ** 2
+    ratio = emp[kept] / (exact * damping)[kept]
+    assert abs(float(ratio.mean()) - 1.0) < 0.02  # the filtered noise is the damped one
+    assert float((emp[kept] / exact[kept]).min()) < 0.5  # so the coarse noise is not its law
