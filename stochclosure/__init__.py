@@ -16,6 +16,7 @@ from ._types import Conditioning, ScoreFn, check_tensor
 from .checkpoint import load_model, save_model
 from .distributions import ClosureDistribution
 from .errors import (
+    AmbiguousPluginError,
     CheckpointError,
     ConfigError,
     DatasetError,
@@ -28,7 +29,6 @@ from .errors import (
     ShapeError,
     StochClosureError,
     UnknownPluginError,
-    AmbiguousPluginError,
 )
 from .losses import dsm_loss
 from .model import ClosureModel

@@ -201,11 +201,12 @@ def validate_component(kind: str, obj: Any, name: str = "<object>") -> Any:
 
 
 def _not_initialised(kind: str, cls: type, name: str) -> PluginValidationError:
-    return PluginValidationError(
-        f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}) is a torch.nn.Module whose __init__ does not "
-        f"call super().__init__(), so torch's internal state (_parameters, _modules, hooks) is missing; fix: "
+    return PluginValidationError(format_error(
+        f"{kind} {name}", "a torch.nn.Module whose __init__ calls super().__init__() first",
+        f"{cls.__module__}.{cls.__qualname__}, whose __init__ does not call super().__init__() (torch's "
+        "_parameters, _modules and hooks are missing)",
         f"call super().__init__(...) as the first statement of {cls.__qualname__}.__init__, before setting "
-        f"any attribute")
+        "any attribute"))
 
 
 def _check_initialised(kind: str, obj: Any, name: str) -> None:
