@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,18 @@ def _on_path(folder: Path) -> Iterator[None]:
     """``folder`` first on ``sys.path`` with the registries re-read; both undone afterwards."""
     from stochclosure import registry
 
+    def refresh() -> None:
+        with warnings.catch_warnings():  # the row itself triggers (and judges) the warnings
+            warnings.simplefilter("ignore", PluginWarning)
+            registry.refresh()
+
     sys.path.insert(0, str(folder))
-    registry.refresh()
+    refresh()
     try:
         yield
     finally:
         sys.path.remove(str(folder))
-        registry.refresh()
+        refresh()
 
 
 def _payload(ctx: Context) -> Path:
