@@ -434,3 +434,30 @@ def test_coarse_noise_differs_from_the_gaussian_filtered_noise_as_documented():
     ratio = emp[kept] / (exact * damping)[kept]
     assert abs(float(ratio.mean()) - 1.0) < 0.02  # the filtered noise is the damped one
     assert float((emp[kept] / exact[kept]).min()) < 0.5  # so the coarse noise is not its law
+
+
+# -- checkpoints name each component's distribution and version ---------------------------------
+
+class ScriptEM(EulerMaruyama):
+    """A sampler defined in a script, never registered."""
+
+
+def test_a_checkpoint_of_an_unregistered_component_records_it_and_asks_to_register_it(tmp_path):
+    from stochclosure.checkpoint import read_config
+
+    m = sc.ClosureModel("vp", {"type": "gaussian", "sde": "vp", "std": 1.0}, ScriptEM(steps=4))
+    d = m.save(tmp_path / "ckpt")
+    cfg = read_config(d)
+    key = f"sampler:{ScriptEM.__module__}:ScriptEM"
+    assert cfg["providers"][key] == {"distribution": "unknown", "version": None}
+    assert cfg["providers"]["sde:vp"] == {"distribution": "stochclosure", "version": cfg["versions"]["stochclosure"]}
+    with pytest.raises(sc.UnknownPluginError, match=r"nothing was imported.*register"):
+        load_model(d)
+    sc.register("sampler", "script_em_frictions", ScriptEM, overwrite=True)
+    try:  # registered, under the name the config then names, it loads
+        cfg["model"]["sampler"]["type"] = "script_em_frictions"
+        (d / "config.json").write_text(json.dumps(cfg))
+        again = load_model(d).sampler
+        assert type(again) is ScriptEM and again.steps == 4
+    finally:
+        registry.get_registry("sampler").unregister("script_em_frictions")
