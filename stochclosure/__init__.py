@@ -16,6 +16,7 @@ from ._types import Conditioning, ScoreFn, check_tensor
 from .checkpoint import load_model, save_model
 from .distributions import ClosureDistribution
 from .errors import (
+    AmbiguousPluginError,
     CheckpointError,
     ConfigError,
     DatasetError,
@@ -73,6 +74,7 @@ __all__ = [
     "DeviceError",
     "IncompatibleComponentsError",
     "UnknownPluginError",
+    "AmbiguousPluginError",
     "PluginValidationError",
     "CheckpointError",
     "ConfigError",

@@ -16,6 +16,7 @@ __all__ = [
     "DeviceError",
     "IncompatibleComponentsError",
     "UnknownPluginError",
+    "AmbiguousPluginError",
     "PluginValidationError",
     "CheckpointError",
     "ConfigError",
@@ -70,6 +71,10 @@ class IncompatibleComponentsError(StochClosureError, ValueError):
 
 class UnknownPluginError(StochClosureError, LookupError):
     """A component name is not registered in its group."""
+
+
+class AmbiguousPluginError(UnknownPluginError):
+    """Several third-party distributions provide the same component name; pin one as ``"dist:name"``."""
 
 
 class PluginValidationError(StochClosureError, TypeError):
