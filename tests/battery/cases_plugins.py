@@ -120,6 +120,15 @@ def forgotten_super_init(ctx: Context) -> Any:
     return resolve("score_operator", NoInit)
 
 
+def score_wrong_rank(ctx: Context) -> Any:
+    import stochclosure as sc
+
+    score = sc.resolve("score_operator", {"type": "fno", "sde": "vp", "spatial_dims": 1, "width": 4, "modes": 2,
+                                          "layers": 1, "embed_dim": 4})
+    model = sc.ClosureModel("vp", score, {"type": "euler_maruyama", "steps": 2})
+    return model.sample(sc.Conditioning(), n=1, grid=(8, 8))
+
+
 CASES: list[BadInput] = [
     C("ckpt_module_path_type", "load_model", "config.json sde type 'payload:X' (a module in the working folder)",
       E.UnknownPluginError, "'payload:X'", ckpt_module_path),
@@ -133,5 +142,7 @@ CASES: list[BadInput] = [
       PluginWarning, "'stochclosure.samplers'", misspelt_group),
     C("plugin_forgot_super_init", "resolve", "an nn.Module score whose __init__ skips super().__init__()",
       E.PluginValidationError, "super().__init__()", forgotten_super_init),
+    C("score_spatial_rank", "ClosureModel.sample", "a ring (spatial_dims=1) FNO asked for an 8x8 torus",
+      E.ShapeError, "spatial rank 2", score_wrong_rank),
 ]
 """Plugin and spec rows: module paths in files, name clashes, pins, misspelt groups, forgotten init."""
