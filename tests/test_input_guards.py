@@ -155,6 +155,17 @@ def test_ensemble_estimate_names_the_dominant_size_and_passes_real_runs(monkeypa
         _memory.check_ensemble_memory(2, 10**6, 1, (1, 16, 16))
 
 
+def test_generate_counts_one_record_of_the_batch_it_will_really_simulate(monkeypatch):
+    from stochclosure.data.generate import _check_batch_memory
+
+    monkeypatch.delenv(_memory.SKIP_ENV, raising=False)
+    monkeypatch.setattr(_memory, "available_bytes", lambda device=None: 1000)
+    cfg = {"batch_size": 10**6, "trajectories": 2, "dtype": "float32", "device": "cpu"}
+    _check_batch_memory(cfg, 125)  # 2 trajectories x 125 float32 values = 1000 bytes: fits
+    with pytest.raises(sc.ResourceError, match="'config.batch_size'.*1000000"):
+        _check_batch_memory({**cfg, "trajectories": 3}, 125)
+
+
 # -- shipped configurations ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("train*.yaml")), ids=lambda p: p.name)

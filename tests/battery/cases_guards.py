@@ -96,6 +96,13 @@ def _rollout_cli(c: Context, name: str, **changes: Any) -> list[str]:
 
 
 L96 = "system: {K: 8, J: 16}\ntrajectories: 2\nbatch_size: 1\nrecords: 2\nspinup_steps: 2\nobs_grid: 4\n"
+_L96_HUGE = L96.replace("trajectories: 2", f"trajectories: {2**31 - 1}").replace("batch_size: 1", f"batch_size: {2**31 - 1}")
+
+
+def _generate_huge(c: Context, name: str) -> Any:
+    from stochclosure.data.generate import generate, load_config
+
+    return generate("lorenz96", load_config(c.path(name + ".yaml", _L96_HUGE)), c.folder / name, progress=False)
 
 CASES: list[BadInput] = [
     # -- half-precision conditions ---------------------------------------------------------------------------------
@@ -148,6 +155,10 @@ CASES: list[BadInput] = [
       lambda c: _demo(c, "gdm", members=_HUGE)),
     C("guards_cli_demo_members_huge", "stochclosure demo", "--members 10**12", E.ResourceError, "'members'",
       lambda c: ["demo", "--members", str(_HUGE), "--out", str(c.folder / "gcdm")], cli=True),
+    C("guards_generate_batch_huge", "generate", "trajectories = batch_size = 2**31 - 1 (one record of them: 512 GiB)",
+      E.ResourceError, "config.batch_size", lambda c: _generate_huge(c, "ggh.h5")),
+    C("guards_cli_generate_batch_huge", "stochclosure generate", "trajectories = batch_size = 2**31 - 1",
+      E.ResourceError, "config.batch_size", lambda c: gen_cli(c, "cggh.yaml", _L96_HUGE), cli=True),
     # -- devices ---------------------------------------------------------------------------------------------------
     C("guards_cli_distill_device_missing", "stochclosure distill", f"--device {_NO_DEVICE}", E.DeviceError,
       "'--device'", lambda c: ["distill", "--config", str(c.folder / "any.yaml"), "--device", _NO_DEVICE], cli=True),
