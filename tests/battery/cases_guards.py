@@ -132,6 +132,8 @@ CASES: list[BadInput] = [
       "'generator'", lambda c: _system("linear_relaxation", n=16).initial_state(2, generator=3)),
     C("guards_generator_rank_histogram", "metrics.rank_histogram", "generator=1", E.ConfigError, "'generator'",
       lambda c: _rank_histogram(1)),
+    C("guards_generator_augment", "D4Augment.draw", "generator=0", E.ConfigError, "'generator'",
+      lambda c: __import__("stochclosure.data.augment", fromlist=["x"]).D4Augment().draw(4, generator=0)),
     # -- seeds -----------------------------------------------------------------------------------------------------
     C("guards_sampler_check_seed_negative", "run_sampler_check", "seed=-1 (torch would alias it to 2**64-1)",
       E.ConfigError, "'--seed'", lambda c: _sampler_check(-1)),
