@@ -26,6 +26,7 @@ from .errors import (
     NonFiniteError,
     OutputError,
     PluginValidationError,
+    ResourceError,
     ShapeError,
     StochClosureError,
     UnknownPluginError,
@@ -80,4 +81,5 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "OutputError",
+    "ResourceError",
 ]

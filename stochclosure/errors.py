@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "OutputError",
+    "ResourceError",
     "ResolutionWarning",
     "format_error",
 ]
@@ -95,6 +96,10 @@ class DatasetError(StochClosureError, ValueError):
 
 class OutputError(StochClosureError, OSError):
     """An output location cannot be written (read-only, missing permission, disk full)."""
+
+
+class ResourceError(StochClosureError, MemoryError):
+    """A requested size (ensemble members, samples) needs more memory than the device has available."""
 
 
 class ResolutionWarning(UserWarning):

@@ -77,6 +77,7 @@ def run_sampler_check(n: int = 32, batch: int = 256, seed: int = 0, steps: int |
         One row per (SDE, sampler): ``status`` (``"ok"`` or ``"failed: ..."``), and for ``"ok"`` the
         relative error of the per-mode variance, the mean, NFE and seconds.
     """
+    from .config import check_seed
     from .errors import ConfigError, format_error
     from .registry import get_registry, resolve
 
@@ -86,6 +87,7 @@ def run_sampler_check(n: int = 32, batch: int = 256, seed: int = 0, steps: int |
         raise ConfigError(format_error("--batch", "at least 2 samples per sampler", repr(batch)))
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ConfigError(format_error("--steps", "a positive number of steps", repr(steps)))
+    check_seed(seed, "--seed")
     from .scores.analytic import GaussianScore
 
     grf = {"alpha": 2.5, "tau": 7.0, "scale": 5.0e4}
