@@ -19,6 +19,7 @@ from ._types import Conditioning, ScoreFn, check_tensor
 from .checkpoint import load_model, save_model
 from .distributions import ClosureDistribution
 from .errors import (
+    AmbiguousPluginError,
     CheckpointError,
     ConfigError,
     DatasetError,
@@ -28,6 +29,7 @@ from .errors import (
     NonFiniteError,
     OutputError,
     PluginValidationError,
+    ResourceError,
     ShapeError,
     StochClosureError,
     UnknownPluginError,
@@ -91,9 +93,11 @@ __all__ = [
     "DeviceError",
     "IncompatibleComponentsError",
     "UnknownPluginError",
+    "AmbiguousPluginError",
     "PluginValidationError",
     "CheckpointError",
     "ConfigError",
     "DatasetError",
     "OutputError",
+    "ResourceError",
 ]

@@ -8,7 +8,7 @@ The YAML file (read with ``yaml.safe_load``; relative paths follow the rule of
     initial: {seed: 0}               # system.initial_state(1) seeded so; or {path: state.safetensors}
     n_steps: 500
     members: 16
-    seed: 0                          # seeds the member keys
+    seed: 0                          # seeds the member keys, in [0, 2**32)
     checkpoint_every: 50
     record_every: 10
     resample_every: 1
@@ -35,6 +35,7 @@ import torch
 from safetensors import safe_open
 
 from .._io import preflight_output, resolve_config_path
+from .._memory import check_ensemble_memory
 from ..checkpoint import load_model, load_tensors, save_tensors
 from ..config import load_yaml_mapping
 from ..errors import ConfigError, format_error
@@ -78,6 +79,8 @@ def run_rollout(cfg: dict[str, Any], progress: bool = True) -> Path:
     system = resolve("system", cfg["system"])
     model = None if cfg["model"] is None else load_model(cfg["model"])
     state0 = _initial_state(system, cfg["initial"])
+    check_ensemble_memory(cfg["members"], cfg["n_steps"], cfg["record_every"], tuple(state0.shape), state0.dtype,
+                          state0.device)
     kw = {"record_every": cfg["record_every"], "resample_every": cfg["resample_every"],
           "sampler_steps": cfg["sampler_steps"]}
     fingerprint = run_fingerprint(system, model, state0, cfg["n_steps"], cfg["members"], cfg["seed"], kw)

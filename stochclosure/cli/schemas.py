@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NewType, TypeVar
 
 from .._io import resolve_config_path
-from ..config import check_seed
+from ..config import ENSEMBLE_SEED_LIMIT, check_seed
 from ..errors import ConfigError, format_error
 from ..training.distill import check_levels
 
@@ -133,6 +133,10 @@ class DistillConfig:
     root: str | None = spec("a folder (path string) or null", default=None)
 
 
+def _ensemble_seed(value: Any, key: str) -> int:
+    return check_seed(value, key, limit=ENSEMBLE_SEED_LIMIT)  # it seeds the ensemble (NumPy too)
+
+
 def _initial(value: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, dict) or len(value) != 1 or not ({"seed", "path"} & set(value)):
         raise ConfigError(format_error(key, "{seed: INT} or {path: FILE.safetensors}", repr(value)))
@@ -151,7 +155,7 @@ class RolloutConfig:
     initial: dict = spec("{seed: INT} or {path: FILE.safetensors}", default={"seed": 0}, check=_initial)
     n_steps: int = spec("an integer >= 0", default=100, minimum=0)
     members: int = spec("an integer >= 1", default=8, minimum=1)
-    seed: int = spec(default=0, check=_seed)
+    seed: int = spec(default=0, check=_ensemble_seed)
     checkpoint_every: int = spec("an integer >= 1", default=50, minimum=1)
     record_every: int = spec("an integer >= 1", default=1, minimum=1)
     resample_every: int = spec("an integer >= 1", default=1, minimum=1)
