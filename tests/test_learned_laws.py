@@ -284,3 +284,38 @@ def test_a_user_written_law_registered_at_run_time_trains_saves_and_reloads(tmp_
         assert torch.equal(back.sample(cond, n=2, generator=g[0]), law.sample(cond, n=2, generator=g[1]))
     finally:
         sc.registry.get_registry("closure").unregister("user_gaussian_test")
+
+
+# -- the command line -----------------------------------------------------------------------------
+def test_train_command_trains_resumes_and_saves_a_gaussian_law(tmp_path, capsys):
+    import yaml
+
+    from stochclosure.cli import main
+    from stochclosure.data.generate import generate
+
+    data = tmp_path / "ns.h5"
+    generate("navier_stokes_2d", {"system": {"n": 32, "closure": "H"}, "trajectories": 4, "batch_size": 2,
+                                  "spinup_steps": 2, "record_every": 1, "records": 3, "resolutions": [16],
+                                  "closures": ["H"], "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+             data, progress=False)
+    cfg = {"data": {"path": str(data), "closure": "H", "resolution": 16, "obs": False},
+           "model": {"type": "gaussian", "loss": "crps", "noise": "coloured", "spectrum_bins": 12,
+                     "backbone": {k: v for k, v in SMALL.items() if k != "sde"}},
+           "trainer": {"batch_size": 4, "max_steps": 6, "checkpoint_every": 3, "val_every": 3, "val_draws": 3},
+           "out": "run", "seed": 1}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 6 and summary["checkpoint"].endswith("run/step-00000006")
+    law = load_model(summary["checkpoint"])
+    assert isinstance(law, GaussianClosure) and law.loss_name == "crps"
+    cfg["trainer"]["max_steps"] = 9
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--resume", "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 9
+
+    cfg["model"]["type"] = "no_such_law"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path)]) == 2
+    assert "registered closure law" in capsys.readouterr().err
