@@ -136,6 +136,7 @@ def check_law(law: AbstractClosureLaw, cond: sc.Conditioning, grid: tuple[int, .
     """The closure-law contract (``stochclosure.testing.check_closure_law`` where installed)."""
     from stochclosure import testing
     from stochclosure.checkpoint import law_spec
+    from stochclosure.testing import assert_close
 
     shipped = getattr(testing, "check_closure_law", None)
     if shipped is not None:
@@ -149,7 +150,7 @@ def check_law(law: AbstractClosureLaw, cond: sc.Conditioning, grid: tuple[int, .
         one = law.draw(cond, z, grid=grid)
         assert torch.equal(one, law.draw(cond, z, grid=grid)), "a fixed latent gives a fixed draw"
         alone = law.draw(cond.index(slice(1, 2)), z[1:2], grid=grid)
-    testing.assert_close(alone, one[1:2], rtol=1e-5, what="member alone vs in a batch")
+    assert_close(alone, one[1:2], rtol=1e-5, what="member alone vs in a batch")
     assert type(sc.resolve("closure", law_spec(law))) is type(law)
 
 

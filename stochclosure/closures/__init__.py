@@ -5,5 +5,7 @@ the ``closure`` kind (entry-point group ``stochclosure.closures``).
 """
 
 from .base import AbstractClosureLaw, LikelihoodUnavailable, TimeMemory
+from .learned import DeterministicClosure, GaussianClosure, LearnedClosureLaw
 
-__all__ = ["AbstractClosureLaw", "LikelihoodUnavailable", "TimeMemory"]
+__all__ = ["AbstractClosureLaw", "LikelihoodUnavailable", "TimeMemory", "DeterministicClosure", "GaussianClosure",
+           "LearnedClosureLaw"]
