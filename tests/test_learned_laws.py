@@ -3,10 +3,11 @@
 The learning tests use a problem with a known answer: ``y`` a smooth random field on 16², and
 ``U = 2 y + 1 + s(y) eta`` with ``s(y) = 0.2 + 0.5 |y|`` and white ``eta ~ N(0, 1)``, so
 ``E[U | y] = 2 y + 1`` and ``std(U | y) = s(y)`` pointwise. Bounds are set from measured values
-(in parentheses, reference CPU run, fixed seeds): with 200 training steps the mean's R² is above
-0.99 (0.998 NLL, 0.999 CRPS), the learned std's mean relative error below 0.25 (0.14 NLL, 0.14
-CRPS), and the mean squared standardised residual ``z^2`` of held-out data within 0.1 of 1
-(1.006, 1.008); its Monte Carlo std over 64 x 256 independent pixels is about 0.011.
+(in parentheses, reference CPU run, fixed seeds): with 300 training steps the mean's R² is above
+0.99 (0.9994 NLL, 0.9996 CRPS), the learned std's mean relative error below 0.25 (0.070 NLL, 0.145
+CRPS: the CRPS learns the spread more slowly, 0.265 after 200 steps), and the mean squared
+standardised residual ``z^2`` of held-out data within 0.1 of 1 (1.008, 1.007); its Monte Carlo
+std over 64 x 256 independent pixels is about 0.011.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def test_coloured_noise_has_unit_variance_and_its_fitted_spectrum_is_recovered()
 
 
 # -- learning -------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["nll", "crps"])
 def test_gaussian_law_learns_a_heteroscedastic_law(loss):
     y, u, _ = make(512, seed=0)
