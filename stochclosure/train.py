@@ -1,4 +1,4 @@
-"""Training a :class:`~stochclosure.ClosureModel` by denoising score matching.
+"""Training a :class:`~stochclosure.ClosureModel` by denoising score matching, or any closure law by its own loss.
 
 The :class:`Trainer` runs Adam with a learning-rate schedule (warm-up, then constant, cosine or
 step decay), gradient clipping, an exponential moving average (EMA) of the weights, a validation
@@ -345,10 +345,18 @@ class TrainResult:
 
 
 class Trainer:
-    """Denoising-score-matching trainer for a :class:`~stochclosure.ClosureModel`.
+    """Trainer of a :class:`~stochclosure.ClosureModel` (denoising score matching) or any closure law.
+
+    A closure law other than the diffusion model (e.g. the ``gaussian`` and ``deterministic``
+    laws of :mod:`stochclosure.closures.learned`, or a user's law) is trained by its own
+    ``loss(cond, u) -> scalar`` with every other feature below (schedule, clipping, EMA,
+    checkpoints, exact resume, validation scores of its draws); the diffusion-only options
+    ``t_range``, ``time_law`` and ``weighting`` are refused for it, and it trains in one process.
+    At the last step, a law with a coloured noise model fits it on the training residuals of the
+    averaged weights (:meth:`fit_noise`), before the final validation and checkpoint.
 
     Args:
-        model: The model; its score operator's parameters are trained.
+        model: The model; its score operator's parameters are trained (all parameters of another law).
         train_data: Dataset following the closure item protocol.
         val_data: Optional validation dataset.
         batch_size: Items per step.

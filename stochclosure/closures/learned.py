@@ -20,11 +20,12 @@ closures in physical units.
   pointwise variance so ``sigma`` keeps its meaning. Trained by the Gaussian negative
   log-likelihood or by the closed-form CRPS of a Gaussian (Gneiting & Raftery 2007),
   ``CRPS(N(mu, sigma^2), x) = sigma (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi))``,
-  ``z = (x - mu) / sigma``, both summed over nothing and averaged over every pixel.
+  ``z = (x - mu) / sigma``, both averaged over every pixel and channel in normalised units.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ from torch import Tensor
 from .._types import Conditioning, check_finite
 from ..config import Configurable
 from ..errors import ConfigError, NonFiniteError, ShapeError, format_error
-from ..registry import resolve
+from ..registry import get, resolve
 from .base import AbstractClosureLaw, LikelihoodUnavailable, TimeMemory, _grid
 
 __all__ = ["LearnedClosureLaw", "DeterministicClosure", "GaussianClosure", "GAUSSIAN_LOSSES", "NOISES",
@@ -189,11 +190,13 @@ class LearnedClosureLaw(Configurable, AbstractClosureLaw):
             raise ShapeError(format_error("backbone output", f"shape {tuple(x.shape)}", f"shape {tuple(out.shape)}"))
         return out
 
-    def _prepare(self, cond: Conditioning | None, grid: tuple[int, ...] | None) -> tuple[Conditioning | None,
-                                                                                        tuple[int, ...], int]:
+    def _prepare(self, cond: Conditioning | None, grid: tuple[int, ...] | None, latent: Tensor | None = None
+                 ) -> tuple[Conditioning | None, tuple[int, ...], int]:
+        """``(condition or None, grid, batch)``; an empty condition takes the latent's batch (else 1)."""
         cond = Conditioning() if cond is None else cond
         g = _grid(cond, grid)
-        return (None if cond.is_empty() else cond.validate(spatial=g)), g, cond.batch_size or 1
+        batch = cond.batch_size or (latent.shape[0] if latent is not None and latent.dim() > 0 else 1)
+        return (None if cond.is_empty() else cond.validate(spatial=g)), g, batch
 
     def _check_target(self, cond: Conditioning | None, u: Tensor) -> tuple[Conditioning | None, Tensor]:
         check_finite("u", u)
@@ -207,7 +210,7 @@ class LearnedClosureLaw(Configurable, AbstractClosureLaw):
 
     def loss(self, cond: Conditioning | None, u: Tensor) -> Tensor:
         """Training loss of targets ``u`` ``(B, C, *grid)`` in physical units given ``cond``; a scalar."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement loss(cond, u)")
 
 
 def _build_backbone(spec: Any, out_channels: int) -> Any:
@@ -219,7 +222,9 @@ def _build_backbone(spec: Any, out_channels: int) -> Any:
         if "channels" in spec and spec["channels"] != out_channels:
             raise ConfigError(format_error("backbone.channels", f"{out_channels} (output channels of the law)",
                                            repr(spec["channels"]), "leave backbone.channels out: the law sets it"))
-        spec["channels"] = out_channels
+        cls = get("score_operator", spec["type"]) if isinstance(spec.get("type"), str) else None
+        if cls is not None and "channels" in inspect.signature(cls).parameters:
+            spec["channels"] = out_channels
     net = resolve("score_operator", spec)
     have = getattr(net, "channels", out_channels)
     if have != out_channels:
@@ -250,6 +255,14 @@ class DeterministicClosure(LearnedClosureLaw):
              generator: torch.Generator | None = None) -> Tensor:
         """The network output in physical units, ``(B, C, *grid)`` (``latent`` is ignored)."""
         return self.mean(cond, grid=grid)
+
+    def sample(self, cond: Conditioning, n: int = 1, *, generator: torch.Generator | None = None,
+               grid: tuple[int, ...] | None = None) -> Tensor:
+        """``n`` copies of :meth:`mean` (a Dirac law), ``(n, B, C, *grid)``, from one network evaluation."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ShapeError(format_error("n", "a positive integer (draws per condition)", repr(n)))
+        mu = self.mean(cond, grid=grid)
+        return mu.unsqueeze(0).repeat(n, *([1] * mu.dim()))
 
     def mean(self, cond: Conditioning, *, grid: tuple[int, ...] | None = None) -> Tensor:
         """``mu(y)`` in physical units, ``(B, C, *grid)``."""
@@ -324,7 +337,7 @@ class GaussianClosure(LearnedClosureLaw):
     def draw(self, cond: Conditioning, latent: Tensor | None, *, grid: tuple[int, ...] | None = None,
              generator: torch.Generator | None = None) -> Tensor:
         """``denormalise(mu + sigma * colour(latent))``, ``(B, C, *grid)``; a ``None`` latent is drawn."""
-        c, g, b = self._prepare(cond, grid)
+        c, g, b = self._prepare(cond, grid, latent)
         mu, log_var = self.heads_of(c, g, b)
         if latent is None:
             latent = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
