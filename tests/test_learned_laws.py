@@ -321,3 +321,16 @@ def test_train_command_trains_resumes_and_saves_a_gaussian_law(tmp_path, capsys)
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(path)]) == 2
     assert "registered closure law" in capsys.readouterr().err
+
+
+def test_the_diffusion_model_loss_is_the_trainers_dsm_loss():
+    """``ClosureModel.loss`` is what the Trainer minimises by default (same noise, same value)."""
+    y, u, _ = make(6, seed=0)
+    torch.manual_seed(0)
+    model = sc.ClosureModel("vp", {**SMALL, "channels": 1}, {"type": "euler_maruyama", "steps": 4})
+    trainer = Trainer(model, TensorClosureDataset(u, fields=y), progress=False)
+    cond = sc.Conditioning(fields=y)
+    with torch.no_grad():
+        mine = model.loss(cond, u, generator=torch.Generator().manual_seed(4))
+        theirs = trainer._loss(u, cond, torch.Generator().manual_seed(4))
+    assert_close(mine, theirs, rtol=0, what="ClosureModel.loss vs Trainer loss")
