@@ -31,6 +31,7 @@ from stochclosure.closures.learned import (
     gaussian_nll,
     isotropic_spectrum,
 )
+from stochclosure.config import Configurable
 from stochclosure.data import TensorClosureDataset
 from stochclosure.testing import assert_close
 from stochclosure.train import Trainer
@@ -334,3 +335,59 @@ def test_the_diffusion_model_loss_is_the_trainers_dsm_loss():
         mine = model.loss(cond, u, generator=torch.Generator().manual_seed(4))
         theirs = trainer._loss(u, cond, torch.Generator().manual_seed(4))
     assert_close(mine, theirs, rtol=0, what="ClosureModel.loss vs Trainer loss")
+
+
+# -- a closure law as an input channel -----------------------------------------------------------------
+class SpectralLaplacian(Configurable, AbstractClosureLaw):
+    """A parameter-free Dirac law ``U = Lap(y)`` (spectral, unit periodic square): a stand-in physics closure."""
+
+    component_kind = "closure"
+
+    def __init__(self, scale: float = 1.0) -> None:
+        AbstractClosureLaw.__init__(self)
+        self.scale = scale
+
+    def latent_shape(self, cond, grid):
+        return ()
+
+    def mean(self, cond, *, grid=None):
+        y = cond.fields[:, :1]
+        n = y.shape[-1]
+        k = torch.fft.fftfreq(n, d=1.0 / n) * 2 * math.pi
+        lap = -(k[:, None] ** 2 + k[None, :] ** 2)
+        return self.scale * torch.fft.ifft2(torch.fft.fft2(y) * lap).real
+
+    def draw(self, cond, latent, *, grid=None, generator=None):
+        return self.mean(cond, grid=grid)
+
+
+def test_a_physics_closure_as_input_channel_lets_a_coarse_backbone_learn_a_fine_closure(tmp_path):
+    """U = Lap(y) / 400 for white y on 16²: an FNO keeping |k| < 2 sees the rest only through its pointwise
+    path, whose best linear map ``-c y`` explains ``(E k^2)^2 / E k^4 = 0.71`` of U's variance (measured R²
+    0.72 after 150 steps, bound < 0.8); with the law Lap(y) as an input channel it learns U (R² 0.9993,
+    bound > 0.99)."""
+    sc.register("closure", "laplacian_test", SpectralLaplacian, overwrite=True)
+    try:
+        g = torch.Generator().manual_seed(0)
+        y = torch.randn(256, 1, 16, 16, generator=g)
+        u = SpectralLaplacian().mean(sc.Conditioning(fields=y)) / 400
+        yt = torch.randn(32, 1, 16, 16, generator=g)
+        ut = SpectralLaplacian().mean(sc.Conditioning(fields=yt)) / 400
+        coarse = {**SMALL, "modes": 2}
+        r2 = {}
+        for name, kw in (("without", {}), ("with", {"inputs": [{"type": "laplacian_test", "scale": 0.0025}],
+                                                    "backbone": {**coarse, "encoder": {"type": "field", "channels": 2}}})):
+            torch.manual_seed(0)
+            law = DeterministicClosure(**{"backbone": coarse, **kw})
+            Trainer(law, TensorClosureDataset(u, fields=y), batch_size=16, max_steps=150, lr=3e-3, ema_rel_std=0.05,
+                    val_every=150, progress=False).fit()
+            with torch.no_grad():
+                mu = law.mean(sc.Conditioning(fields=yt))
+            r2[name] = 1 - float(((mu - ut) ** 2).sum() / ((ut - ut.mean()) ** 2).sum())
+        print(r2)
+        assert r2["with"] > 0.99 and r2["without"] < 0.8, r2
+        back = load_model(save_model(law, tmp_path / "ck"))
+        assert back.spec()["inputs"] == [{"type": "laplacian_test", "scale": 0.0025}]
+        assert torch.equal(back.mean(sc.Conditioning(fields=yt)), mu)
+    finally:
+        sc.registry.get_registry("closure").unregister("laplacian_test")

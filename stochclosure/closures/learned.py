@@ -25,6 +25,7 @@ closures in physical units.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Sequence
@@ -123,6 +124,9 @@ class LearnedClosureLaw(Configurable, AbstractClosureLaw):
         target_mean: Per-channel mean of the targets, ``(C,)`` (default 0).
         target_std: Per-channel std of the targets, ``(C,)`` (default 1).
         t_eval: Diffusion time the backbone is evaluated at (default: half its SDE's horizon).
+        inputs: Closure laws (specs or instances, e.g. a physics closure) whose :meth:`mean`,
+            in physical units, is appended to ``cond.fields`` as extra channels before the
+            backbone sees the condition (its encoder must take ``C_f + sum C_i`` field channels).
     """
 
     component_kind: ClassVar[str] = "closure"
@@ -131,8 +135,9 @@ class LearnedClosureLaw(Configurable, AbstractClosureLaw):
     memory: ClassVar[TimeMemory] = "none"
 
     def __init__(self, backbone: Any, channels: int = 1, target_mean: Tensor | None = None,
-                 target_std: Tensor | None = None, t_eval: float | None = None) -> None:
+                 target_std: Tensor | None = None, t_eval: float | None = None, inputs: Sequence[Any] = ()) -> None:
         AbstractClosureLaw.__init__(self)
+        self.inputs = torch.nn.ModuleList(_input_laws(inputs))
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ConfigError(format_error("channels", "a positive integer", repr(channels)))
         self.channels = channels
@@ -158,6 +163,8 @@ class LearnedClosureLaw(Configurable, AbstractClosureLaw):
         for key in _NORMALISATION:
             out.pop(key, None)
         out["backbone"] = self.backbone.spec() if hasattr(self.backbone, "spec") else out.get("backbone")
+        if "inputs" in out:
+            out["inputs"] = [law.spec() for law in self.inputs]
         return out
 
     @property
@@ -184,11 +191,21 @@ class LearnedClosureLaw(Configurable, AbstractClosureLaw):
         device = p.device if p is not None else self.target_mean.device
         x = torch.zeros((batch, self.heads * self.channels, *grid), dtype=dtype, device=device)
         t = torch.full((batch,), self.t_eval, dtype=dtype, device=device)
-        c = None if cond is None or cond.is_empty() else cond
+        c = None if cond is None or cond.is_empty() else self._with_inputs(cond, grid)
         out = self.backbone(x, t, c)
         if tuple(out.shape) != tuple(x.shape):
             raise ShapeError(format_error("backbone output", f"shape {tuple(x.shape)}", f"shape {tuple(out.shape)}"))
         return out
+
+    def _with_inputs(self, cond: Conditioning, grid: tuple[int, ...]) -> Conditioning:
+        """``cond`` with the :attr:`inputs` laws' means appended to its fields (channels)."""
+        if not len(self.inputs):
+            return cond
+        if cond.fields is None:
+            raise ShapeError(format_error("cond.fields", "coarse fields (the input closures are appended to them)",
+                                          "None", "pass Conditioning(fields=...) or drop inputs"))
+        extra = [law.mean(cond, grid=grid).to(cond.fields) for law in self.inputs]
+        return dataclasses.replace(cond, fields=torch.cat([cond.fields, *extra], dim=1))
 
     def _prepare(self, cond: Conditioning | None, grid: tuple[int, ...] | None, latent: Tensor | None = None
                  ) -> tuple[Conditioning | None, tuple[int, ...], int]:
@@ -211,6 +228,19 @@ class LearnedClosureLaw(Configurable, AbstractClosureLaw):
     def loss(self, cond: Conditioning | None, u: Tensor) -> Tensor:
         """Training loss of targets ``u`` ``(B, C, *grid)`` in physical units given ``cond``; a scalar."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss(cond, u)")
+
+
+def _input_laws(inputs: Any) -> list[Any]:
+    """Resolve the ``inputs`` closure laws; each must have a closed-form :meth:`mean` and a spec."""
+    if isinstance(inputs, (str, dict)) or not isinstance(inputs, Sequence):
+        raise ConfigError(format_error("inputs", "a list of closure laws (names, specs or instances)", repr(inputs),
+                                       "wrap a single law in a list"))
+    laws = [resolve("closure", spec) for spec in inputs]
+    for law in laws:
+        if not callable(getattr(law, "spec", None)):
+            raise ConfigError(format_error("inputs", "closure laws with a spec() (Configurable laws)",
+                                           type(law).__name__, "build the input law on stochclosure.config.Configurable"))
+    return laws
 
 
 def _build_backbone(spec: Any, out_channels: int) -> Any:
@@ -294,6 +324,7 @@ class GaussianClosure(LearnedClosureLaw):
         target_mean: Per-channel mean of the targets.
         target_std: Per-channel std of the targets.
         t_eval: Diffusion time the backbone is evaluated at.
+        inputs: Closure laws whose means are extra condition channels (see :class:`LearnedClosureLaw`).
 
     Shapes:
         ``draw`` and ``mean``: ``(B, C, *grid)``; latent ``(B, C, *grid)``; ``log_prob``: ``(..., B)``.
@@ -304,7 +335,7 @@ class GaussianClosure(LearnedClosureLaw):
     def __init__(self, backbone: Any, channels: int = 1, loss: str = "nll", noise: str = "white",
                  spectrum_bins: int = 64, log_var_range: Sequence[float] = (-14.0, 8.0),
                  target_mean: Tensor | None = None, target_std: Tensor | None = None,
-                 t_eval: float | None = None) -> None:
+                 t_eval: float | None = None, inputs: Sequence[Any] = ()) -> None:
         if loss not in GAUSSIAN_LOSSES:
             raise ConfigError(format_error("loss", f"one of {list(GAUSSIAN_LOSSES)}", repr(loss),
                                            "'nll' for the likelihood, 'crps' for the proper score"))
@@ -313,7 +344,7 @@ class GaussianClosure(LearnedClosureLaw):
         if isinstance(spectrum_bins, bool) or not isinstance(spectrum_bins, int) or spectrum_bins < 2:
             raise ConfigError(format_error("spectrum_bins", "an integer >= 2", repr(spectrum_bins)))
         lo, hi = _check_range(log_var_range)
-        super().__init__(backbone, channels, target_mean, target_std, t_eval)
+        super().__init__(backbone, channels, target_mean, target_std, t_eval, inputs)
         self.loss_name, self.noise, self.log_var_range = loss, noise, (lo, hi)
         self.register_buffer("spectrum", torch.ones(channels, spectrum_bins))
 
