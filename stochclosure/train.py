@@ -452,6 +452,8 @@ class Trainer:
         self.weighting = weighting
         self.normalise_targets, self.seed = bool(normalise_targets), int(seed)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        if self.checkpoint_dir is not None and not diffusion:
+            model_config(model)  # a law that cannot be checkpointed (unregistered) fails before any work
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.val_every, self.val_batches, self.progress = val_every, val_batches, bool(progress)
         self.world, self.rank, device = _join_process_group(device)

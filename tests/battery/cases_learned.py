@@ -58,6 +58,18 @@ def _unregistered_law(ctx: Context) -> Any:
     return save_model(Mine(_BACKBONE), ctx.folder / "unregistered_ck")
 
 
+def _unregistered_law_trainer(ctx: Context) -> Any:
+    from stochclosure.closures.learned import DeterministicClosure
+    from stochclosure.data import TensorClosureDataset
+    from stochclosure.train import Trainer
+
+    class Mine(DeterministicClosure):
+        pass
+
+    data = TensorClosureDataset(torch.randn(4, 1, 16, 16), fields=torch.randn(4, 1, 16, 16))
+    return Trainer(Mine(_BACKBONE), data, checkpoint_dir=ctx.folder / "unregistered_run", progress=False)
+
+
 def _law_with_t_range(ctx: Context) -> Any:
     from stochclosure.data import TensorClosureDataset
     from stochclosure.train import Trainer
@@ -87,6 +99,8 @@ CASES: list[BadInput] = [
       E.UnknownPluginError, "model.closure.type", _unknown_law_checkpoint),
     C("law_checkpoint_unregistered", "save_model", "a closure law whose class is not registered", E.CheckpointError,
       "model", _unregistered_law),
+    C("law_trainer_unregistered", "Trainer", "checkpoints of a closure law whose class is not registered",
+      E.CheckpointError, "model", _unregistered_law_trainer),
     C("law_trainer_t_range", "Trainer", "t_range for a Gaussian law (a diffusion-only option)", E.ConfigError,
       "t_range", _law_with_t_range),
     C("cli_train_unknown_law", "stochclosure train", "model: {type: no_such_law}", E.UnknownPluginError,
