@@ -39,9 +39,10 @@ The SDE the score was trained with travels with the weights: :func:`save_model` 
 ``model.sde`` differs (every recorded key must have the recorded value; keys added later with a
 default are ignored). Checkpoints written before this record existed load as before.
 
-``config.json`` also records the distribution that provides each component (``providers``,
-``"kind:name" -> distribution``, looked up through the registry) and, in ``versions``, the
-version of every one of them, third-party plugins included.
+``config.json`` also records the distribution that provides each component and its version
+(``providers``, ``"kind:name" -> {"distribution": ..., "version": ...}``, looked up through the
+registry; ``version`` is ``null`` for a component defined in a script or registered at run time)
+and, in ``versions``, the version of every one of those distributions, third-party plugins included.
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def component_providers(model: Any) -> dict[str, str]:
         name = registry.name_of(obj)
         provider = None
         if name is not None:
-            comp = next((c for c in registry.components(load=False) if c.name == name), None)
-            if comp is not None and comp.entry_point is not None:
+            comp = registry.component(name)
+            if comp.entry_point is not None:
                 provider = comp.provider
         else:
             name = f"{type(obj).__module__}:{type(obj).__qualname__}"
@@ -324,11 +325,12 @@ def model_config(model: Any) -> dict[str, Any]:
 
 def _header(model: Any, files: dict[str, str], extra: Mapping[str, Any] | None) -> dict[str, Any]:
     providers = component_providers(model)
+    versions = library_versions(providers)
     cfg: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "versions": library_versions(providers),
-        "providers": providers,
+        "versions": versions,
+        "providers": {key: {"distribution": dist, "version": versions.get(dist)} for key, dist in providers.items()},
         "model": model_config(model),
         "files": files,
     }
@@ -659,7 +661,7 @@ def _rebuild_law(cfg: dict[str, Any], path: Path) -> Any:
                                            _short(spec), "restore config.json from the original checkpoint"))
     registry = get_registry("closure")
     name = spec["type"]
-    if ":" in name or name not in registry:
+    if name not in registry:  # a registered name or a 'dist:name' pin; a module path is never imported
         raise UnknownPluginError(format_error(
             f"{path}: model.closure.type", f"a registered closure law (installed: {', '.join(registry.names())})",
             repr(name), "install the distribution that provides it, or stochclosure.register('closure', "

@@ -187,7 +187,7 @@ def check_law_block(m: dict[str, Any]) -> None:
 
     registry = get_registry("closure")
     name = m["type"]
-    if not isinstance(name, str) or ":" in name or name not in registry:
+    if not isinstance(name, str) or name not in registry:  # names and 'dist:name' pins only, never module paths
         raise UnknownPluginError(format_error("model.type", f"a registered closure law ({', '.join(registry.names())})",
                                               repr(name), "or give model.score for a diffusion model"))
     check_config_keys(registry.get(name), {k: v for k, v in m.items() if k != "type"}, where="model")
