@@ -5,5 +5,10 @@ the ``closure`` kind (entry-point group ``stochclosure.closures``).
 """
 
 from .base import AbstractClosureLaw, LikelihoodUnavailable, TimeMemory
+from .composite import PhysicsPlusNoise, ResidualLaw
+from .noise import AR1Fit, ColouredNoise, WhiteNoise, fit_ar1
+from .physics import ADM, Bardina, DynamicSmagorinsky, GradientModel, PhysicsClosure, ResolvedCorrection, Smagorinsky
 
-__all__ = ["AbstractClosureLaw", "LikelihoodUnavailable", "TimeMemory"]
+__all__ = ["AbstractClosureLaw", "LikelihoodUnavailable", "TimeMemory", "PhysicsClosure", "Smagorinsky",
+           "DynamicSmagorinsky", "GradientModel", "Bardina", "ADM", "ResolvedCorrection", "WhiteNoise",
+           "ColouredNoise", "AR1Fit", "fit_ar1", "ResidualLaw", "PhysicsPlusNoise"]

@@ -30,6 +30,7 @@ __all__ = [
     "check_system",
     "check_component",
     "registered_examples",
+    "check_closure_law",
 ]
 
 
@@ -270,3 +271,6 @@ def registered_examples(kind: str) -> Iterator[tuple[str, Any]]:
     for name in reg.names():
         cls = reg.get(name)
         yield name, cls.example() if hasattr(cls, "example") else cls()
+
+
+from .closures import check_closure_law  # noqa: E402  (uses assert_close above)
