@@ -112,7 +112,7 @@ def test_fit_ar1_recovers_rho():
         x[t] = rho * x[t - 1] + math.sqrt(1 - rho**2) * eps[t]
     fit = fit_ar1(x, dt=0.5)
     # 64 000 pairs: the standard error of rho is sqrt((1 - rho^2) / 64 000) = 0.0024
-    assert abs(fit.rho - rho) < 0.01 * rho  # abs-tol: relative to rho, 4 standard errors
+    assert abs(fit.rho - rho) < 0.01 * rho  # 4 standard errors, relative to rho
     assert_close(torch.tensor(fit.tau), torch.tensor(-0.5 / math.log(fit.rho)), rtol=1e-12, what="tau")
     with pytest.raises(ShapeError):
         fit_ar1(torch.zeros(2, 3))

@@ -67,7 +67,7 @@ def test_resolved_correction_is_the_dropped_triads():
     # both modes inside the 2/3 mask (|k| <= 10 on 32^2) and so are their sum and difference: nothing dropped
     w = _two_modes()[0]
     rc = ResolvedCorrection().mean(Conditioning(fields=w))
-    assert float(rc.abs().max()) < 1e-13 * float(w.abs().max())  # abs-tol: the exact value is 0 (round-off of w)
+    assert float(rc.abs().max()) < 1e-13 * float(w.abs().max())  # exact value 0: round-off of w
     # k1 = (12, 1) is outside the 2/3 mask: the coarse solver drops every triad, R is the whole N
     w, t1, t2, v1, v2, a1, a2 = _two_modes(k1=(12, 1))
     rc = ResolvedCorrection().mean(Conditioning(fields=w))

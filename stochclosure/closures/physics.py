@@ -250,6 +250,7 @@ def _fields(cond: Conditioning, grid: tuple[int, ...] | None) -> Tensor:
     if not isinstance(cond, Conditioning) or cond.fields is None:
         raise ShapeError(format_error("cond.fields", "the filtered vorticity (B, 1, n, n)", "no fields",
                                       "pass Conditioning(fields=w_bar)"))
+    cond.validate()
     w = cond.fields
     _check_vorticity(w)
     if grid is not None and tuple(grid) != tuple(w.shape[-2:]):

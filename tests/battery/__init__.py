@@ -4,17 +4,19 @@ Areas (one module each, so that they can grow independently): ``cases_core`` (sa
 components, rollouts, training, HDF5, checkpoints, configuration files and the command line),
 ``cases_files`` (files read and written: generate, HDF5 datasets, checkpoints, YAML/JSON bounds),
 ``cases_runs`` (training and distillation runs, their folders, resume and option checks),
-``cases_assimilation`` (observation operators, filters, the cycling driver).
+``cases_assimilation`` (observation operators, filters, the cycling driver), ``cases_closures``
+(physics closures, noise and residual laws).
 """
 
 from __future__ import annotations
 
 from .base import BadInput, Context, Outcome, run_case
 from .cases_assimilation import CASES as _ASSIMILATION
+from .cases_closures import CASES as _CLOSURES
 from .cases_core import CASES as _CORE
 from .cases_files import CASES as _FILES
 from .cases_runs import CASES as _RUNS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
-CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION]
+CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_CLOSURES]
