@@ -282,10 +282,11 @@ class Smagorinsky(PhysicsClosure):
     ``|S| = sqrt(2 S_ij S_ij) = 2 sqrt(S_11^2 + S_12^2)`` of the resolved velocity, evaluated on the
     coarse grid (Smagorinsky 1963; Lilly 1967). Plus ``R`` when ``resolved_correction``.
 
+    The other arguments are those of :class:`PhysicsClosure`.
+
     Args:
         cs: Smagorinsky constant (``>= 0``).
         delta: Model length ``Delta_s`` (default ``1 / n``, the grid spacing, Lilly's convention).
-        filter, filter_width, coarse_nonlinear, resolved_correction, pad: As :class:`PhysicsClosure`.
     """
 
     def __init__(self, cs: float = 0.17, delta: float | None = None, filter: str = "gaussian",
@@ -325,9 +326,10 @@ class DynamicSmagorinsky(PhysicsClosure):
     grid and test filter together have width ``a Delta``; ``Delta`` is the filter width (``2 / n``).
     ``U = C div(m(bar(w), Delta))`` plus ``R`` when ``resolved_correction``.
 
+    The other arguments are those of :class:`PhysicsClosure`.
+
     Args:
         test_ratio: ``a > 1``, test-to-grid filter width ratio (default 2).
-        filter, filter_width, coarse_nonlinear, resolved_correction, pad: As :class:`PhysicsClosure`.
     """
 
     def __init__(self, test_ratio: float = 2.0, filter: str = "gaussian", filter_width: float | None = None,
@@ -368,9 +370,7 @@ class GradientModel(PhysicsClosure):
     For two modes ``w = a_1 cos(k_1.x) + a_2 cos(k_2.x)`` it is
     ``(Delta^2/12) a_1 a_2 (k_1.k_2)(k_1 x k_2)(1/|k_1|^2 - 1/|k_2|^2) cos(k_1.x) cos(k_2.x)``.
 
-    Args:
-        filter, filter_width, coarse_nonlinear, resolved_correction, pad: As :class:`PhysicsClosure`
-            (``Delta`` = ``filter_width``, default ``2 / n``).
+    The arguments are those of :class:`PhysicsClosure` (``Delta`` = ``filter_width``, default ``2 / n``).
     """
 
     def subgrid_hat(self, w_hat: Tensor, n: int) -> Tensor:
@@ -391,9 +391,10 @@ class Bardina(PhysicsClosure):
     filter is the identity on resolved modes, so this model needs the Gaussian one (a spectral
     ``filter`` is refused; :meth:`from_system` then uses the Gaussian of width ``2 / n``).
 
+    The other arguments are those of :class:`PhysicsClosure`.
+
     Args:
         cb: Similarity coefficient ``C_b`` (1 in the original model).
-        filter, filter_width, coarse_nonlinear, resolved_correction, pad: As :class:`PhysicsClosure`.
     """
 
     def __init__(self, cb: float = 1.0, filter: str = "gaussian", filter_width: float | None = None,
@@ -428,9 +429,10 @@ class ADM(PhysicsClosure):
     own term subtracted. With ``resolved_correction=False`` the exact ``P_n N(bar(w))`` is
     subtracted instead. For the sharp filter (``G = 1``) ``w* = bar(w)`` and ADM is ``R``.
 
+    The other arguments are those of :class:`PhysicsClosure`.
+
     Args:
         order: ``p >= 0``.
-        filter, filter_width, coarse_nonlinear, resolved_correction, pad: As :class:`PhysicsClosure`.
     """
 
     def __init__(self, order: int = 5, filter: str = "gaussian", filter_width: float | None = None,
