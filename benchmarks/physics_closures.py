@@ -13,9 +13,10 @@ is computed. Nothing is tuned on the test split.
 
 Scores: ``R^2`` of the closure (of the ensemble mean for noise laws) against ``U`` over the test
 split; for the physics + noise laws, the fair CRPS, spread-skill ratio and 80 % interval coverage of
-16 draws (:func:`stochclosure.metrics.offline_scores`). "R explains" is the ``R^2`` of the
-resolved-interaction correction alone: the share of ``U`` that is the coarse solver's own missing
-resolved triads.
+16 draws (``stochclosure.metrics.offline_scores``), and their energy score over each field (which,
+unlike the pointwise CRPS, sees spatial correlation). The row "resolved correction R" is the ``R^2``
+of the resolved-interaction correction alone: the share of ``U`` that is the coarse solver's own
+missing resolved triads.
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ def evaluate(snaps: torch.Tensor, quick: bool) -> dict[str, Any]:
         data = split(system, snaps)
         w, u = data["test"]
         row: dict[str, Any] = {"rms U": float(u.pow(2).mean().sqrt()), "r2": {}, "seconds": {}}
-        for name, law in laws(system, data["train"]).items():
+        built = laws(system, data["train"])
+        row["fitted c_s"] = built["Smagorinsky, fitted c_s (+ R)"].cs
+        for name, law in built.items():
             if filt == "spectral" and name.startswith("Bardina"):
                 name += " (Gaussian similarity filter)"
             t0 = time.perf_counter()
@@ -177,13 +180,16 @@ def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any]) ->
             vals.append(f"{results[s]['r2'][key]:.3f}")
         lines.append(f"| {name} | " + " | ".join(vals) + " |")
     lines.append("| rms U | " + " | ".join(f"{results[s]['rms U']:.3g}" for s in settings) + " |")
+    lines.append("| fitted c_s | " + " | ".join(f"{results[s]['fitted c_s']:.3g}" for s in settings) + " |")
     lines += ["", "With the sharp filter, Bardina uses the Gaussian filter of width 2/n as its similarity filter "
               "(the sharp one is the identity on resolved modes), and the gradient model's length is 2/n.", "",
               "## Physics + noise (16 draws, test split)", "",
-              "| law | setting | R² of mean | CRPS (fair) | spread-skill | 80 % coverage |", "|---|---|---|---|---|---|"]
+              "| law | setting | R² of mean | CRPS (fair) | energy score | spread-skill | 80 % coverage |",
+              "|---|---|---|---|---|---|---|"]
     for s in settings:
         for name, sc in results[s]["noise"].items():
-            lines.append(f"| {name} | {s} | {sc['r2']:.3f} | {sc['crps']:.3g} | {sc['spread_skill']:.3f} | "
+            lines.append(f"| {name} | {s} | {sc['r2']:.3f} | {sc['crps']:.3g} | {sc['energy']:.4g} | "
+                         f"{sc['spread_skill']:.3f} | "
                          f"{sc['coverage']:.3f} |")
     atomic_write_text(path, "\n".join(lines) + "\n")
 

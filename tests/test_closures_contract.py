@@ -10,8 +10,17 @@ import torch
 
 import stochclosure as sc
 from stochclosure._types import Conditioning
-from stochclosure.closures import ADM, ColouredNoise, PhysicsPlusNoise, ResidualLaw, WhiteNoise, fit_ar1
+from stochclosure.closures import (
+    ADM,
+    AbstractClosureLaw,
+    ColouredNoise,
+    PhysicsPlusNoise,
+    ResidualLaw,
+    WhiteNoise,
+    fit_ar1,
+)
 from stochclosure.closures.noise import radial_spectrum
+from stochclosure.config import Configurable
 from stochclosure.errors import ConfigError, ShapeError
 from stochclosure.systems.subgrid import NavierStokes2DSubgrid
 from stochclosure.testing import assert_close, check_closure_law
@@ -42,6 +51,30 @@ LAWS = {
     "physics_plus_noise": lambda: PhysicsPlusNoise("adm", "coloured").fit(_cond(4, seed=2), 1e-3 * torch.randn(
         4, 1, 16, 16, generator=torch.Generator().manual_seed(4))),
 }
+
+
+class LinearGaussianLaw(Configurable, AbstractClosureLaw):
+    """A user-written law: ``U = a * w + b * z`` (heteroscedastic-free Gaussian around a linear mean)."""
+
+    component_kind = "closure"
+    reparameterised = True
+
+    def __init__(self, a: float = 0.5, b: float = 0.1) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+
+    def latent_shape(self, cond, grid):
+        return (1, *grid)
+
+    def draw(self, cond, latent, *, grid=None, generator=None):
+        return self.a * cond.fields + self.b * latent
+
+    def mean(self, cond, *, grid=None):
+        return self.a * cond.fields
+
+
+def test_a_user_written_law_passes_the_contract():
+    check_closure_law(LinearGaussianLaw(0.3, 0.2), _cond())
 
 
 def test_every_registered_closure_law_is_covered():

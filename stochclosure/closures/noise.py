@@ -78,7 +78,7 @@ class WhiteNoise(Configurable, AbstractClosureLaw):
         """``sigma_c * latent``, ``(B, C, *grid)``."""
         grid = _grid(cond, grid)
         z = _check_latent(latent, cond, self.latent_shape(cond, grid))
-        return self.sigma.to(z.dtype).view(-1, *([1] * len(grid))) * z
+        return self.sigma.to(device=z.device, dtype=z.dtype).view(-1, *([1] * len(grid))) * z
 
     def mean(self, cond: Conditioning, *, grid: tuple[int, ...] | None = None) -> Tensor:
         """Zeros ``(B, C, *grid)``."""

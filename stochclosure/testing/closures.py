@@ -52,7 +52,11 @@ def _check_spec(law: Any, cond: Conditioning, latent: Tensor | None, out: Tensor
     if not hasattr(law, "spec"):
         return
     spec = law.spec()
-    rebuilt = resolve("closure", spec)
+    try:
+        rebuilt = resolve("closure", spec)
+    except Exception as exc:  # noqa: BLE001 - reported as the contract violation
+        raise AssertionError(f"the registry cannot rebuild the law from its spec {spec}: {type(exc).__name__}: "
+                             f"{exc}") from exc
     assert type(rebuilt) is type(law), f"spec {spec} rebuilt a {type(rebuilt).__name__}, not a {type(law).__name__}"
     assert rebuilt.spec() == spec, f"spec round trip changed the spec: {spec} -> {rebuilt.spec()}"
     rebuilt.load_state_dict(law.state_dict())
@@ -77,7 +81,9 @@ def check_closure_law(law: Any, cond: Conditioning, grid: tuple[int, ...] | None
     * ``sample(cond, n)`` has shape ``(n, B, C, *grid)``, is finite and reproducible by seed;
     * ``nfe_per_draw >= 0``; a Dirac law (empty latent) has ``mean == draw``; where ``mean`` /
       ``log_prob`` exist they have shapes ``(B, C, *grid)`` / ``(n, B)``;
-    * the registry rebuilds the law from its ``spec()`` (and ``state_dict``) with the same draws.
+    * where the law has ``spec()`` (laws built on :class:`~stochclosure.config.Configurable` do), the
+      registry rebuilds it from that spec (and its ``state_dict``) with the same draws; register the
+      class or define it at module level so that the spec names an importable class.
 
     Args:
         law: The closure law instance.
