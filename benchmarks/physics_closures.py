@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -75,13 +74,10 @@ def split(system: Any, snaps: torch.Tensor) -> dict[str, tuple[torch.Tensor, tor
 def fitted_smagorinsky(system: Any, w: torch.Tensor, u: torch.Tensor) -> Any:
     """Smagorinsky with ``c_s^2`` by least squares on ``U - R`` (training pairs), clipped at 0."""
     from stochclosure._types import Conditioning
-    from stochclosure.closures import ResolvedCorrection, Smagorinsky
+    from stochclosure.closures import Smagorinsky
 
-    cond = Conditioning(fields=w)
-    unit = Smagorinsky.from_system(system, cs=1.0, resolved_correction=False).mean(cond)
-    target = u - ResolvedCorrection.from_system(system).mean(cond)
-    c2 = max(float((unit * target).sum() / (unit * unit).sum()), 0.0)
-    return Smagorinsky.from_system(system, cs=math.sqrt(c2))
+    return Smagorinsky.fit(Conditioning(fields=w), u, filter=system.filter_kind, filter_width=system.filter_width,
+                           coarse_nonlinear=system.coarse_nonlinear)
 
 
 def laws(system: Any, train: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:

@@ -236,3 +236,14 @@ def test_physics_closures_work_in_float32_and_sample_copies():
 def test_bad_options_raise_typed_errors(make, error):
     with pytest.raises(error):
         make()
+
+
+def test_smagorinsky_fit_recovers_a_known_constant():
+    g = torch.Generator().manual_seed(2)
+    w = NavierStokes2DSubgrid(n=N, n_fine=64).initial_state(3, generator=g, dtype=torch.float64)
+    cond = Conditioning(fields=w)
+    truth = Smagorinsky(cs=0.23).mean(cond)  # includes R: fit must remove it before the least squares
+    fitted = Smagorinsky.fit(cond, truth)
+    assert_close(torch.tensor(fitted.cs), torch.tensor(0.23), rtol=1e-10, what="fitted c_s")
+    with pytest.raises(ShapeError):
+        Smagorinsky.fit(cond, truth[:, :, :8])

@@ -299,6 +299,31 @@ class Smagorinsky(PhysicsClosure):
             raise ConfigError(format_error("delta", "a positive model length (or None for 1 / n)", repr(delta)))
         self.cs, self.smag_delta = float(cs), delta
 
+    @classmethod
+    def fit(cls, cond: Conditioning, u: Tensor, **options: Any) -> Smagorinsky:
+        """Least-squares ``c_s^2`` (clipped at 0) of ``U`` (minus ``R`` when it is added) on training pairs.
+
+        Args:
+            cond: Training conditions, ``fields`` ``(B, 1, n, n)``.
+            u: True closures like ``cond.fields``.
+            **options: The other constructor arguments (``delta``, ``filter``, ...), not ``cs``.
+
+        Returns:
+            The fitted closure.
+        """
+        unit = cls(**{**options, "cs": 1.0, "resolved_correction": False})
+        m = unit.mean(cond)
+        if not isinstance(u, Tensor) or u.shape != m.shape:
+            raise ShapeError(format_error("u", f"shape {tuple(m.shape)} (the closures of cond)",
+                                          f"shape {tuple(getattr(u, 'shape', ()))}"))
+        law = cls(**{**options, "cs": 1.0})
+        target = u.to(m.dtype)
+        if law.resolved_correction:
+            target = target - ResolvedCorrection(law.filter_kind, law.filter_width, law.coarse_nonlinear,
+                                                 True, law.pad).mean(cond)
+        c2 = float((m * target).sum() / (m * m).sum().clamp_min(torch.finfo(m.dtype).tiny))
+        return cls(**{**options, "cs": math.sqrt(max(c2, 0.0))})
+
     def subgrid_hat(self, w_hat: Tensor, n: int) -> Tensor:
         """``div(nu_t grad w)`` in spectral space."""
         w = torch.fft.irfft2(w_hat, s=(n, n))
