@@ -33,6 +33,7 @@ resolved modes only (Nyquist modes zero), like the true ``U`` of the subgrid sys
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, ClassVar
 
@@ -187,9 +188,9 @@ class PhysicsClosure(Configurable, AbstractClosureLaw):
         """The filter's Fourier multiplier ``G`` on ``n x n``."""
         return filter_multiplier(n, self.filter_kind, self.filter_width, dtype, device)
 
+    @abc.abstractmethod
     def subgrid_hat(self, w_hat: Tensor, n: int) -> Tensor:
         """``rfft2`` of the modelled ``-div(tau)`` for resolved vorticity ``w_hat`` ``(B, 1, n, n//2+1)``."""
-        raise NotImplementedError
 
     def correction_hat(self, w_hat: Tensor, n: int) -> Tensor:
         """``rfft2`` of ``R = P_n N(w) - N_c(w)`` (zero for the exact coarse nonlinear term)."""
