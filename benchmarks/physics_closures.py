@@ -213,8 +213,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any]) -> None:
     """The results table, atomically."""
-    names = list(next(iter(results.values()))["r2"])
-    settings = list(results)
+    settings = [f"{f} / {c}" for f, c in SETTINGS if f"{f} / {c}" in results]
+    names = list(results[settings[0]]["r2"])  # the order of laws(), kept by the JSON (not key-sorted)
     lines = ["# Physics closures of the 2-D subgrid term: offline scores", "",
              f"`python benchmarks/physics_closures.py` ({meta['platform']}, torch {meta['torch']}, 1 thread, "
              f"{meta['minutes']:.1f} min).", "", _paragraph(2), "", _paragraph(3),
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = "physics_closures_quick" if args.quick else "physics_closures"
     meta = {"platform": f"{platform.machine()}, {platform.python_version()}", "torch": torch.__version__,
             "minutes": (time.time() - t0) / 60}
-    atomic_write_text(out / f"{stem}.json", json.dumps({"meta": meta, "results": results}, indent=1, sort_keys=True))
+    atomic_write_text(out / f"{stem}.json", json.dumps({"meta": meta, "results": results}, indent=1))
     write_markdown(results, out / f"{stem}.md", meta)
     _log(f"wrote {out / stem}.md")
     return 0
