@@ -86,6 +86,15 @@ def test_builtin_closure_laws_pass_the_contract(name):
     check_closure_law(LAWS[name](), _cond())
 
 
+def test_registered_examples_pass_through_check_component():
+    from stochclosure.testing import check_component, registered_examples
+
+    examples = {name: law for name, law in registered_examples("closure") if name in LAWS}
+    assert set(examples) == set(LAWS)
+    for law in examples.values():
+        check_component("closure", law)
+
+
 def test_contract_catches_a_law_that_mixes_batch_members():
     class Mixing(WhiteNoise):
         def draw(self, cond, latent, *, grid=None, generator=None):

@@ -103,6 +103,13 @@ class PhysicsPlusNoise(ResidualLaw):
             raise ConfigError(format_error("noise", "a white or coloured noise law", type(self.residual).__name__,
                                            "use ResidualLaw for other residual laws"))
 
+    @classmethod
+    def example(cls) -> PhysicsPlusNoise:
+        """ADM + coloured noise fitted on random 16^2 fields, for contract tests."""
+        g = torch.Generator().manual_seed(0)
+        cond = Conditioning(fields=torch.randn(4, 1, 16, 16, generator=g))
+        return cls("adm", "coloured").fit(cond, torch.randn(4, 1, 16, 16, generator=g))
+
     def fit(self, cond: Conditioning, u: Tensor) -> PhysicsPlusNoise:
         """Fit the noise on the residuals ``u - physics.mean(cond)``.
 

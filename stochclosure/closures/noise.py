@@ -198,6 +198,12 @@ class ColouredNoise(Configurable, AbstractClosureLaw):
         grid = _grid(cond, grid)
         return torch.zeros((cond.batch_size or 1, self.channels, *grid))
 
+    @classmethod
+    def example(cls) -> ColouredNoise:
+        """A small fitted instance (spectrum of smoothed white noise on 16^2), for contract tests."""
+        z = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return cls().fit(z.cumsum(-1))
+
     def fit(self, residual_samples: Tensor) -> ColouredNoise:
         """Fit the shell spectrum to ``residual_samples`` ``(N, C, n, n)`` (:func:`radial_spectrum`).
 

@@ -254,7 +254,15 @@ _CHECKS = {
     "encoder": check_encoder,
     "sampler": check_sampler,
     "system": check_system,
+    "closure": lambda law: check_closure_law(law, _closure_condition(law)),
 }
+
+
+def _closure_condition(law: Any) -> Conditioning:
+    """The law's ``example_condition()``, else three random ``(1, 16, 16)`` float32 fields."""
+    if hasattr(law, "example_condition"):
+        return law.example_condition()
+    return Conditioning(fields=torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
 
 
 def check_component(kind: str, obj: Any) -> None:
