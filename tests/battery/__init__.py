@@ -7,13 +7,15 @@ components, rollouts, training, HDF5, checkpoints, configuration files and the c
 ``cases_assimilation`` (observation operators, filters, the cycling driver), ``cases_plugins``
 (specs read from files, plugin name clashes, misspelt entry-point groups, forgotten init),
 ``cases_guards`` (input guards: half-precision conditions, generators, seeds, sizes too large for
-memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints).
+memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints), ``cases_closures``
+(physics closures, noise and residual laws).
 """
 
 from __future__ import annotations
 
 from .base import BadInput, Context, Outcome, run_case
 from .cases_assimilation import CASES as _ASSIMILATION
+from .cases_closures import CASES as _CLOSURES
 from .cases_core import CASES as _CORE
 from .cases_files import CASES as _FILES
 from .cases_guards import CASES as _GUARDS
@@ -23,4 +25,4 @@ from .cases_runs import CASES as _RUNS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
-CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED]
+CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES]
