@@ -50,7 +50,7 @@ from .result import AssimilationResult
 from .twins import AbstractTwin, Lorenz96Twin, twin_for
 
 __all__ = ["ExperimentConfig", "ClosureSpec", "run_experiment", "build_forecast", "fit_cubic_ar1",
-           "write_report", "BaselineSystem", "CLOSURE_KINDS"]
+           "write_report", "BaselineSystem", "RecordedTwin", "CLOSURE_KINDS"]
 
 CLOSURE_KINDS = ("none", "cubic", "smagorinsky", "checkpoint")
 """Built-in closure kinds; any other ``type`` is looked up in the ``closure`` registry."""
@@ -399,6 +399,43 @@ def _truth_start(system: Any, twin: AbstractTwin, spinup: float, seed: int) -> A
     return state["state"][0]
 
 
+class RecordedTwin(AbstractTwin):
+    """A truth replayed from a recording: reduced states ``(T + 1, C, *grid)`` every ``period`` time units.
+
+    Several experiments against one truth (forecast models, inflation factors) then share its
+    cost; ``truth_state0`` is ignored (the recording starts at its first state).
+
+    Args:
+        states: The recorded reduced truth, ``states[i]`` at time ``i * period``.
+        period: Time between records.
+    """
+
+    def __init__(self, states: Tensor, period: float) -> None:
+        if not isinstance(states, Tensor) or states.dim() < 2:
+            raise ConfigError(format_error("states", "a tensor (T + 1, C, *grid)", type(states).__name__))
+        self.states, self.period = states, float(period)
+
+    def initial(self, truth_state0: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        return {"index": torch.zeros(1, dtype=torch.int64)}
+
+    def advance(self, state: dict[str, Tensor], duration: float, generator: torch.Generator) -> dict[str, Tensor]:
+        n = round(duration / self.period)
+        i = int(state["index"][0]) + n
+        if n < 1 or abs(n * self.period - duration) > 1e-9 * duration or i >= self.states.shape[0]:
+            raise ConfigError(format_error("truth", f"a recording long enough, in steps of {self.period:g}",
+                                           f"record {i} of {self.states.shape[0]} after a step of {duration:g}",
+                                           "record more of the truth or run fewer cycles"))
+        return {"index": torch.full((1,), i, dtype=torch.int64)}
+
+    def reduced(self, state: dict[str, Tensor]) -> Tensor:
+        return self.states[int(state["index"][0])]
+
+    def spec(self) -> dict[str, Any]:
+        from ._identity import describe
+
+        return {"type": "RecordedTwin", "period": self.period, "states": describe(self.states)}
+
+
 # -- running and reporting --------------------------------------------------------------------------------------
 def _write_text(path: Path, text: str) -> Path:
     tmp = temporary_name(path)
@@ -412,7 +449,7 @@ def _write_text(path: Path, text: str) -> Path:
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                   report: bool = True) -> AssimilationResult:
+                   report: bool = True, truth: AbstractTwin | None = None) -> AssimilationResult:
     """Run a twin experiment into ``out_dir`` (or ``config.out``); continues a killed run.
 
     Writes ``checkpoint.safetensors`` after every cycle, then ``result.safetensors``,
@@ -423,6 +460,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike[str] | N
         out_dir: Output folder (default ``config.out``).
         progress: Show a progress bar.
         report: Write the report folder.
+        truth: A twin to use instead of the system's full model run from ``config.truth``
+            (e.g. a :class:`RecordedTwin` shared by several experiments).
 
     Returns:
         The :class:`~.result.AssimilationResult`.
@@ -439,9 +478,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike[str] | N
     out = Path(out_value)
     preflight_output(out, "out", is_dir=True)
     system = resolve("system", dict(config.system))
-    twin = twin_for(system, None)
+    twin = twin_for(system, None) if truth is None else truth
     fc_system, closure, kwargs, fitted = build_forecast(config, system, out / "closure_fit.json")
-    truth0 = _truth_start(system, twin, config.truth_spinup, config.truth_seed)
+    truth0 = _truth_start(system, twin, config.truth_spinup, config.truth_seed) if truth is None else None
     result = assimilate(fc_system, closure, truth0, observation=dict(config.observation), filter=config.filter,
                         inflation=config.inflation, truth=twin, members=config.members, cycles=config.cycles,
                         steps_per_cycle=config.every, dt=config.dt, spinup=config.spinup_cycles, seed=config.seed,
