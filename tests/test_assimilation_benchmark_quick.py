@@ -24,7 +24,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
         rows = twin["l96"][variant]
         assert set(rows) == {"perfect model", "no closure", "cubic", "cubic + AR(1)"}
         for name, r in rows.items():
-            assert r["cycles"] == 30 and r["inflation"] in (1.0, 1.2), name
+            assert r["cycles"] == 20 and r["inflation"] in (1.0, 1.2), name
             assert math.isfinite(r["rmse_se"]) and r["analysis_fraction"] > 0, name
         # observing X with std 1, the filter with the perfect model or the cubic closures beats the
         # observations; the reduced model without closure is far off (its X climate is wrong)
