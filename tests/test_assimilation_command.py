@@ -137,3 +137,43 @@ def test_a_recorded_truth_replays_the_full_model_run(tmp_path):
     with pytest.raises(ConfigError, match="truth"):
         run_experiment(ExperimentConfig.from_dict({**BASE, "cycles": 9, "closure": "none"}), tmp_path / "short",
                        progress=False, report=False, truth=RecordedTwin(torch.cat(rec), period=0.02))
+
+
+def test_a_killed_command_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL the command mid-run (after its checkpoint holds 5 cycles); the same command again
+    finishes the run, and the result equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors import safe_open
+
+    cfg = {**BASE, "cycles": 60, "closure": {"type": "cubic", "noise": "ar1", "coefficients": [-0.8, -1.1, 0.0, 0.002],
+                                              "phi": 0.9, "sigma": 1.5}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    script = ("import argparse, sys\nfrom stochclosure.assimilation import command\np = argparse.ArgumentParser()\n"
+              "command.add_args(p)\nsys.exit(command.run(p.parse_args(sys.argv[1:])))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", script, "--config", str(path), "--quiet", "--no-report", "--out"]
+    subprocess.run([*cmd, str(tmp_path / "a")], check=True, env=env, timeout=300, capture_output=True)
+    proc = subprocess.Popen([*cmd, str(tmp_path / "b")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt, done, deadline = tmp_path / "b" / "checkpoint.safetensors", 0, time.time() + 120
+    while done < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+        try:
+            with safe_open(str(ckpt), framework="pt") as fh:
+                done = json.loads(fh.metadata()["stochclosure"])["cycles_done"]
+        except Exception:  # noqa: BLE001 - not written yet
+            pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and not (tmp_path / "b" / "result.safetensors").exists()
+    subprocess.run([*cmd, str(tmp_path / "b")], check=True, env=env, timeout=300, capture_output=True)
+    a = AssimilationResult.load(tmp_path / "a" / "result.safetensors")
+    b = AssimilationResult.load(tmp_path / "b" / "result.safetensors")
+    assert a.cycles == b.cycles == 60
+    for name in ("analysis_rmse", "forecast_rmse", "analysis_spread", "observations", "rank_counts", "ensemble"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
