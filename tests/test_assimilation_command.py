@@ -49,6 +49,8 @@ def test_command_writes_results_summary_and_report(tmp_path, capsys):
     for fig in ("error_vs_cycle.png", "spread_vs_rmse.png", "rank_histogram.png"):
         assert fig in report
         assert (out / "report" / fig).read_bytes().startswith(b"\x89PNG") and (out / "report" / fig).stat().st_size > 5000
+    leftovers = [p.name for p in out.rglob("*") if ".tmp" in p.name]      # every file written atomically
+    assert not leftovers, leftovers
 
 
 def test_a_stopped_run_continues_to_the_uninterrupted_result(tmp_path):

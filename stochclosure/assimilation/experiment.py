@@ -507,7 +507,17 @@ def write_report(result: AssimilationResult, folder: str | os.PathLike[str], tit
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..plots import _save, plot_rank_histogram
+    from ..plots import plot_rank_histogram
+
+    def _save(fig: Any, path: Path) -> None:                  # atomically, like every file of a run
+        tmp = temporary_name(path)
+        try:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            if tmp.exists():
+                tmp.unlink()
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -533,8 +543,8 @@ def write_report(result: AssimilationResult, folder: str | os.PathLike[str], tit
     ax.set_ylabel("RMSE of the mean")
     ax.legend(fontsize=8)
     _save(fig, folder / "spread_vs_rmse.png")
-    plot_rank_histogram(result.rank_histogram(), folder / "rank_histogram.png",
-                        title="rank of the observed truth among the forecast members")
+    _save(plot_rank_histogram(result.rank_histogram(), None,
+                              title="rank of the observed truth among the forecast members"), folder / "rank_histogram.png")
     sm = result.summary()
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sm.items())
     fit = "" if not fitted else "\nFitted / used closure parameters: `" + json.dumps(to_jsonable(fitted)) + "`\n"
