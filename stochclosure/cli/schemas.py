@@ -33,7 +33,7 @@ from ..config import ENSEMBLE_SEED_LIMIT, check_seed
 from ..errors import ConfigError, format_error
 from ..training.distill import check_levels
 
-__all__ = ["ConfigPath", "DataBlock", "ModelBlock", "TrainConfig", "StudentBlock", "DistillConfig", "RolloutConfig",
+__all__ = ["ConfigPath", "DataBlock", "ModelBlock", "TrainConfig", "TrainLawConfig", "StudentBlock", "DistillConfig", "RolloutConfig",
            "GenerateConfig", "parse", "to_dict", "spec"]
 
 ConfigPath = NewType("ConfigPath", str)
@@ -104,6 +104,17 @@ class TrainConfig:
     trainer: dict | None = spec("a mapping of Trainer arguments", default=None)
     seed: int = spec(default=0, check=_seed)
     root: str | None = spec("a folder (path string) or null", default=None)
+
+
+@dataclass
+class TrainLawConfig(TrainConfig):
+    """A ``stochclosure train`` file whose ``model:`` names a registered closure law (``{type: NAME, ...}``).
+
+    The law's own keys are checked against its constructor by
+    :func:`stochclosure.cli.train.check_law_block`.
+    """
+
+    model: dict = spec("a closure-law spec {type: NAME, ...}")  # type: ignore[assignment]
 
 
 def _levels(value: Any, key: str) -> list[float] | None:

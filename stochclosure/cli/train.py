@@ -18,6 +18,8 @@ top-level ``root`` key (see :mod:`stochclosure._io`); absolute paths are used as
       sde: ve_exp
       sampler: {type: truncated_karras_em}
       score: {type: fno, encoder: {type: composite, encoders: [field, sparse_interp]}}
+      # or any registered closure law by its name, e.g.
+      # {type: gaussian, loss: crps, backbone: {type: fno, encoder: {type: field}}}
     trainer:                    # keyword arguments of stochclosure.training.Trainer
       batch_size: 32
       max_steps: 2000
@@ -52,12 +54,14 @@ import torch.distributed as dist
 
 from .._io import preflight_output
 from ..config import check_config_keys, check_device, check_seed, load_yaml_mapping
+from ..errors import UnknownPluginError, format_error
 from ..model import ClosureModel
+from ..registry import get_registry, resolve
 from ..runs import check_run_folder, latest_checkpoint, run_lock
 from ..training.trainer import Trainer, check_trainer_options
-from .schemas import DataBlock, TrainConfig, parse, to_dict
+from .schemas import DataBlock, TrainConfig, TrainLawConfig, parse, to_dict
 
-__all__ = ["load_train_config", "run_training", "check_trainer_block", "data_block", "open_datasets", "run_folder",
+__all__ = ["load_train_config", "run_training", "check_law_block", "check_trainer_block", "data_block", "open_datasets", "run_folder",
            "run_command", "add_run_args", "print_summary", "run", "add_arguments"]
 
 def check_trainer_block(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -73,16 +77,36 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
 
     The file is checked against :class:`~stochclosure.cli.schemas.TrainConfig` (unknown keys,
     wrong types and out-of-range values raise :class:`ConfigError` naming them; paths follow the
-    config-path rule), then every ``trainer`` option against the Trainer.
+    config-path rule), or against :class:`~stochclosure.cli.schemas.TrainLawConfig` when
+    ``model.type`` names a registered closure law (then :func:`check_law_block`), and every
+    ``trainer`` option against the Trainer.
 
     Returns:
         The configuration as a mapping, defaults filled and paths absolute.
     """
     path = Path(path)
     raw = load_yaml_mapping(path, "a mapping with blocks data, model, trainer, out")
-    cfg = to_dict(parse(TrainConfig, raw, path, "train"))
+    law = isinstance(raw.get("model"), dict) and "type" in raw["model"]
+    cfg = to_dict(parse(TrainLawConfig if law else TrainConfig, raw, path, "train"))
+    if law:
+        check_law_block(cfg["model"])
     check_trainer_block(cfg)
     return cfg
+
+
+def check_law_block(m: dict[str, Any]) -> None:
+    """A ``model:`` block naming a closure law: a registered name and the law's constructor keys.
+
+    Raises:
+        UnknownPluginError: ``model.type`` is not a registered closure law (import paths included).
+        ConfigError: an unknown key for that law.
+    """
+    registry = get_registry("closure")
+    name = m["type"]
+    if not isinstance(name, str) or name not in registry:  # names and 'dist:name' pins only, never module paths
+        raise UnknownPluginError(format_error("model.type", f"a registered closure law ({', '.join(registry.names())})",
+                                              repr(name), "or give model.score for a diffusion model"))
+    check_config_keys(registry.get(name), {k: v for k, v in m.items() if k != "type"}, where="model")
 
 
 def data_block(d: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +170,11 @@ def run_training(cfg: dict[str, Any], resume: bool = False, progress: bool = Tru
         m = dict(cfg["model"])
         channels = int(m.pop("channels", 0) or train[0]["target"].shape[0])
         torch.manual_seed(seed)
-        model = ClosureModel(m.get("sde", "ve_exp"), m["score"], m.get("sampler", "euler_maruyama"), channels=channels)
+        if "type" in m:  # any registered closure law: {type: gaussian, backbone: {...}, ...}
+            model = resolve("closure", {**m, "channels": channels})
+        else:
+            model = ClosureModel(m.get("sde", "ve_exp"), m["score"], m.get("sampler", "euler_maruyama"),
+                                 channels=channels)
         kw.setdefault("seed", seed)
         kw.setdefault("progress", progress)
         trainer = Trainer(model, train, val, checkpoint_dir=cfg["out"], **kw)

@@ -7,20 +7,26 @@ components, rollouts, training, HDF5, checkpoints, configuration files and the c
 ``cases_assimilation`` (observation operators, filters, the cycling driver), ``cases_plugins``
 (specs read from files, plugin name clashes, misspelt entry-point groups, forgotten init),
 ``cases_guards`` (input guards: half-precision conditions, generators, seeds, sizes too large for
-memory, devices), ``cases_layers`` (the command line's config schemas and their path rule).
+memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints), ``cases_closures``
+(physics closures, noise and residual laws), ``cases_da`` (assimilation experiment
+configurations), ``cases_layers`` (the command line's config schemas and their path rule).
 """
 
 from __future__ import annotations
 
 from .base import BadInput, Context, Outcome, run_case
 from .cases_assimilation import CASES as _ASSIMILATION
+from .cases_closures import CASES as _CLOSURES
 from .cases_core import CASES as _CORE
+from .cases_da import CASES as _DA
 from .cases_files import CASES as _FILES
 from .cases_guards import CASES as _GUARDS
 from .cases_layers import CASES as _LAYERS
+from .cases_learned import CASES as _LEARNED
 from .cases_plugins import CASES as _PLUGINS
 from .cases_runs import CASES as _RUNS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
-CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LAYERS]
+CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
+                         *_DA, *_LAYERS]
