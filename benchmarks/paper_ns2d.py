@@ -211,7 +211,7 @@ def evaluate_oracle(work: Path, quick: bool, hold: int = 10) -> dict[str, Any]:
     held = None
     err: dict[str, list[float]] = {k: [0.0] for k in v}
     for step in range(n_steps):
-        w, clos = fine.full_step(w, generator=gen, return_closures=True)
+        w, clos = fine.full_step_with_closures(w, generator=gen)
         g = coarsen(clos["G"], 32, "stride")
         held = g if step % hold == 0 else held
         for k, u in (("true G every step", g), (f"true G held {hold} steps", held)):

@@ -60,7 +60,7 @@ def _truth_run(fine: Any, w0: torch.Tensor, n_steps: int, n_coarse: int, closure
     states, obs = [coarsen(w0, n_coarse, "stride")], []
     w = w0
     for step in tqdm(range(n_steps), desc="truth (fine grid)", disable=not progress, leave=False):
-        w_next, clos = fine.full_step(w, generator=gen, return_closures=True)
+        w_next, clos = fine.full_step_with_closures(w, generator=gen)
         obs.append(clos[closure][..., ::stride, ::stride].reshape(1, 1, -1))
         w = w_next
         if (step + 1) % record_every == 0:

@@ -136,7 +136,7 @@ obs_k = int(info["obs_grid"])
 gen = torch.Generator().manual_seed(1)
 w, truth_states, obs = w0, [coarsen(w0, 32)], []
 for step in range(n_steps):
-    w_next, closures = fine.full_step(w, generator=gen, return_closures=True)
+    w_next, closures = fine.full_step_with_closures(w, generator=gen)
     obs.append(closures["G"][..., :: fine.n // obs_k, :: fine.n // obs_k].reshape(1, 1, -1))
     w = w_next
     if (step + 1) % record_every == 0:

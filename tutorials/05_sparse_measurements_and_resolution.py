@@ -77,7 +77,7 @@ for _ in range(100 if SMOKE else 500):
 records = 2 if SMOKE else 8
 states, closures = [], []
 for r in range(records * 50):
-    w_next, clos = fine.full_step(w, generator=gen, return_closures=True)
+    w_next, clos = fine.full_step_with_closures(w, generator=gen)
     if (r + 1) % 50 == 0:
         states.append(w.float())
         closures.append(clos["G"].float())

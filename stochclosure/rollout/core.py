@@ -6,10 +6,14 @@ Sites of one rollout (names get ``prefix`` in front):
   draw of element ``j`` comes from generators seeded by this key, so a member does not depend
   on the ensemble it runs in.
 * ``init_noise``: standard-normal perturbation of the initial state (``init_perturbation``).
-* ``closure/{s}``: the closure term drawn at solver step ``s`` (a :class:`ClosureDistribution`).
-* ``closure_noise/{s}``: innovations of the sampler-noise AR(1) policy (:class:`NoiseAR1`).
+* ``closure/{s}``: the closure term drawn at solver step ``s`` (a :class:`ClosureDistribution`
+  for a diffusion model, a :class:`ClosureLawDistribution` for another closure law; a
+  deterministic site for a callable or a Dirac law).
+* ``closure_noise/{s}``: latent innovations of the AR(1) latent policy (:class:`NoiseAR1`).
 * ``closure_ar/{s}``: innovations of the closure AR(1) policy (:class:`ClosureAR1`).
 * ``state/{s}``: deterministic sites, the state after ``s`` steps (every ``record_every``).
+* ``obs/{s}``: observed sites ``observe.likelihood(state after s steps)`` with ``obs=`` the
+  observations (every ``observe_every`` steps), when ``observe`` is given.
 
 Batch axes are pyro plates: ``cases`` (dim -1) for a batched ``state0`` and ``members`` for the
 ensemble; any enclosing plate (e.g. :class:`pyro.infer.Predictive`'s) adds axes on the left, and
@@ -20,15 +24,13 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import pyro
-import pyro.distributions as pdist
 import torch
 from pyro import poutine
 from pyro.poutine.runtime import get_plates
@@ -36,228 +38,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._types import Conditioning, channels_last_hint, check_tensor
-from ..distributions import ClosureDistribution, KeyedNormal, MemberSeed, mix_seeds
-from ..errors import ConfigError, ShapeError, format_error
-from .handlers import rollout_option
+from ..distributions import MemberSeed
+from ..errors import ConfigError, NonFiniteError, ShapeError, format_error
+from .carry import RolloutCarry
+from .measurements import Observation, StreamedObservations, default_condition, regular_points
+from .policies import BetweenDrawPolicy, ClosureAR1, DrawContext, Hold, NoiseAR1, WarmStart, as_policy, closure_kind
 from .result import RolloutResult
 
-__all__ = ["rollout", "ensemble", "Hold", "ClosureAR1", "NoiseAR1", "WarmStart", "Observation", "StreamedObservations",
-           "default_condition", "regular_points"]
+__all__ = ["rollout", "ensemble", "Hold", "ClosureAR1", "NoiseAR1", "WarmStart", "BetweenDrawPolicy",
+           "Observation", "StreamedObservations", "default_condition", "regular_points"]
 
-
-# -- what happens between fresh closure draws ---------------------------------------------------------
-@dataclass(frozen=True)
-class Hold:
-    """Keep the last drawn closure unchanged until the next draw."""
-
-
-@dataclass(frozen=True)
-class ClosureAR1:
-    """AR(1) perturbation of the held closure between fresh draws.
-
-    With ``U*`` the last draw (at step ``s0``), ``U_s = U* + e_s`` for ``s0 < s < s0 + n`` where
-    ``e_{s0} = 0`` and ``e_s = phi e_{s-1} + sigma xi_s``, ``xi_s`` i.i.d. standard normal per grid
-    point. ``phi = 1`` is a random walk (the research code's "tiny random walk"); ``phi < 1``
-    has stationary std ``sigma / sqrt(1 - phi^2)``. ``sigma`` is in physical closure units.
-
-    Attributes:
-        phi: Autoregressive coefficient in ``[0, 1]``.
-        sigma: Innovation std.
-    """
-
-    phi: float = 1.0
-    sigma: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.phi <= 1.0:
-            raise ConfigError(format_error("phi", "a value in [0, 1]", repr(self.phi)))
-        if not self.sigma >= 0.0:
-            raise ConfigError(format_error("sigma", "a non-negative std", repr(self.sigma)))
-
-    @classmethod
-    def fit(cls, closure_series: Tensor, dt: float, step_dt: float | None = None) -> ClosureAR1:
-        """Fit ``phi`` and ``sigma`` to a closure time series (a fitted decorrelation time).
-
-        With ``x_t = U_t - mean_t U_t`` (temporal anomalies at each point, each trajectory), the
-        lag-1 autocorrelation ``r = sum x_t x_{t+1} / sum x_t^2`` (pooled over points and
-        trajectories, clipped to ``[0, 1)``) at the series interval ``dt`` gives the decorrelation
-        time ``tau = -dt / log r``. For solver steps ``step_dt``: ``phi = r^(step_dt / dt)`` and
-        ``sigma = std(x) sqrt(1 - phi^2)``, so the perturbation's stationary std is the closure's
-        temporal std and, for a true AR(1) closure, ``Var(U_{t+s} - U_t)`` is matched to first order
-        in ``s``.
-
-        Args:
-            closure_series: ``(T, *batch, *event)`` closures at times ``i * dt``, ``T >= 3``.
-            dt: Physical time between entries of the series.
-            step_dt: Solver time step of the rollout (default ``dt``).
-
-        Returns:
-            The fitted :class:`ClosureAR1`.
-        """
-        check_tensor("closure_series", closure_series, min_rank=2)
-        if closure_series.shape[0] < 3:
-            raise ShapeError(format_error("closure_series", "at least 3 times on the first axis",
-                                          f"shape {tuple(closure_series.shape)}"))
-        if not dt > 0 or (step_dt is not None and not step_dt > 0):
-            raise ConfigError(format_error("dt/step_dt", "positive time steps", f"dt={dt}, step_dt={step_dt}"))
-        x = closure_series.double()
-        x = x - x.mean(0, keepdim=True)
-        r = float((x[1:] * x[:-1]).sum() / (x[:-1] ** 2).sum().clamp_min(1e-300))
-        r = min(max(r, 0.0), 1.0 - 1e-12)
-        phi = r ** ((dt if step_dt is None else step_dt) / dt)
-        return cls(phi=phi, sigma=float(x.pow(2).mean().sqrt()) * math.sqrt(max(1.0 - phi**2, 0.0)))
-
-    def decorrelation_time(self, step_dt: float) -> float:
-        """``tau = -step_dt / log(phi)`` (``inf`` for a random walk ``phi = 1``)."""
-        return math.inf if self.phi >= 1.0 else (0.0 if self.phi <= 0.0 else -step_dt / math.log(self.phi))
-
-
-@dataclass(frozen=True)
-class WarmStart:
-    """Refresh the previous closure by a short reverse-SDE solve from a small noise level (SDEdit).
-
-    At every resampling step after the first, the previous draw ``U*`` is noised to diffusion
-    time ``t_start`` through the forward SDE's marginal, ``x = alpha_t normalise(U*) + sigma_t z``,
-    and the model's sampler (or the rollout's ``sampler``) runs from ``t_start`` with ``steps``
-    steps (Meng et al. 2022, SDEdit). The closure is held in between. Because ``x`` has the law
-    of the noised data at ``t_start`` when ``U*`` is a draw of the closure law for a nearby
-    condition, a few steps suffice; the new draw keeps the large-scale part of ``U*`` (signal
-    above the noise) and re-draws the small scales for the current condition. ``t_start >= T``
-    (the SDE's final time) is exactly a fresh full draw (``alpha_T``, e.g. ``7e-3`` for the
-    default VP SDE, is dropped). The first draw of a rollout is always a full draw.
-
-    Attributes:
-        t_start: Diffusion time to noise the previous draw to, in ``(0, T]``.
-        steps: Sampler steps from ``t_start`` (``None``: the sampler's own).
-    """
-
-    t_start: float = 0.2
-    steps: int | None = 2
-
-    def __post_init__(self) -> None:
-        if not self.t_start > 0:
-            raise ConfigError(format_error("t_start", "a diffusion time > 0", repr(self.t_start)))
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or self.steps < 1):
-            raise ConfigError(format_error("steps", "a positive integer or None", repr(self.steps)))
-
-    def sampler_for(self, model: Any, sampler: Any = None) -> Any:
-        """The sampler of warm draws: ``sampler`` (or the model's) with ``t_start`` set."""
-        from ..registry import resolve
-
-        base = model.sampler if sampler is None else resolve("sampler", sampler)
-        spec = base.spec()
-        if "t_start" not in spec:
-            raise ConfigError(format_error("sampler", "a sampler with a t_start option (a grid sampler)",
-                                           f"{spec.get('type')!r}", "use e.g. dpm_solver_pp_2m or consistency"))
-        return resolve("sampler", {**spec, "t_start": float(self.t_start)})
-
-
-@dataclass(frozen=True)
-class NoiseAR1:
-    """AR(1) in time on the sampler's starting noise; the closure is held between draws.
-
-    Draw ``k`` starts the sampler from ``z_k * prior_std`` with ``z_0 = eta_0`` and
-    ``z_k = rho z_{k-1} + sqrt(1 - rho^2) eta_k`` (``eta`` i.i.d. standard normal), so every
-    ``z_k`` is standard normal (each draw keeps the model's law) while successive draws are
-    correlated: ``rho = 0`` is independent draws, ``rho -> 1`` nearly frozen noise. With a
-    deterministic sampler (probability-flow ODE) the closure is a smooth function of ``z``.
-
-    Attributes:
-        rho: Correlation of successive starting noises, in ``[0, 1)``.
-    """
-
-    rho: float = 0.9
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.rho < 1.0:
-            raise ConfigError(format_error("rho", "a value in [0, 1)", repr(self.rho)))
-
-
-# -- sparse measurements --------------------------------------------------------------------------------
-class Observation(NamedTuple):
-    """Sparse measurements at one step: ``values (N, c_o, P)`` at ``points (P, d)`` in ``[0, 1)^d``."""
-
-    values: Tensor
-    points: Tensor
-
-
-def regular_points(per_side: int, dims: int = 2) -> Tensor:
-    """A regular lattice of ``per_side ** dims`` physical points ``(P, dims)`` at ``i / per_side``."""
-    axes = [torch.arange(per_side, dtype=torch.float32) / per_side] * dims
-    grid = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack([g.reshape(-1) for g in grid], -1)
-
-
-class StreamedObservations:
-    """Sparse measurements streamed step by step (e.g. from a reference run).
-
-    Args:
-        values: ``(n_steps, *obs_batch, c_o, P)``; ``obs_batch`` must broadcast against the
-            rollout's batch (e.g. ``(cases,)`` or nothing).
-        points: ``(P, d)`` physical coordinates in ``[0, 1)^d``.
-    """
-
-    def __init__(self, values: Tensor, points: Tensor) -> None:
-        check_tensor("values", values, min_rank=3)
-        check_tensor("points", points, rank=2)
-        if points.shape[0] != values.shape[-1]:
-            raise ShapeError(format_error("points", f"{values.shape[-1]} points (values' last axis)",
-                                          f"{points.shape[0]} points"))
-        self.values, self.points = values, points
-
-    @classmethod
-    def from_reference(cls, fields: Tensor, points: Tensor) -> StreamedObservations:
-        """Sample reference fields ``(n_steps, *batch, C, *grid)`` at the grid points nearest ``points``."""
-        d = points.shape[1]
-        grid = fields.shape[-d:]
-        idx = [torch.round(points[:, i] * grid[i]).long() % grid[i] for i in range(d)]
-        vals = fields[(..., *idx)] if d > 1 else fields[..., idx[0]]
-        return cls(vals, points)
-
-    def __len__(self) -> int:
-        return int(self.values.shape[0])
-
-    def at(self, step: int, batch_shape: tuple[int, ...]) -> Observation:
-        """The measurements of solver step ``step`` broadcast to ``batch_shape`` and flattened."""
-        if step >= len(self):
-            raise ShapeError(format_error("observations", f"measurements for step {step}",
-                                          f"{len(self)} steps of measurements", "stream as many steps as the rollout"))
-        v = self.values[step]
-        try:
-            target = torch.broadcast_shapes(tuple(v.shape), tuple(batch_shape) + tuple(v.shape[-2:]))
-        except RuntimeError:
-            target = None
-        if target is None or math.prod(target[:-2]) != math.prod(batch_shape):
-            raise ShapeError(format_error("observations", f"values per step broadcastable to the batch {tuple(batch_shape)}",
-                                          f"per-step shape {tuple(v.shape)}"))
-        v = torch.broadcast_to(v, target)
-        return Observation(v.reshape(-1, *v.shape[-2:]), self.points)
-
-
-def default_condition(state: Tensor, history: Tensor | None, obs: Observation | None) -> Conditioning:
-    """The default condition: the current state as fields, plus history and sparse values if any.
-
-    Args:
-        state: ``(N, C, *spatial)``.
-        history: ``(N, k, C, *spatial)`` oldest first, or ``None``.
-        obs: Sparse measurements or ``None``.
-    """
-    return Conditioning(fields=state, history=history, obs_values=None if obs is None else obs.values,
-                        obs_points=None if obs is None else obs.points)
-
-
-# -- helpers --------------------------------------------------------------------------------------------------
-def _salt(name: str) -> int:
-    return zlib.crc32(name.encode())
-
-
-def _std_normal(name: str, batch: tuple[int, ...], event: tuple[int, ...], seeds: Tensor | None,
-                dtype: torch.dtype) -> Tensor:
-    if seeds is not None:
-        return pyro.sample(name, KeyedNormal(seeds, _salt(name), event)).to(dtype)
-    zeros = torch.zeros(batch + event, dtype=dtype)
-    return pyro.sample(name, pdist.Normal(zeros, 1.0).to_event(len(event)))
+_NONFINITE = ("raise", "mark")
 
 
 def _plate_shape(min_rank: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -279,80 +70,33 @@ def _event_ndim(system: Any, given: int | None) -> int:
     return 1 + int(system.spatial_dims)
 
 
-# -- the program --------------------------------------------------------------------------------------------
-def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members: int | None = None,
-            dt: float | None = None, t0: float = 0.0, resample_every: int = 1, between: Any = None,
-            observations: StreamedObservations | None = None,
-            make_condition: Callable[[Tensor, Tensor | None, Observation | None], Conditioning] | None = None,
-            history: int = 0, init_perturbation: float | None = None, deterministic: int | None = None,
-            deterministic_seed: int = 0, sampler: Any = None, sampler_steps: int | None = None, keyed: bool = True,
-            record_every: int = 1, progress: bool = False, prefix: str = "",
-            state_event_ndim: int | None = None, start: dict[str, Any] | None = None,
-            on_step: Callable[[dict[str, Any]], None] | None = None) -> RolloutResult:
-    """Advance ``system`` for ``n_steps`` steps with closures drawn from ``closure``.
+def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        raise ConfigError(format_error(name, "a non-negative integer" if allow_zero else "a positive integer",
+                                       repr(value)))
 
-    At every resampling step ``s`` the condition ``y = make_condition(state, history, obs_s)``
-    is built and ``U ~ closure(. | y)`` is drawn at site ``"closure/{s}"``; in between, ``between``
-    decides (:class:`Hold`, :class:`ClosureAR1`, :class:`NoiseAR1`). Then
-    ``state = system.step(state, U, dt)``. Handlers from :mod:`.handlers` override
-    ``resample_every``, ``between``, ``init_perturbation`` and switch the closure off.
 
-    Args:
-        system: An :class:`~stochclosure.systems.AbstractSystem` (``step(state, closure, dt)``).
-        closure: A :class:`~stochclosure.ClosureModel`; a callable ``cond -> U (N, C, *grid)``
-            (a deterministic baseline, recorded as a deterministic site); or ``None`` (no closure).
-        state0: ``(C, *spatial)`` one initial state, or ``(B, C, *spatial)`` (plate ``cases``).
-        n_steps: Solver steps.
-        members: Ensemble size (plate ``members``); ``None`` for none of its own.
-        dt: Time step (default ``system.dt``).
-        t0: Physical time of ``state0``.
-        resample_every: Solver steps between fresh closure draws.
-        between: Policy between draws (default :class:`Hold`; :class:`ClosureAR1`,
-            :class:`NoiseAR1`, :class:`WarmStart`).
-        observations: Sparse measurements per step, or ``None``.
-        make_condition: ``(state (N, C, *grid), history (N, k, C, *grid) | None, obs) -> Conditioning``;
-            default :func:`default_condition`.
-        history: Earlier states kept for the condition (0: none).
-        init_perturbation: Std of Gaussian noise added to each member's initial state.
-        deterministic: ``k``: use the deterministic mean-of-``k`` closure (frozen noise).
-        deterministic_seed: Seed of the frozen noise.
-        sampler: Sampler override for the closure model.
-        sampler_steps: Sampler step override.
-        keyed: Per-member random streams (``member_seed`` site), so members are reproducible
-            whatever the ensemble size; ``False`` uses one stream for the batch (slightly faster).
-        record_every: Record the state every this many steps (and at the end).
-        progress: Show a tqdm progress bar.
-        prefix: Prefix of every site name (several rollouts in one program).
-        state_event_ndim: Rank of one state ``(C, *spatial)``; default from the system.
-        start: Continue an interrupted rollout from a carry passed to ``on_step`` (see
-            :mod:`stochclosure.rollout.resume`); ``state0`` then only fixes shapes.
-        on_step: Called after every solver step with the carry: a dict with ``step`` (steps done),
-            ``state``, the between-draws policy state ``anchor``, ``e``, ``z``, the ``past`` states,
-            and ``records``, ``rec_steps``, ``closures``, ``seconds`` so far (not copies).
+def _check_options(n_steps: Any, members: Any, every: Any, record_every: Any, history: Any, dt: float,
+                   init_perturbation: Any, on_nonfinite: str, observe_every: Any) -> None:
+    """Every scalar option checked before any work (typed errors naming the argument)."""
+    _positive_int("n_steps", n_steps, allow_zero=True)
+    _positive_int("record_every", record_every)
+    _positive_int("resample_every", every)
+    _positive_int("history", history, allow_zero=True)
+    _positive_int("observe_every", observe_every)
+    if members is not None:
+        _positive_int("members", members)
+    if not (math.isfinite(dt) and dt > 0):
+        raise ConfigError(format_error("dt", "a finite time step > 0", repr(dt),
+                                       "integrate backward in time by another system, not a negative dt"))
+    if init_perturbation is not None and not (math.isfinite(float(init_perturbation)) and init_perturbation >= 0):
+        raise NonFiniteError(format_error("init_perturbation", "a finite std >= 0 (or None)", repr(init_perturbation)))
+    if on_nonfinite not in _NONFINITE:
+        raise ConfigError(format_error("on_nonfinite", f"one of {_NONFINITE}", repr(on_nonfinite)))
 
-    Returns:
-        A :class:`RolloutResult` (states ``(time, *batch, C, *spatial)``, timings, trace).
-    """
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ConfigError(format_error("n_steps", "a non-negative integer", repr(n_steps)))
-    if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
-        raise ConfigError(format_error("record_every", "a positive integer", repr(record_every)))
-    if members is not None and (isinstance(members, bool) or not isinstance(members, int) or members < 1):
-        raise ConfigError(format_error("members", "a positive integer or None", repr(members),
-                                       "an ensemble needs at least one member"))
-    every = rollout_option("resample_every", name="_option/resample_every", default=resample_every)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ConfigError(format_error("resample_every", "a positive integer", repr(every)))
-    between = rollout_option("between", name="_option/between", default=Hold() if between is None else between)
-    if not isinstance(between, (Hold, ClosureAR1, NoiseAR1, WarmStart)):
-        raise ConfigError(format_error("between", "Hold(), ClosureAR1(phi, sigma), NoiseAR1(rho) or WarmStart(t_start)",
-                                       repr(between)))
-    if not rollout_option("closure", name="_option/closure", default=True):
-        closure = None
-    init_perturbation = rollout_option("init_perturbation", name="_option/init_perturbation", default=init_perturbation)
-    dt = float(system.dt if dt is None else dt)
-    make_condition = default_condition if make_condition is None else make_condition
-    ne = _event_ndim(system, state_event_ndim)
+
+def _check_state0(system: Any, state0: Any, ne: int) -> tuple[int, ...]:
+    """The event ``(C, *spatial)`` of a valid ``state0``; the system checks it before any network runs."""
     hint = channels_last_hint(state0.shape if state0.dim() == ne + 1 else (1, *state0.shape)) \
         if isinstance(state0, Tensor) and state0.dim() >= ne >= 3 else None
     if hint:
@@ -362,126 +106,246 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
     if state0.dim() == ne + 1 and state0.shape[0] == 0:
         raise ShapeError(format_error("state0", "at least one initial state (B >= 1)", f"shape {tuple(state0.shape)}",
                                       "pass one state (C, *spatial) or a non-empty batch"))
-    event = tuple(state0.shape[state0.dim() - ne:])
-    is_model = isinstance(closure, torch.nn.Module) and hasattr(closure, "sample")
-    if closure is not None and not is_model and not callable(closure):
-        raise ConfigError(format_error("closure", "a ClosureModel, a callable cond -> U, or None",
-                                       type(closure).__name__))
-    if isinstance(between, (NoiseAR1, WarmStart)) and (deterministic or not is_model):
-        between = Hold()  # frozen or absent sampler noise: nothing to correlate or refresh
-    warm_sampler = None
-    if isinstance(between, WarmStart):
-        if between.t_start >= closure.sde.T:
-            between = Hold()  # noised to T the previous draw carries weight alpha_T only: a full draw
-        else:
-            warm_sampler = between.sampler_for(closure, sampler)
+    check = getattr(system, "check_state", None)
+    if check is not None:
+        check(state0 if state0.dim() == ne + 1 else state0[None])
+    return tuple(state0.shape[state0.dim() - ne:])
 
+
+@dataclass
+class _Layout:
+    """Batch layout of one rollout: plate shape and names, the event, and the reshapes between them."""
+
+    batch: tuple[int, ...]
+    names: tuple[str, ...]
+    event: tuple[int, ...]
+
+    def flat(self, x: Tensor) -> Tensor:
+        return x.reshape(math.prod(self.batch), *x.shape[len(self.batch):])
+
+    def unflat(self, x: Tensor) -> Tensor:
+        return x.reshape(self.batch + tuple(x.shape[1:]))
+
+    def full(self, x: Tensor, what: str) -> Tensor:
+        try:
+            return torch.broadcast_to(x, self.batch + tuple(x.shape[x.dim() - len(self.event):]))
+        except RuntimeError as e:
+            raise ShapeError(format_error(what, f"a tensor broadcastable to {self.batch + self.event}",
+                                          f"shape {tuple(x.shape)}")) from e
+
+
+def _condition_fn(layout: _Layout, history: int, observations: StreamedObservations | None,
+                  make_condition: Callable[..., Conditioning]) -> Callable[[RolloutCarry, int], Conditioning]:
+    def condition(carry: RolloutCarry, step: int) -> Conditioning:
+        past = carry.past
+        hist = torch.stack([layout.flat(h) for h in past], 1) if history and len(past) == history else None
+        obs = observations.at(step, layout.batch) if observations is not None else None
+        return make_condition(layout.flat(carry.state), hist, obs)
+
+    return condition
+
+
+def _guard(carry: RolloutCarry, new: Tensor, layout: _Layout, on_nonfinite: str, step: int) -> Tensor:
+    """``new`` with non-finite members raised on (``"raise"``) or frozen at their last state (``"mark"``)."""
+    nb = len(layout.batch)
+    ok = torch.isfinite(new).reshape(*layout.batch, -1).all(-1) if nb else torch.isfinite(new).all()
+    if carry.finite is not None:
+        ok = ok & carry.finite
+    if bool(ok.all()):
+        return new
+    bad = [tuple(i) for i in (~ok).nonzero().tolist()]
+    if on_nonfinite == "raise":
+        raise NonFiniteError(format_error(
+            "state", "finite states", f"NaN/inf after step {step + 1} in members {bad[:10]} (batch axes "
+            f"{layout.names})", "lower dt, check the closure's scale, or pass on_nonfinite='mark' to freeze them"))
+    if carry.nonfinite_step is None:
+        carry.nonfinite_step = step + 1
+    carry.finite = ok
+    keep = ok.reshape(*ok.shape, *([1] * len(layout.event)))
+    return torch.where(keep, new, carry.state)
+
+
+def _record(carry: RolloutCarry, prefix: str, ne: int, record_every: int, n_steps: int) -> None:
+    s = carry.step
+    if s % record_every == 0 or s == n_steps:
+        pyro.deterministic(f"{prefix}state/{s}", carry.state, event_dim=ne)
+        carry.records.append(carry.state)
+        carry.rec_steps.append(s)
+
+
+def _observe(carry: RolloutCarry, observe: Any, observed: Any, every: int, prefix: str) -> None:
+    """The observed site ``obs/{s}``: ``observe.likelihood(state)`` (batch = the plates) with ``obs=`` the data."""
+    s = carry.step
+    if observe is None or s % every != 0:
+        return
+    if callable(observed):
+        values = observed(s)
+    else:
+        if s // every > observed.shape[0]:
+            raise ShapeError(format_error("observed", f"observations for observed step {s} (entry {s // every - 1})",
+                                          f"{observed.shape[0]} entries", "pass one entry per observed step"))
+        values = observed[s // every - 1]
+    law = observe.likelihood(carry.state)
+    pyro.sample(f"{prefix}obs/{s}", law, obs=torch.as_tensor(values, dtype=carry.state.dtype).expand(law.shape()))
+
+
+def _loop(system: Any, policy: BetweenDrawPolicy, ctx: DrawContext | None, carry: RolloutCarry, n_steps: int,
+          dt: float, layout: _Layout, *, record_every: int, on_nonfinite: str, prefix: str, progress: bool,
+          observe: Any, observed: Any, observe_every: int,
+          on_step: Callable[[RolloutCarry], None] | None) -> RolloutCarry:
+    """The rollout proper: per step a closure from the policy, a solver step, guards, records."""
+    ne = len(layout.event)
+    bar = tqdm(total=n_steps, initial=carry.step, disable=not progress, desc=prefix + "rollout", leave=False)
+    for s in range(carry.step, n_steps):
+        tic = time.perf_counter()
+        u = None
+        if ctx is not None:
+            fresh = ctx.draws_at(s, carry.policy.held)
+            u, carry.policy = policy.closure(ctx, carry, s)
+            u = layout.full(u, f"{prefix}closure/{s}")
+            if fresh:
+                carry.closures[s] = layout.full(carry.policy.held, f"{prefix}closure/{s}")
+        if carry.past.maxlen:
+            carry.past.append(carry.state)
+        new = layout.unflat(system.step(layout.flat(carry.state), None if u is None else layout.flat(u), dt))
+        carry.state, carry.step = _guard(carry, new, layout, on_nonfinite, s), s + 1
+        _record(carry, prefix, ne, record_every, n_steps)
+        _observe(carry, observe, observed, observe_every, prefix)
+        carry.seconds.append(time.perf_counter() - tic)
+        bar.update(1)
+        if on_step is not None:
+            on_step(carry)
+    bar.close()
+    return carry
+
+
+def _start(start: RolloutCarry | None, state0: Tensor, layout: _Layout, seeds: Tensor | None,
+           init_perturbation: float | None, ctx: DrawContext | None, policy: BetweenDrawPolicy, history: int,
+           prefix: str) -> RolloutCarry:
+    """The carry of a fresh run (initial perturbation, ``state/0``) or the given one, continued."""
+    if start is not None:
+        if not isinstance(start, RolloutCarry):
+            raise ConfigError(format_error("start", "a RolloutCarry (from on_step or resume.load_carry)",
+                                           type(start).__name__))
+        start.past = deque(start.past, maxlen=history)
+        return start
+    state = layout.full(state0, "state0")
+    if init_perturbation:
+        noise = DrawContext(None, layout.batch, layout.event, seeds, prefix, state.dtype, 1, lambda c, s: None)
+        state = state + float(init_perturbation) * noise.std_normal("init_noise", layout.event)
+    pyro.deterministic(prefix + "state/0", state, event_dim=len(layout.event))
+    carry = RolloutCarry.initial(state)
+    carry.past = deque(maxlen=history)
+    if ctx is not None:
+        carry.policy = policy.init(ctx)
+    return carry
+
+
+def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members: int | None = None,
+            dt: float | None = None, t0: float = 0.0, resample_every: int = 1, between: Any = None,
+            observations: StreamedObservations | None = None,
+            make_condition: Callable[[Tensor, Tensor | None, Observation | None], Conditioning] | None = None,
+            history: int = 0, init_perturbation: float | None = None, deterministic: int | None = None,
+            deterministic_seed: int = 0, sampler: Any = None, sampler_steps: int | None = None, keyed: bool = True,
+            record_every: int = 1, progress: bool = False, prefix: str = "",
+            state_event_ndim: int | None = None, start: RolloutCarry | None = None,
+            on_step: Callable[[RolloutCarry], None] | None = None, on_nonfinite: str = "raise",
+            observe: Any = None, observed: Any = None, observe_every: int = 1) -> RolloutResult:
+    """Advance ``system`` for ``n_steps`` steps with closures drawn from ``closure``.
+
+    At every step the policy ``between`` gives the closure: a fresh draw ``U ~ closure(. | y)``
+    at site ``"closure/{s}"`` every ``resample_every`` steps, with ``y = make_condition(state,
+    history, obs_s)``, and in between what the policy does (:class:`Hold`, :class:`ClosureAR1`,
+    :class:`NoiseAR1`, :class:`WarmStart`). Then ``state = system.step(state, U, dt)``.
+
+    Every option is a keyword of this function (one spelling): the resampling interval, the
+    policy, the initial perturbation, the deterministic closure and switching the closure off
+    (``closure=None``) have no handler form.
+
+    Args:
+        system: An :class:`~stochclosure.systems.AbstractSystem` (``step(state, closure, dt)``);
+            its ``check_state`` sees ``state0`` before any network runs.
+        closure: A :class:`~stochclosure.ClosureModel`; any
+            :class:`~stochclosure.closures.AbstractClosureLaw` (its draw is a sample site of a
+            :class:`~stochclosure.distributions.ClosureLawDistribution`; a Dirac law without a
+            latent is a deterministic site); a callable ``cond -> U (N, C, *grid)`` (a
+            deterministic site, checked finite); or ``None`` (no closure).
+        state0: ``(C, *spatial)`` one initial state, or ``(B, C, *spatial)`` (plate ``cases``).
+        n_steps: Solver steps.
+        members: Ensemble size (plate ``members``); ``None`` for none of its own.
+        dt: Time step ``> 0`` (default ``system.dt``).
+        t0: Physical time of ``state0``.
+        resample_every: Solver steps between fresh closure draws.
+        between: Policy (default :class:`Hold`); one the closure cannot serve raises
+            :class:`~stochclosure.errors.IncompatibleComponentsError`.
+        observations: Sparse measurements per step for the condition, or ``None``.
+        make_condition: ``(state (N, C, *grid), history (N, k, C, *grid) | None, obs) -> Conditioning``;
+            default :func:`default_condition`.
+        history: Earlier states kept for the condition (``>= 0``; 0: none).
+        init_perturbation: Std (finite, ``>= 0``) of Gaussian noise added to each member's initial state.
+        deterministic: ``k``: the deterministic mean-of-``k`` closure (frozen noise; diffusion only).
+        deterministic_seed: Seed of the frozen noise.
+        sampler: Sampler override for a diffusion closure.
+        sampler_steps: Sampler step override.
+        keyed: Per-member random streams (``member_seed`` site), so members are reproducible
+            whatever the ensemble size; ``False`` uses one stream for the batch (slightly faster).
+        record_every: Record the state every this many steps (and at the end).
+        progress: Show a tqdm progress bar.
+        prefix: Prefix of every site name (several rollouts in one program).
+        state_event_ndim: Rank of one state ``(C, *spatial)``; default from the system.
+        start: Continue from a :class:`~stochclosure.rollout.carry.RolloutCarry` (as passed to
+            ``on_step``, or from :func:`stochclosure.rollout.resume.load_carry`); ``state0``
+            then only fixes shapes.
+        on_step: Called after every solver step with the carry (the live object, not a copy).
+        on_nonfinite: ``"raise"``: a non-finite state raises
+            :class:`~stochclosure.errors.NonFiniteError` naming the step and the members;
+            ``"mark"``: those members are frozen at their last finite state and the result's
+            ``nonfinite_step`` / ``finite_members`` say which and when.
+        observe: An observation model (:mod:`stochclosure.assimilation.observations`) whose
+            ``likelihood(state (N, C, *grid))`` is a pyro distribution: observed states become
+            sites ``obs/{s}``.
+        observed: The observations: a tensor whose entry ``i`` is observed step
+            ``(i + 1) * observe_every``, or a callable ``step -> values``.
+        observe_every: Solver steps between observed states.
+
+    Returns:
+        A :class:`RolloutResult` (states ``(time, *batch, C, *spatial)``, timings, trace).
+    """
+    every, dt = resample_every, float(system.dt if dt is None else dt)
+    _check_options(n_steps, members, every, record_every, history, dt, init_perturbation, on_nonfinite, observe_every)
+    if observe is not None and observed is None:
+        raise ConfigError(format_error("observed", "the observations of the observe= sites", "None"))
+    policy, kind = as_policy(between), closure_kind(closure)
+    ne = _event_ndim(system, state_event_ndim)
+    event = _check_state0(system, state0, ne)
     with ExitStack() as stack:
         if state0.dim() == ne + 1:
             stack.enter_context(pyro.plate(prefix + "cases", state0.shape[0], dim=-1))
         if members is not None:
             stack.enter_context(pyro.plate(prefix + "members", members, dim=-2 if state0.dim() == ne + 1 else -1))
         tracer = stack.enter_context(poutine.trace())
-        batch, names = _plate_shape(state0.dim() - ne)
-        n_b = math.prod(batch)
-        nb = len(batch)
+        layout = _Layout(*_plate_shape(state0.dim() - ne), event)
+        seeds = pyro.sample(prefix + "member_seed", MemberSeed(layout.batch)) if keyed else None
+        cond_fn = _condition_fn(layout, history, observations, make_condition or default_condition)
+        ctx = None if kind == "none" else DrawContext(
+            closure, layout.batch, event, seeds, prefix, state0.dtype, every, cond_fn, sampler, sampler_steps,
+            deterministic, deterministic_seed)
+        carry = _start(start, state0, layout, seeds, init_perturbation, ctx, policy, history, prefix)
+        carry = _loop(system, policy, ctx, carry, n_steps, dt, layout, record_every=record_every,
+                      on_nonfinite=on_nonfinite, prefix=prefix, progress=progress, observe=observe,
+                      observed=observed, observe_every=observe_every, on_step=on_step)
+    return _result(carry, layout, t0, dt, prefix, tracer.trace)
 
-        def flat(x: Tensor) -> Tensor:
-            return x.reshape(n_b, *x.shape[nb:])
 
-        def full(x: Tensor, what: str) -> Tensor:
-            try:
-                return torch.broadcast_to(x, batch + tuple(x.shape[x.dim() - ne:]))
-            except RuntimeError as e:
-                raise ShapeError(format_error(what, f"a tensor broadcastable to {batch + event}",
-                                              f"shape {tuple(x.shape)}")) from e
-
-        state = full(state0, "state0")
-        seeds = pyro.sample(prefix + "member_seed", MemberSeed(batch)) if keyed else None
-        past: deque[Tensor] = deque(maxlen=max(history, 1))
-        if start is None:
-            if init_perturbation:
-                state = state + float(init_perturbation) * _std_normal(prefix + "init_noise", batch, event, seeds,
-                                                                        state.dtype)
-            pyro.deterministic(prefix + "state/0", state, event_dim=ne)
-            records, rec_steps = [state], [0]
-            closures: dict[int, Tensor] = {}
-            anchor: Tensor | None = None
-            e: Tensor | None = None
-            z: Tensor | None = None
-            seconds: list[float] = []
-            first = 0
-        else:  # resume: the carry holds everything the loop below reads
-            state, anchor, e, z = start["state"], start["anchor"], start["e"], start["z"]
-            past.extend(start["past"])
-            records, rec_steps = list(start["records"]), list(start["rec_steps"])
-            closures, seconds, first = dict(start["closures"]), list(start["seconds"]), int(start["step"])
-        bar = tqdm(total=n_steps, initial=first, disable=not progress, desc=prefix + "rollout", leave=False)
-        for s in range(first, n_steps):
-            tic = time.perf_counter()
-            u: Tensor | None = None
-            if closure is not None:
-                if s % every == 0 or anchor is None:
-                    hist = torch.stack([flat(h) for h in past], 1) if history and len(past) == history else None
-                    obs = observations.at(s, batch) if observations is not None else None
-                    cond = make_condition(flat(state), hist, obs)
-                    name = f"{prefix}closure/{s}"
-                    if is_model:
-                        kw: dict[str, Any] = {}
-                        if seeds is not None:
-                            kw["seeds"] = mix_seeds(seeds, _salt(name))
-                        if isinstance(between, NoiseAR1):
-                            eta = _std_normal(f"{prefix}closure_noise/{s}", batch, event, seeds, state.dtype)
-                            z = eta if z is None else between.rho * z + math.sqrt(1 - between.rho**2) * eta
-                            kw["init_noise"] = z
-                        draw_sampler, draw_steps = sampler, sampler_steps
-                        if warm_sampler is not None and anchor is not None:
-                            kw["warm_start"] = anchor
-                            draw_sampler, draw_steps = warm_sampler, between.steps
-                        law = ClosureDistribution(closure, cond, batch_shape=batch, sampler=draw_sampler,
-                                                  steps=draw_steps, dtype=state.dtype, **kw)
-                        if deterministic:
-                            law = law.with_options(frozen_seed=deterministic_seed, average=int(deterministic),
-                                                   seeds=None, init_noise=None)
-                        u = pyro.sample(name, law, infer={"closure": True, "step": s})
-                    else:
-                        value = closure(cond)
-                        u = pyro.deterministic(name, value.reshape(batch + tuple(value.shape[1:])), event_dim=ne)
-                    u = full(u, name)
-                    closures[s] = u
-                    anchor, e = u, None
-                elif isinstance(between, ClosureAR1):
-                    xi = _std_normal(f"{prefix}closure_ar/{s}", batch, tuple(anchor.shape[nb:]), seeds, anchor.dtype)
-                    e = between.sigma * xi if e is None else between.phi * e + between.sigma * xi
-                    u = anchor + e
-                else:
-                    u = anchor
-            if history:
-                past.append(state)
-            new = system.step(flat(state), None if u is None else flat(u), dt)
-            state = new.reshape(batch + tuple(new.shape[1:]))
-            if (s + 1) % record_every == 0 or s == n_steps - 1:
-                pyro.deterministic(f"{prefix}state/{s + 1}", state, event_dim=ne)
-                records.append(state)
-                rec_steps.append(s + 1)
-            seconds.append(time.perf_counter() - tic)
-            bar.update(1)
-            if on_step is not None:
-                on_step({"step": s + 1, "state": state, "anchor": anchor, "e": e, "z": z, "past": list(past),
-                         "records": records, "rec_steps": rec_steps, "closures": closures, "seconds": seconds})
-        bar.close()
-
+def _result(carry: RolloutCarry, layout: _Layout, t0: float, dt: float, prefix: str, trace: Any) -> RolloutResult:
+    ne = len(layout.event)
     spatial_names = ("x",) if ne == 2 else ("y", "x") if ne == 3 else tuple(f"s{i}" for i in range(ne - 1))
-    member_dim = None
-    for cand in (prefix + "members", "_num_predictive_samples"):
-        if cand in names:
-            member_dim = cand
-            break
-    steps_t = torch.tensor(rec_steps, dtype=torch.int64)
-    return RolloutResult(states=torch.stack(records), times=t0 + dt * steps_t.double(), steps=steps_t,
-                         step_seconds=torch.tensor(seconds, dtype=torch.float64), batch_dims=names,
-                         event_dims=("channel", *spatial_names), member_dim=member_dim, closures=closures,
-                         trace=tracer.trace)
+    member_dim = next((c for c in (prefix + "members", "_num_predictive_samples") if c in layout.names), None)
+    steps_t = torch.tensor(carry.rec_steps, dtype=torch.int64)
+    return RolloutResult(states=torch.stack(carry.records), times=t0 + dt * steps_t.double(), steps=steps_t,
+                         step_seconds=torch.tensor(carry.seconds, dtype=torch.float64), batch_dims=layout.names,
+                         event_dims=("channel", *spatial_names), member_dim=member_dim, closures=carry.closures,
+                         trace=trace, nonfinite_step=carry.nonfinite_step, finite_members=carry.finite)
 
 
 def ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, members: int, *, seed: int | None = None,
