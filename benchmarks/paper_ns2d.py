@@ -140,7 +140,7 @@ def evaluate_online(work: Path, quick: bool, members: int = 16, model_name: str 
     from stochclosure import metrics
     from stochclosure.checkpoint import load_model
     from stochclosure.demo import _truth_run
-    from stochclosure.rollout import StreamedObservations, ensemble, rollout
+    from stochclosure.rollouts import StreamedObservations, ensemble, rollout
     from stochclosure.systems.navier_stokes import NavierStokes2D, coarsen
 
     run = work / "runs" / model_name

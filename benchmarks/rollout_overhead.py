@@ -34,7 +34,7 @@ import torch
 from pyro.infer import Predictive
 
 import stochclosure as sc
-from stochclosure.rollout import ensemble, rollout
+from stochclosure.rollouts import ensemble, rollout
 from stochclosure.scores.analytic import GaussianScore
 from stochclosure.systems import LinearRelaxation
 

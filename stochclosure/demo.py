@@ -91,7 +91,7 @@ def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: fl
     from ._io import preflight_output
     from .errors import ConfigError, format_error
     from .pretrained import DEFAULT, initial_state, load_pretrained, pretrained_info
-    from .rollout import StreamedObservations, ensemble, rollout
+    from .rollouts import StreamedObservations, ensemble, rollout
     from .systems.navier_stokes import NavierStokes2D, coarsen
 
     out = preflight_output(out_dir, "out_dir", is_dir=True)

@@ -308,7 +308,7 @@ class ClosureDistribution(pdist.TorchDistribution):
             sampler starts at its first time ``t0`` from ``alpha_t0 normalise(warm_start) +
             sigma_t0 z`` (the forward SDE's marginal around it) instead of a prior draw, i.e. an
             SDEdit-style refresh (Meng et al. 2022) of the previous sample. Pair it with a sampler
-            whose ``t_start`` is small (see :class:`stochclosure.rollout.WarmStart`).
+            whose ``t_start`` is small (see :class:`stochclosure.rollouts.WarmStart`).
         likelihood: :class:`ProbabilityFlowLikelihood` enabling :meth:`log_prob`.
         dtype: Sample dtype.
     """
@@ -499,7 +499,8 @@ class ClosureLawDistribution(pdist.TorchDistribution):
     latent_shape``: given (``latent=``, e.g. an AR(1) in time), drawn per element from
     generators keyed by ``seeds`` (a member's draw does not depend on its ensemble), or from
     ``generator``. Randomness a law consumes inside ``draw`` beyond its latent comes from one
-    generator (keyed runs derive it from all the seeds). ``log_prob`` is the law's own (it
+    generator (keyed runs derive it from all the seeds, so only the latent part of a draw is
+    independent of the ensemble a member runs in). ``log_prob`` is the law's own (it
     raises where the law has none).
 
     Args:
@@ -564,7 +565,7 @@ class ClosureLawDistribution(pdist.TorchDistribution):
     def _latent(self, n_b: int) -> tuple[Tensor | None, torch.Generator]:
         if self.seeds is not None:
             gens = _generators(self.seeds)
-            inner = torch.Generator().manual_seed(int(mix_seeds(self.seeds.reshape(-1)[:1], n_b)[0]))
+            inner = torch.Generator().manual_seed(int(mix_seeds(self.seeds.reshape(-1), n_b).sum()) % _SEED_MAX)
         else:
             gens = []
             inner = self.generator if self.generator is not None else torch.Generator().manual_seed(derive_seed())

@@ -186,8 +186,8 @@ class ClosureModel(AbstractClosureLaw):
                                            f"move the condition with cond.to('{own}') or the model with "
                                            f"model.to('{device}')"))
         _check_normalisation(self.target_mean, self.target_std)
-        cond = _cast_floating(cond, self.target_mean.dtype if not list(self.parameters()) else
-                              next(self.parameters()).dtype)
+        net_dtype = next((p.dtype for p in self.score.parameters() if p.is_floating_point()), None)
+        cond = cond if net_dtype is None else _cast_floating(cond, net_dtype)
         k = n
         event = (self.channels, *grid)
         cond_rep = cond.index(torch.arange(k * b) % b) if cond.batch_size else cond
@@ -197,6 +197,8 @@ class ClosureModel(AbstractClosureLaw):
         score_fn = bind_score(self.score, cond_rep if cond.batch_size else None, event_shape=event, batch=k * b,
                               probe=probe)
         self._probed_events.add(event)
+        if net_dtype is not None and net_dtype != dtype:  # e.g. a float64 rollout with a float32 network
+            score_fn = _in_dtype(score_fn, net_dtype)
         if x_init is not None:
             want = (k, b, *event)
             if tuple(x_init.shape) not in (want, (k * b, *event)):
@@ -242,3 +244,11 @@ def _cast_floating(cond: Conditioning, dtype: torch.dtype) -> Conditioning:
     if got in (set(), {dtype}) or len(got) > 1:  # nothing to cast, or mixed dtypes (validation names them)
         return cond
     return _map_tensors(cond, lambda k, v: v if k == "obs_points" or not v.is_floating_point() else v.to(dtype))
+
+
+def _in_dtype(score_fn: Any, dtype: torch.dtype) -> Any:
+    """``score_fn`` evaluated in ``dtype`` (the network's), its output cast back to the input's dtype."""
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        return score_fn(x.to(dtype), t.to(dtype)).to(x.dtype)
+
+    return fn

@@ -10,8 +10,8 @@ from pyro import poutine
 
 import stochclosure as sc
 from stochclosure.errors import ConfigError
-from stochclosure.rollout import ClosureAR1, Hold, NoiseAR1, WarmStart, ensemble, rollout
-from stochclosure.rollout.policies import isotropic_spectrum
+from stochclosure.rollouts import ClosureAR1, Hold, NoiseAR1, WarmStart, ensemble, rollout
+from stochclosure.rollouts.policies import isotropic_spectrum
 from stochclosure.scores.analytic import GaussianScore
 from stochclosure.systems import LinearRelaxation
 from stochclosure.testing import assert_close

@@ -13,7 +13,7 @@ from pyro.infer import Predictive
 import stochclosure as sc
 from stochclosure import metrics, plots
 from stochclosure.errors import ConfigError, ShapeError
-from stochclosure.rollout import (
+from stochclosure.rollouts import (
     ClosureAR1,
     NoiseAR1,
     StreamedObservations,

@@ -10,7 +10,7 @@ import torch
 
 import stochclosure as sc
 from stochclosure.errors import ConfigError, NonFiniteError, ShapeError
-from stochclosure.rollout import ClosureAR1, ensemble, rollout
+from stochclosure.rollouts import ClosureAR1, ensemble, rollout
 from stochclosure.systems import LinearRelaxation, Lorenz96
 
 

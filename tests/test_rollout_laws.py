@@ -13,7 +13,7 @@ import stochclosure as sc
 from stochclosure.closures import AbstractClosureLaw
 from stochclosure.distributions import ClosureLawDistribution
 from stochclosure.errors import IncompatibleComponentsError
-from stochclosure.rollout import ClosureAR1, NoiseAR1, ensemble, rollout
+from stochclosure.rollouts import ClosureAR1, NoiseAR1, ensemble, rollout
 from stochclosure.scores.analytic import GaussianScore
 from stochclosure.systems import LinearRelaxation
 from stochclosure.testing import assert_close
@@ -108,9 +108,14 @@ def test_the_closure_model_is_a_closure_law():
     assert torch.equal(a, ref)
 
 
-def test_a_float64_state_runs_with_a_float32_model(setup):
+def test_a_float64_state_runs_with_a_float32_network(setup):
     system, v0 = setup
-    model = sc.ClosureModel("vp", GaussianScore("vp", mean=0.0, std=1.0), {"type": "dpm_solver_pp_2m", "steps": 4})
-    res = ensemble(system, model, v0.double(), 2, 2, seed=0)
+    net = sc.resolve("score_operator", {"type": "fno", "sde": "vp", "width": 4, "modes": 3, "layers": 1,
+                                        "embed_dim": 4, "encoder": {"type": "field", "channels": 1}})
+    model = sc.ClosureModel("vp", net, {"type": "dpm_solver_pp_2m", "steps": 3})
+    assert next(net.parameters()).dtype == torch.float32
+    res = ensemble(system, model, v0.double(), 2, 2, seed=0)   # the score runs in float32, the rollout in float64
     assert res.states.dtype == torch.float64 and res.closures[0].dtype == torch.float64
     assert bool(torch.isfinite(res.states).all())
+    single = ensemble(system, model, v0, 2, 2, seed=0)
+    assert_close(res.states.float(), single.states, rtol=1e-3, what="float64 vs float32 rollout of one network")

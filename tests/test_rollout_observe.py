@@ -9,7 +9,7 @@ from pyro import poutine
 
 from stochclosure.assimilation.observations import GridObservation
 from stochclosure.errors import ConfigError, ShapeError
-from stochclosure.rollout import rollout
+from stochclosure.rollouts import rollout
 from stochclosure.systems import LinearRelaxation
 from stochclosure.testing import assert_close
 

@@ -121,7 +121,7 @@ plots.plot_fields(truth_u[0, 0], u[:, 0, 0], OUT / "closure_samples.png",
 # sparse measurements of its closure (16×16 points) as the forecast would receive them.
 
 # %%
-from stochclosure.rollout import StreamedObservations, ensemble, regular_points, rollout  # noqa: E402
+from stochclosure.rollouts import StreamedObservations, ensemble, regular_points, rollout  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 

@@ -43,7 +43,7 @@ from torch import Tensor  # noqa: E402
 
 import stochclosure as sc  # noqa: E402
 from stochclosure import metrics, plots  # noqa: E402
-from stochclosure.rollout import NoiseAR1, ensemble, rollout  # noqa: E402
+from stochclosure.rollouts import NoiseAR1, ensemble, rollout  # noqa: E402
 
 parser = argparse.ArgumentParser(description="tutorial 03: uncertainty quantification")
 parser.add_argument("--smoke", action="store_true", help="tiny settings for CI")
@@ -288,7 +288,7 @@ results["lorenz96"] = {"cases": n_cases, "members": members, "lead_time": float(
 
 # %%
 from stochclosure.pretrained import initial_state, load_pretrained  # noqa: E402
-from stochclosure.rollout import StreamedObservations, regular_points  # noqa: E402
+from stochclosure.rollouts import StreamedObservations, regular_points  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 

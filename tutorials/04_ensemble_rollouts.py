@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 04 · Composing ensemble rollouts: plates, Predictive, handlers, policies and batch size
 #
-# `stochclosure.rollout.rollout` is a **pyro program**: each closure draw is a sample site
+# `stochclosure.rollouts.rollout` is a **pyro program**: each closure draw is a sample site
 # `closure/{step}` whose distribution runs the diffusion sampler, states are deterministic sites
 # `state/{step}`, and ensemble members live under a `pyro.plate`. Everything pyro can do to a
 # program therefore works on a forecast: record it (`trace`), re-run it with the same draws
@@ -43,7 +43,7 @@ from pyro import poutine  # noqa: E402
 from pyro.infer import Predictive  # noqa: E402
 
 import stochclosure as sc  # noqa: E402
-from stochclosure.rollout import (  # noqa: E402
+from stochclosure.rollouts import (  # noqa: E402
     ClosureAR1,
     Hold,
     NoiseAR1,
@@ -240,7 +240,7 @@ print({k: round(v, 3) for k, v in results["perturb_initial"].items()})
 
 # %%
 from stochclosure.pretrained import initial_state, load_pretrained, offline_test_set  # noqa: E402
-from stochclosure.rollout import StreamedObservations  # noqa: E402
+from stochclosure.rollouts import StreamedObservations  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 

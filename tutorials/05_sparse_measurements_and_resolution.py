@@ -46,7 +46,7 @@ from stochclosure import metrics  # noqa: E402
 from stochclosure.checkpoint import read_config  # noqa: E402
 from stochclosure.fft import spectral_resample  # noqa: E402
 from stochclosure.pretrained import initial_state, load_pretrained, pretrained_path  # noqa: E402
-from stochclosure.rollout import regular_points  # noqa: E402
+from stochclosure.rollouts import regular_points  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 

@@ -3,10 +3,10 @@
 Each cycle ``c``:
 
 1. **Forecast**: all members advance ``steps_per_cycle`` solver steps in *one* batched
-   :func:`~stochclosure.rollout.rollout` (members are its batch of cases), so any closure works
+   :func:`~stochclosure.rollouts.rollout` (members are its batch of cases), so any closure works
    (a :class:`~stochclosure.ClosureModel`, a callable ``cond -> U``, ``None``). The rollout is
    continued from its carry (``start=``) with the state replaced by the analysis, so the closure's
-   between-draw memory (:class:`~stochclosure.rollout.ClosureAR1`, ``NoiseAR1``, ``Hold``) runs on
+   between-draw memory (:class:`~stochclosure.rollouts.ClosureAR1`, ``NoiseAR1``, ``Hold``) runs on
    across analyses, and every member keeps its key (``member_seed``) for the whole run: the draws
    of member ``j`` at solver step ``s`` are the same whatever happened before.
 2. **Truth**: the twin (:mod:`.twins`) advances by the same physical time.
@@ -46,8 +46,8 @@ from .. import metrics
 from .._io import exclusive_lock, preflight_output
 from ..distributions import mix_seeds
 from ..errors import ConfigError, NonFiniteError, ShapeError, format_error
-from ..rollout.carry import RolloutCarry
-from ..rollout.resume import carry_from_tensors, carry_to_tensors
+from ..rollouts.carry import RolloutCarry
+from ..rollouts.resume import carry_from_tensors, carry_to_tensors
 from ._identity import describe
 from .filters import AbstractEnsembleFilter, filter_from_spec
 from .inflation import AbstractInflation, inflation_from_spec
@@ -88,7 +88,7 @@ def _scores(ens: Tensor, truth: Tensor) -> tuple[Tensor, float, float, float]:
 def _forecast(system: Any, closure: Any, ens: Tensor, carry: RolloutCarry | None, cycle: int, steps: int, dt: float,
               keys: Tensor, seed: int, rollout_kwargs: dict[str, Any]) -> tuple[Tensor, RolloutCarry]:
     """All members ``steps`` solver steps ahead in one rollout continued from ``carry``; the new carry."""
-    from ..rollout import rollout
+    from ..rollouts import rollout
 
     s0 = cycle * steps
     start = RolloutCarry.initial(ens, s0) if carry is None else replace(carry, step=s0).continued(ens)
@@ -154,7 +154,7 @@ def assimilate(system: Any, closure: Any, truth_state0: Any, *, observation: Abs
 
     Args:
         system: The reduced solver (:class:`~stochclosure.systems.AbstractSystem`).
-        closure: The forecast model's closure: anything :func:`~stochclosure.rollout.rollout`
+        closure: The forecast model's closure: anything :func:`~stochclosure.rollouts.rollout`
             takes (a :class:`~stochclosure.ClosureModel`, a callable ``cond -> U``, ``None``).
         truth_state0: The truth's initial state, in the form its twin takes (one reduced state
             ``(C, *grid)`` for a reduced twin, ``X`` or ``(X, Y)`` for two-scale Lorenz-96, a fine
@@ -180,7 +180,7 @@ def assimilate(system: Any, closure: Any, truth_state0: Any, *, observation: Abs
         record_fields: Keep the truth and the forecast and analysis means of every cycle.
         progress: Show a progress bar.
         on_cycle: Called after each cycle (and its checkpoint) with ``(cycle, scores)``.
-        **rollout_kwargs: Further :func:`~stochclosure.rollout.rollout` options of the forecast
+        **rollout_kwargs: Further :func:`~stochclosure.rollouts.rollout` options of the forecast
             (``resample_every``, ``between``, ``sampler``, ``sampler_steps``, ``keyed``, ...).
 
     Returns:

@@ -21,7 +21,7 @@ def _linear() -> object:
 
 def _run(closure: object = None, state0: torch.Tensor | None = None, n_steps: int = 2, system: object = None,
          **kw: object) -> object:
-    from stochclosure.rollout import rollout
+    from stochclosure.rollouts import rollout
 
     system = _linear() if system is None else system
     state0 = torch.randn(1, 8, 8) if state0 is None else state0
@@ -37,7 +37,7 @@ def _model(ctx: Context) -> object:
 
 
 def _policy(name: str, **kw: object) -> object:
-    from stochclosure import rollout as r
+    from stochclosure import rollouts as r
 
     return getattr(r, name)(**kw)
 

@@ -49,19 +49,19 @@ def _gather_members(x: Tensor, axis: int, sizes: list[int]) -> Tensor:
 
 def distributed_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, members: int, *, seed: int,
                          **kwargs: Any) -> RolloutResult:
-    """:func:`~stochclosure.rollout.ensemble` with the members sharded across ``torch.distributed`` ranks.
+    """:func:`~stochclosure.rollouts.ensemble` with the members sharded across ``torch.distributed`` ranks.
 
     Joins the process group from the ``torchrun`` environment when it is not initialised yet
     (gloo on CPU, NCCL for CUDA states); in a single process it is :func:`ensemble`.
 
     Args:
         system: The reduced solver.
-        closure: The closure (see :func:`~stochclosure.rollout.rollout`).
+        closure: The closure (see :func:`~stochclosure.rollouts.rollout`).
         state0: ``(C, *spatial)`` or ``(B, C, *spatial)`` initial state(s).
         n_steps: Solver steps.
         members: Ensemble size (at least the number of ranks).
         seed: Seeds the ensemble; the same seed gives the members of ``ensemble(..., seed=seed)``.
-        **kwargs: Other :func:`~stochclosure.rollout.rollout` arguments (``keyed`` must stay True).
+        **kwargs: Other :func:`~stochclosure.rollouts.rollout` arguments (``keyed`` must stay True).
 
     Returns:
         The whole ensemble on every rank (``trace`` is ``None``: each rank traced only its slice);

@@ -1,6 +1,6 @@
 """Checkpointed ensembles: a long rollout that survives a kill and resumes exactly.
 
-:func:`resumable_ensemble` runs :func:`~stochclosure.rollout.ensemble` and every
+:func:`resumable_ensemble` runs :func:`~stochclosure.rollouts.ensemble` and every
 ``checkpoint_every`` steps writes everything the rollout loop carries (state, the between-draws
 policy state, history, the member keys, the records and closures so far) to one safetensors file,
 atomically (temporary file, fsync, rename). A restarted call with the same arguments continues
@@ -146,11 +146,11 @@ def _load(path: Path, fingerprint: str) -> tuple[RolloutCarry, Tensor | None]:
 def resumable_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, members: int, *, seed: int,
                        checkpoint: str | os.PathLike[str], checkpoint_every: int = 50,
                        **kwargs: Any) -> RolloutResult:
-    """:func:`~stochclosure.rollout.ensemble` with periodic checkpoints; resumes after a kill.
+    """:func:`~stochclosure.rollouts.ensemble` with periodic checkpoints; resumes after a kill.
 
     Args:
         system: The reduced solver.
-        closure: The closure (see :func:`~stochclosure.rollout.rollout`).
+        closure: The closure (see :func:`~stochclosure.rollouts.rollout`).
         state0: ``(C, *spatial)`` or ``(B, C, *spatial)`` initial state(s).
         n_steps: Solver steps.
         members: Ensemble size.
@@ -158,10 +158,10 @@ def resumable_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, 
         checkpoint: Checkpoint file (``.safetensors``); continued from when it exists. A checkpoint
             of another run raises :class:`~stochclosure.errors.ConfigError`.
         checkpoint_every: Solver steps between checkpoints (one is also written at the end).
-        **kwargs: Other :func:`~stochclosure.rollout.rollout` arguments; ``keyed`` must stay True.
+        **kwargs: Other :func:`~stochclosure.rollouts.rollout` arguments; ``keyed`` must stay True.
 
     Returns:
-        The :class:`~stochclosure.rollout.RolloutResult` an uninterrupted
+        The :class:`~stochclosure.rollouts.RolloutResult` an uninterrupted
         ``ensemble(..., seed=seed)`` returns (same states and closures).
 
     Raises:

@@ -1,8 +1,8 @@
 """``RolloutCarry``: everything the rollout loop carries from one solver step to the next.
 
-One typed object instead of loose dicts: :func:`~stochclosure.rollout.rollout` builds it,
+One typed object instead of loose dicts: :func:`~stochclosure.rollouts.rollout` builds it,
 passes it to ``on_step`` after every step and continues from one (``start=``);
-:mod:`stochclosure.rollout.resume` serialises and deserialises it in one place.
+:mod:`stochclosure.rollouts.resume` serialises and deserialises it in one place.
 """
 
 from __future__ import annotations

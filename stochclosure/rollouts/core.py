@@ -225,7 +225,7 @@ def _start(start: RolloutCarry | None, state0: Tensor, layout: _Layout, seeds: T
     """The carry of a fresh run (initial perturbation, ``state/0``) or the given one, continued."""
     if start is not None:
         if not isinstance(start, RolloutCarry):
-            raise ConfigError(format_error("start", "a RolloutCarry (from on_step or resume.load_carry)",
+            raise ConfigError(format_error("start", "a RolloutCarry (from on_step or resume.carry_from_tensors)",
                                            type(start).__name__))
         start.past = deque(start.past, maxlen=history)
         return start
@@ -293,8 +293,8 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
         progress: Show a tqdm progress bar.
         prefix: Prefix of every site name (several rollouts in one program).
         state_event_ndim: Rank of one state ``(C, *spatial)``; default from the system.
-        start: Continue from a :class:`~stochclosure.rollout.carry.RolloutCarry` (as passed to
-            ``on_step``, or from :func:`stochclosure.rollout.resume.load_carry`); ``state0``
+        start: Continue from a :class:`~stochclosure.rollouts.carry.RolloutCarry` (as passed to
+            ``on_step``, or from :func:`stochclosure.rollouts.resume.carry_from_tensors`); ``state0``
             then only fixes shapes.
         on_step: Called after every solver step with the carry (the live object, not a copy).
         on_nonfinite: ``"raise"``: a non-finite state raises
