@@ -362,7 +362,7 @@ class ClosureDistribution(pdist.TorchDistribution):
                     likelihood=self.likelihood, dtype=self.dtype, warm_start=self.warm_start)
 
     def with_options(self, **changes: Any) -> ClosureDistribution:
-        """A copy with some constructor options changed (used by handlers)."""
+        """A copy with some constructor options changed (e.g. the deterministic closure)."""
         kw = self._kwargs()
         kw.update(changes)
         return ClosureDistribution(self.model, self.cond, batch_shape=tuple(self.batch_shape), **kw)
