@@ -512,6 +512,9 @@ class ClosureLawDistribution(pdist.TorchDistribution):
         generator: One generator for the whole batch.
         latent: ``batch_shape + latent_shape`` standard-normal latent of the draw.
         dtype: Sample dtype.
+        frozen_seed: Same latents for every element, from a generator seeded with it: a
+            deterministic map ``y -> U`` (the "deterministic closure").
+        average: With ``frozen_seed``: the mean of ``average`` frozen draws.
     """
 
     arg_constraints: dict[str, Any] = {}
@@ -520,7 +523,12 @@ class ClosureLawDistribution(pdist.TorchDistribution):
     def __init__(self, law: Any, cond: Conditioning, *, batch_shape: tuple[int, ...] | None = None,
                  grid: tuple[int, ...] | None = None, seeds: Tensor | None = None,
                  generator: torch.Generator | None = None, latent: Tensor | None = None,
-                 dtype: torch.dtype = torch.float32, validate_args: bool | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, frozen_seed: int | None = None, average: int = 1,
+                 validate_args: bool | None = None) -> None:
+        if isinstance(average, bool) or not isinstance(average, int) or average < 1 or \
+                (average > 1 and frozen_seed is None):
+            raise ShapeError(format_error("average", "a positive integer (> 1 only with frozen_seed)", repr(average)))
+        self.frozen_seed, self.average = frozen_seed, average
         n_cond = cond.batch_size
         batch_shape = tuple(int(s) for s in ((() if n_cond is None else (n_cond,)) if batch_shape is None
                                               else batch_shape))
@@ -559,6 +567,7 @@ class ClosureLawDistribution(pdist.TorchDistribution):
         cond = self.cond.index(idx) if self.cond.batch_size not in (None, 1) else self.cond
         return ClosureLawDistribution(
             self.law, cond, batch_shape=new, grid=self.grid, generator=self.generator, dtype=self.dtype,
+            frozen_seed=self.frozen_seed, average=self.average,
             seeds=None if self.seeds is None else self.seeds.expand(new),
             latent=None if self.latent is None else self.latent.expand(new + self.latent_event))
 
@@ -583,9 +592,25 @@ class ClosureLawDistribution(pdist.TorchDistribution):
             raise ShapeError(format_error("sample_shape", "() (one draw per element)", repr(tuple(sample_shape))))
         n_b = max(math.prod(tuple(self.batch_shape)), 1)
         cond = self.cond.expand_batch(n_b) if self.cond.batch_size == 1 and n_b > 1 else self.cond
-        latent, inner = self._latent(n_b)
-        u = self.law.draw(cond, latent, grid=self.grid, generator=inner)
+        if self.frozen_seed is not None:
+            u = self._frozen(cond, n_b)
+        else:
+            latent, inner = self._latent(n_b)
+            u = self.law.draw(cond, latent, grid=self.grid, generator=inner)
         return u.to(self.dtype).reshape(tuple(self.batch_shape) + tuple(self.event_shape))
+
+    def _frozen(self, cond: Conditioning, n_b: int) -> Tensor:
+        """The mean of ``average`` draws whose latents (and inner noise) are the same for every element."""
+        gen = torch.Generator().manual_seed(int(self.frozen_seed))  # type: ignore[arg-type]
+        total = None
+        for _ in range(self.average):
+            latent = None
+            if not self.is_dirac:
+                latent = torch.randn(self.latent_event, generator=gen).to(self.dtype).expand(n_b, *self.latent_event)
+            u = self.law.draw(cond, latent, grid=self.grid, generator=gen)
+            total = u if total is None else total + u
+        assert total is not None
+        return total / self.average
 
     def log_prob(self, value: Tensor) -> Tensor:
         """The law's ``log p(U | y)``, ``(..., *batch_shape)`` (raises where the law has none)."""

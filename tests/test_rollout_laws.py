@@ -119,3 +119,17 @@ def test_a_float64_state_runs_with_a_float32_network(setup):
     assert bool(torch.isfinite(res.states).all())
     single = ensemble(system, model, v0, 2, 2, seed=0)
     assert_close(res.states.float(), single.states, rtol=1e-3, what="float64 vs float32 rollout of one network")
+
+
+def test_the_deterministic_closure_works_for_any_law_with_a_latent(setup):
+    system, v0 = setup
+    law = GaussianLaw()
+    a = ensemble(system, law, v0, 3, 3, seed=0, deterministic=4, deterministic_seed=2)
+    b = ensemble(system, law, v0, 3, 3, seed=9, deterministic=4, deterministic_seed=2)
+    assert torch.equal(a.states, b.states)                                  # no dependence on the rollout seed
+    assert float(a.spread.abs().max()) <= 1e-6 * float(a.states.abs().max())  # equal states, equal closures
+    gen = torch.Generator().manual_seed(2)
+    z = torch.stack([torch.randn(1, 8, 8, generator=gen) for _ in range(4)]).mean(0)
+    assert_close(a.closures[0][0], law.a * v0 + law.s * z, rtol=1e-6, what="mean of 4 frozen draws")
+    with pytest.raises(IncompatibleComponentsError, match="'deterministic'"):
+        rollout(system, DiracLaw(), v0, 2, deterministic=2)

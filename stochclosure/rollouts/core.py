@@ -284,7 +284,8 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
             default :func:`default_condition`.
         history: Earlier states kept for the condition (``>= 0``; 0: none).
         init_perturbation: Std (finite, ``>= 0``) of Gaussian noise added to each member's initial state.
-        deterministic: ``k``: the deterministic mean-of-``k`` closure (frozen noise; diffusion only).
+        deterministic: ``k``: the deterministic mean-of-``k`` closure (frozen noise: the same latents for
+            every member; a diffusion model or any closure law with a latent).
         deterministic_seed: Seed of the frozen noise.
         sampler: Sampler override for a diffusion closure.
         sampler_steps: Sampler step override.

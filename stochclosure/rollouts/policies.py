@@ -76,7 +76,7 @@ class DrawContext:
         every: Solver steps between fresh draws.
         condition: ``(carry, step) -> Conditioning`` (flattened batch).
         sampler: Sampler override of a diffusion closure; ``sampler_steps`` its steps.
-        deterministic: ``k``: the mean-of-``k`` frozen-noise closure (diffusion only).
+        deterministic: ``k``: the mean-of-``k`` frozen-noise closure (closures with noise to freeze).
         deterministic_seed: Seed of the frozen noise.
         cache: Objects a policy builds once per rollout (e.g. a warm-start sampler).
     """
@@ -108,18 +108,19 @@ class DrawContext:
             s = self.closure._resolve_sampler(self.sampler)
             if hasattr(s, "time_grid") and "t_start" in s.spec():
                 caps.add("grid_sampler")
-        elif self.kind == "law" and not self.deterministic:
-            grid = self.event[1:]
-            if self.closure.latent_shape(Conditioning(), grid):
-                caps.add("latent")
+        elif self.kind == "law" and not self.deterministic and self._has_latent():
+            caps.add("latent")
         return caps
+
+    def _has_latent(self) -> bool:
+        return bool(self.closure.latent_shape(Conditioning(), self.event[1:]))
 
     def check(self, policy: BetweenDrawPolicy) -> None:
         """Raise unless the closure offers what ``policy`` needs."""
-        if self.deterministic and self.kind != "model":
+        if self.deterministic and not (self.kind == "model" or self.kind == "law" and self._has_latent()):
             raise IncompatibleComponentsError(format_error(
-                "deterministic", "a diffusion ClosureModel (its noise can be frozen)",
-                f"a {self.kind} closure {type(self.closure).__name__}",
+                "deterministic", "a closure law with a latent (its noise can be frozen)",
+                f"a {self.kind} closure {type(self.closure).__name__} without one",
                 "drop deterministic= (a callable or a Dirac law is deterministic already)"))
         missing = set(policy.needs) - self.capabilities()
         if missing:
@@ -167,8 +168,10 @@ class DrawContext:
                                       event_dim=len(self.event))
         seeds = None if self.seeds is None else mix_seeds(self.seeds, _salt(name))
         if kind == "law":
+            frozen = {"frozen_seed": self.deterministic_seed, "average": int(self.deterministic)} \
+                if self.deterministic else {}
             law = ClosureLawDistribution(self.closure, cond, batch_shape=self.batch, seeds=seeds, latent=latent,
-                                         dtype=self.dtype)
+                                         dtype=self.dtype, **frozen)
             if law.is_dirac:
                 return pyro.deterministic(name, law.sample(), event_dim=len(law.event_shape))
             return pyro.sample(name, law, infer={"closure": True, "step": step})
