@@ -282,7 +282,10 @@ class ClosureAR1(BetweenDrawPolicy):
     ``phi < 1`` every ``e_s`` has pointwise std ``sigma / sqrt(1 - phi^2)`` and lag-1
     correlation ``phi``. ``xi`` is white in space, or coloured with the isotropic power
     ``spectrum`` (unit variance per point, see :func:`colour_noise`). ``sigma`` is in
-    physical closure units.
+    physical closure units. ``phi = 0`` is fresh white-in-time forcing at every step
+    (:meth:`white_forcing`): for a closure that contains a forcing ``sigma dW`` (the G closure of
+    the stochastic Navier–Stokes model), hold the learned drift and draw the forcing each step,
+    so ``k`` held steps accumulate ``sqrt(k) sigma sqrt(dt)`` rather than ``k sigma sqrt(dt)``.
 
     Attributes:
         phi: Autoregressive coefficient in ``[0, 1]``.
@@ -306,6 +309,17 @@ class ClosureAR1(BetweenDrawPolicy):
                 raise ConfigError(format_error("spectrum", "finite non-negative powers per shell, not all zero",
                                                repr(self.spectrum)))
             object.__setattr__(self, "spectrum", spec)
+
+    @classmethod
+    def white_forcing(cls, sigma: float, spectrum: tuple[float, ...] | None = None) -> ClosureAR1:
+        """Fresh forcing with pointwise std ``sigma`` at every solver step (``phi = 0``) on the held draw.
+
+        Args:
+            sigma: Std of the forcing per step in closure units (``sigma_W / sqrt(dt)`` for a
+                forcing ``sigma_W dW`` written as a closure term over a step ``dt``).
+            spectrum: Isotropic power of the forcing per wavenumber shell (``None``: white in space).
+        """
+        return cls(phi=0.0, sigma=sigma, spectrum=spectrum)
 
     @property
     def stationary_std(self) -> float:
