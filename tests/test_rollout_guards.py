@@ -63,6 +63,15 @@ def test_a_closure_callable_returning_nan_is_a_typed_error():
     with pytest.raises(NonFiniteError, match=r"'closure'.*step 0"):
         rollout(system, lambda c: c.fields * math.nan, v0, 3, members=2)
 
+    def bad_for_member_1(c):
+        u = torch.zeros_like(c.fields)
+        u[1] = math.nan
+        return u
+
+    res = rollout(system, bad_for_member_1, v0, 3, members=3, on_nonfinite="mark")   # marked, not raised
+    assert res.nonfinite_step == 1 and res.finite_members.tolist() == [True, False, True]
+    assert bool(torch.isfinite(res.states).all())
+
 
 @pytest.mark.parametrize("kw, error, arg", [
     ({"dt": -0.01}, ConfigError, "dt"), ({"dt": math.nan}, ConfigError, "dt"),

@@ -331,7 +331,7 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
         cond_fn = _condition_fn(layout, history, observations, make_condition or default_condition)
         ctx = None if kind == "none" else DrawContext(
             closure, layout.batch, event, seeds, prefix, state0.dtype, every, cond_fn, sampler, sampler_steps,
-            deterministic, deterministic_seed)
+            deterministic, deterministic_seed, on_nonfinite)
         carry = _start(start, state0, layout, seeds, init_perturbation, ctx, policy, history, prefix)
         carry = _loop(system, policy, ctx, carry, n_steps, dt, layout, record_every=record_every,
                       on_nonfinite=on_nonfinite, prefix=prefix, progress=progress, observe=observe,

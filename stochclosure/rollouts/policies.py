@@ -78,6 +78,8 @@ class DrawContext:
         sampler: Sampler override of a diffusion closure; ``sampler_steps`` its steps.
         deterministic: ``k``: the mean-of-``k`` frozen-noise closure (closures with noise to freeze).
         deterministic_seed: Seed of the frozen noise.
+        on_nonfinite: ``"raise"``: a callable's non-finite closure raises at once; ``"mark"``: the
+            members it reaches are frozen by the rollout's state check.
         cache: Objects a policy builds once per rollout (e.g. a warm-start sampler).
     """
 
@@ -93,6 +95,7 @@ class DrawContext:
     sampler_steps: int | None = None
     deterministic: int | None = None
     deterministic_seed: int = 0
+    on_nonfinite: str = "raise"
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -163,7 +166,7 @@ class DrawContext:
         kind = self.kind
         if kind == "callable":
             value = self.closure(cond)
-            _check_closure_value(value, step, self.batch)
+            _check_closure_value(value, step, self.on_nonfinite == "raise")
             return pyro.deterministic(name, value.reshape(self.batch + tuple(value.shape[1:])),
                                       event_dim=len(self.event))
         seeds = None if self.seeds is None else mix_seeds(self.seeds, _salt(name))
@@ -187,11 +190,11 @@ class DrawContext:
         return pyro.sample(name, model_law, infer={"closure": True, "step": step})
 
 
-def _check_closure_value(value: Any, step: int, batch: tuple[int, ...]) -> None:
+def _check_closure_value(value: Any, step: int, finite: bool) -> None:
     if not isinstance(value, Tensor):
         raise ConfigError(format_error("closure", "a callable returning a tensor (N, C, *grid)",
                                        f"{type(value).__name__} at step {step}"))
-    if not bool(torch.isfinite(value).all()):
+    if finite and not bool(torch.isfinite(value).all()):
         bad = (~torch.isfinite(value)).reshape(value.shape[0], -1).any(1).nonzero().flatten().tolist()
         raise NonFiniteError(format_error("closure", "finite closure values from the callable",
                                           f"NaN/inf at step {step} for flattened batch elements {bad[:10]}",
