@@ -205,7 +205,7 @@ def test_white_forcing_is_fresh_every_step_so_a_hold_adds_up_like_sqrt_k():
     policy = ClosureAR1.white_forcing(0.5)
     e = _perturbations(policy, steps=294)                  # 42 holds of 7 steps
     lag1 = float((e[1:] * e[:-1]).mean() / e.pow(2).mean())
-    assert abs(lag1) < 0.02  # abs-tol: a correlation near 0; its standard error here is ~1e-3
+    assert abs(lag1) < 0.02  # a correlation near 0: its standard error here is ~1e-3
     sums = e.reshape(42, 7, *e.shape[1:]).sum(1)
     assert_close(torch.tensor(float(sums.pow(2).mean())), torch.tensor(7 * 0.25), rtol=0.05,
                  what="variance of the forcing summed over a 7-step hold")
