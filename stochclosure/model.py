@@ -227,6 +227,23 @@ class ClosureModel(AbstractClosureLaw):
 
         return load_model(path, **kwargs)
 
+    # -- training (stochclosure.train) -------------------------------------------------------------
+    def loss(self, cond: Conditioning | None, u: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Denoising score matching loss of targets ``u`` ``(B, C, *grid)`` in physical units, a scalar.
+
+        The same loss the :class:`~stochclosure.train.Trainer` minimises with its defaults: the
+        score's own ``loss_weighting`` (else ``"sigma2"``), uniform times in the range the default
+        sampler visits (see :func:`stochclosure.losses.dsm_loss`); every closure law has a
+        ``loss(cond, u)``.
+        """
+        from .losses import dsm_loss
+
+        s = self.sampler
+        t_min, t_max = getattr(s, "t_end", None), getattr(s, "t_start", None)
+        t_range = (self.sde.eps if t_min is None else float(t_min), self.sde.T if t_max is None else float(t_max))
+        c = None if cond is None or cond.is_empty() else cond
+        return dsm_loss(self.score, self.sde, self.normalise(u), c, t_range=t_range,
+                        weighting=getattr(self.score, "loss_weighting", "sigma2"), generator=generator)
 
 def _check_normalisation(mean: Tensor, std: Tensor) -> None:
     if not bool(torch.isfinite(mean).all()) or not bool(torch.isfinite(std).all()):
@@ -238,10 +255,12 @@ def _check_normalisation(mean: Tensor, std: Tensor) -> None:
 
 
 def _cast_floating(cond: Conditioning, dtype: torch.dtype) -> Conditioning:
-    """The condition with its floating tensors in ``dtype`` (the score network's), others unchanged."""
+    """The condition with its floating tensors in ``dtype`` (the score network's) when they are wider."""
     got = {v.dtype for v in (cond.fields, cond.history, cond.obs_values, cond.features)
            if v is not None and v.is_floating_point()}
-    if got in (set(), {dtype}) or len(got) > 1:  # nothing to cast, or mixed dtypes (validation names them)
+    # only a uniformly wider condition (float64 for a float32 network) is cast; mixed or half-precision
+    # conditions are left to the condition's validation, which names them
+    if len(got) != 1 or next(iter(got)).itemsize <= torch.empty((), dtype=dtype).element_size():
         return cond
     return _map_tensors(cond, lambda k, v: v if k == "obs_points" or not v.is_floating_point() else v.to(dtype))
 

@@ -151,6 +151,12 @@ class CosineVPSDE(AbstractSDE):
 # `AbstractSampler` does not offer (such a sampler works in rollouts with `keyed=False`).
 # Random numbers come from `noise` (a `NoiseSource`), never from the global generator, so the
 # same seed gives the same samples.
+#
+# Keep the skeleton's own parameters (`t_start`, `t_end`, `rho`, `data_std`, `denoise`) in your
+# `__init__` and pass them on to `GridSampler.__init__`: the recorded spec (checkpoints,
+# `WarmStart`, which restarts the sampler from a chosen `t_start`) holds exactly the parameters
+# your `__init__` names, so a sampler that drops them cannot be warm-started or restored as
+# configured. Only the solver's own options (`eta` here) go in as extra keywords.
 
 
 # %%
@@ -181,7 +187,12 @@ class DDIM(GridSampler):
         steps: Default number of steps (one network evaluation each).
         grid: Time grid, ``"log_snr"`` by default.
         eta: Stochasticity in ``[0, 1]``.
+        t_start: First (largest) diffusion time of the grid (``None``: the SDE's ``T``); a
+            warm-started rollout (``WarmStart``) sets it.
+        t_end: Last time of the grid (``None``: the SDE's ``eps``).
+        rho: Exponent of the ``karras_sigma`` grid.
         denoise: Finish with Tweedie's denoising step.
+        data_std: Std of the data, for a start from ``N(0, sigma^2 + data_std^2)``.
     """
 
     solver = staticmethod(ddim)
@@ -189,8 +200,10 @@ class DDIM(GridSampler):
     default_steps: ClassVar[int] = 50
 
     def __init__(self, steps: int | None = None, grid: str = "log_snr", eta: float = 1.0,
-                 denoise: bool = True) -> None:
-        super().__init__(steps, grid, denoise=denoise, eta=float(eta))
+                 t_start: float | None = None, t_end: float | None = None, rho: float = 7.0,
+                 denoise: bool = True, data_std: float = 0.0) -> None:
+        super().__init__(steps, grid, t_start=t_start, t_end=t_end, rho=rho, denoise=denoise,
+                         data_std=data_std, eta=float(eta))
 
 
 # %% [markdown]

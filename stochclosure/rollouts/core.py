@@ -38,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._types import Conditioning, channels_last_hint, check_tensor
-from ..config import check_seed
+from ..config import ENSEMBLE_SEED_LIMIT, check_seed
 from ..distributions import MemberSeed
 from ..errors import ConfigError, NonFiniteError, ShapeError, format_error
 from .carry import RolloutCarry
@@ -361,26 +361,18 @@ def ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, members: i
         n_steps: Solver steps.
         members: Ensemble size.
         seed: Seeds the whole ensemble through :func:`pyro.poutine.seed` (same seed, same ensemble);
-            an integer in ``[0, 2**64)`` (see :func:`pyro_seed`).
+            an integer in ``[0, 2**32)`` (:data:`stochclosure.config.ENSEMBLE_SEED_LIMIT`).
         **kwargs: Any other :func:`rollout` argument.
 
     Returns:
         The :class:`RolloutResult`; ``result.members`` is ``(time, members, ...)``.
     """
     if seed is not None:
-        seed = check_seed(seed)
+        seed = check_seed(seed, limit=ENSEMBLE_SEED_LIMIT)  # pyro.poutine.seed also seeds NumPy (32-bit)
 
     def program() -> RolloutResult:
         return rollout(system, closure, state0, n_steps, members=members, **kwargs)
 
     if seed is not None:
-        return poutine.seed(program, rng_seed=pyro_seed(seed))()
+        return poutine.seed(program, rng_seed=seed)()
     return program()
-
-
-def pyro_seed(seed: int) -> int:
-    """A checked seed in ``[0, 2**64)`` as the 32-bit seed :func:`pyro.poutine.seed` takes (numpy's limit).
-
-    Seeds below ``2**32`` are unchanged (earlier runs reproduce); larger ones fold their high half in.
-    """
-    return seed if seed < 2**32 else (seed ^ (seed >> 32)) % 2**32

@@ -21,7 +21,7 @@ from pyro import poutine
 from torch import Tensor
 
 from ..errors import ConfigError, format_error
-from .core import ensemble, pyro_seed, rollout
+from .core import ensemble, rollout
 from .result import RolloutResult
 
 __all__ = ["distributed_ensemble", "member_slice"]
@@ -87,10 +87,10 @@ def distributed_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int
                                        "run fewer processes or more members"))
     site = kwargs.get("prefix", "") + "member_seed"
     # the keys ensemble(seed=seed) draws: the same program, zero steps
-    keys = poutine.trace(poutine.seed(rollout, rng_seed=pyro_seed(seed))).get_trace(
+    keys = poutine.trace(poutine.seed(rollout, rng_seed=seed)).get_trace(
         system, closure, state0, 0, members=members, **kwargs).nodes[site]["value"]
     lo, hi = member_slice(members, world, rank)
-    part = poutine.seed(poutine.condition(rollout, data={site: keys[lo:hi]}), rng_seed=pyro_seed(seed))(
+    part = poutine.seed(poutine.condition(rollout, data={site: keys[lo:hi]}), rng_seed=seed)(
         system, closure, state0, n_steps, members=hi - lo, **kwargs)
     sizes = [b - a for a, b in (member_slice(members, world, r) for r in range(world))]
     axis = part.axis(part.member_dim)  # the member axis of states; closures lack the time axis

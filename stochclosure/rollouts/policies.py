@@ -477,7 +477,7 @@ class WarmStart(BetweenDrawPolicy):
         base = model.sampler if sampler is None else resolve("sampler", sampler)
         spec = base.spec()
         if "t_start" not in spec:
-            raise IncompatibleComponentsError(format_error(
+            raise ConfigError(format_error(
                 "sampler", "a sampler with a t_start option (a grid sampler)", f"{spec.get('type')!r}",
                 "use e.g. dpm_solver_pp_2m or consistency; a custom GridSampler must pass t_start, t_end, rho "
                 "and data_std on to GridSampler.__init__ so that spec() lists them"))

@@ -30,7 +30,7 @@ from .._io import preflight_output
 from ..checkpoint import load_tensors, save_tensors
 from ..errors import CheckpointError, ConfigError, format_error
 from .carry import PolicyState, RolloutCarry
-from .core import pyro_seed, rollout
+from .core import rollout
 from .result import RolloutResult
 
 __all__ = ["resumable_ensemble", "run_fingerprint", "carry_to_tensors", "carry_from_tensors", "FORMAT",
@@ -202,7 +202,7 @@ def resumable_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, 
                 got["seeds"] = msg["value"]
 
     with _Grab():
-        result = poutine.seed(run, rng_seed=pyro_seed(seed))()
+        result = poutine.seed(run, rng_seed=seed)()
     if start is None and n_steps == 0:
         _save(path, RolloutCarry.initial(result.states[-1]), got["seeds"], fingerprint)
     return result
