@@ -9,7 +9,7 @@ components, rollouts, training, HDF5, checkpoints, configuration files and the c
 ``cases_guards`` (input guards: half-precision conditions, generators, seeds, sizes too large for
 memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints), ``cases_closures``
 (physics closures, noise and residual laws), ``cases_da`` (assimilation experiment
-configurations).
+configurations), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from .cases_files import CASES as _FILES
 from .cases_guards import CASES as _GUARDS
 from .cases_learned import CASES as _LEARNED
 from .cases_plugins import CASES as _PLUGINS
+from .cases_rollout import CASES as _ROLLOUT
 from .cases_runs import CASES as _RUNS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
 CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
-                         *_DA]
+                         *_DA, *_ROLLOUT]
