@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._memory import check_allocation
 from ._types import Conditioning, _map_tensors
 from .closures.base import AbstractClosureLaw
 from .errors import ConfigError, DeviceError, IncompatibleComponentsError, NonFiniteError, ShapeError, format_error
@@ -190,6 +191,8 @@ class ClosureModel(AbstractClosureLaw):
         cond = cond if net_dtype is None else _cast_floating(cond, net_dtype)
         k = n
         event = (self.channels, *grid)
+        check_allocation("n", (k * b, *event), dtype, device, copies=2, value=n,
+                         fix="draw fewer samples per call (several calls, or a smaller batch of conditions)")
         cond_rep = cond.index(torch.arange(k * b) % b) if cond.batch_size else cond
         # The condition is checked on every call (streamed measurements may carry a NaN); the score
         # operator is probed once per event shape (validate at composition, then trust).

@@ -37,6 +37,7 @@ from pyro.poutine.runtime import get_plates
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._memory import check_ensemble_memory
 from .._types import Conditioning, channels_last_hint, check_tensor
 from ..config import ENSEMBLE_SEED_LIMIT, check_seed
 from ..distributions import MemberSeed
@@ -320,6 +321,9 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
     policy, kind = as_policy(between), closure_kind(closure)
     ne = _event_ndim(system, state_event_ndim)
     event = _check_state0(system, state0, ne)
+    # before any allocation (a plate of size N allocates its N indices): the records of members x cases
+    batch = (members or 1) * (state0.shape[0] if state0.dim() == ne + 1 else 1)
+    check_ensemble_memory(batch, n_steps, record_every, event, state0.dtype, state0.device)
     with ExitStack() as stack:
         if state0.dim() == ne + 1:
             stack.enter_context(pyro.plate(prefix + "cases", state0.shape[0], dim=-1))
