@@ -15,7 +15,15 @@ from torch import Tensor
 from ._memory import check_allocation
 from ._types import Conditioning, _map_tensors
 from .closures.base import AbstractClosureLaw
-from .errors import ConfigError, DeviceError, IncompatibleComponentsError, NonFiniteError, ShapeError, format_error
+from .errors import (
+    ConfigError,
+    DeviceError,
+    DTypeError,
+    IncompatibleComponentsError,
+    NonFiniteError,
+    ShapeError,
+    format_error,
+)
 from .registry import resolve
 from .samplers.base import AbstractSampler, Callback, NoiseSource, check_steps
 from .scores.base import bind_score
@@ -187,6 +195,9 @@ class ClosureModel(AbstractClosureLaw):
                                            f"move the condition with cond.to('{own}') or the model with "
                                            f"model.to('{device}')"))
         _check_normalisation(self.target_mean, self.target_std)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise DTypeError(format_error("dtype", "a floating dtype (torch.float32 or torch.float64)", repr(dtype),
+                                          "pass dtype=torch.float32"))
         net_dtype = next((p.dtype for p in self.score.parameters() if p.is_floating_point()), None)
         cond = cond if net_dtype is None else _cast_floating(cond, net_dtype)
         k = n

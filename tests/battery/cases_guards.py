@@ -172,6 +172,9 @@ CASES: list[BadInput] = [
       _api_ensemble_huge),
     C("guards_sample_n_huge", "ClosureModel.sample", "n=10**12 draws of a 64x64 field", E.ResourceError, "'n'",
       _api_sample_huge),
+    C("guards_sample_integer_dtype", "ClosureModel.sample", "dtype=torch.int64", E.DTypeError, "'dtype'",
+      lambda c: __import__("stochclosure").ClosureModel("vp", {"type": "gaussian", "sde": "vp", "std": 1.0}).sample(
+          Conditioning(), n=1, grid=(8, 8), dtype=torch.int64)),
     C("guards_demo_members_huge", "run_demo", "members=10**12", E.ResourceError, "'members'",
       lambda c: _demo(c, "gdm", members=_HUGE)),
     C("guards_cli_demo_members_huge", "stochclosure demo", "--members 10**12", E.ResourceError, "'members'",
