@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import distributions, encoders, errors, metrics, registry, rollout, samplers, scores, sdes, systems
+from . import distributions, encoders, errors, metrics, registry, rollouts, samplers, scores, sdes, systems
 from ._types import Conditioning, ScoreFn, check_tensor
 from .checkpoint import load_model, save_model
 from .distributions import ClosureDistribution
@@ -36,7 +36,17 @@ from .errors import (
 )
 from .model import ClosureModel
 from .registry import available, register, resolve
-from .rollout import RolloutResult, ensemble
+from .rollouts import (
+    ClosureAR1,
+    Hold,
+    NoiseAR1,
+    RolloutCarry,
+    RolloutResult,
+    WarmStart,
+    ensemble,
+    resumable_ensemble,
+    rollout,
+)
 from .scores.base import bind_score
 from .training.losses import dsm_loss
 
@@ -66,6 +76,13 @@ __all__ = [
     "RolloutResult",
     "ensemble",
     "rollout",
+    "resumable_ensemble",
+    "rollouts",
+    "RolloutCarry",
+    "Hold",
+    "ClosureAR1",
+    "NoiseAR1",
+    "WarmStart",
     "distributions",
     "metrics",
     "ScoreFn",

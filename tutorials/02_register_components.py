@@ -147,7 +147,7 @@ class CosineVPSDE(AbstractSDE):
 # callback, **options)`. The skeleton builds the decreasing time grid `ts` `(steps + 1,)`, draws
 # the starting point, counts network evaluations and finishes with Tweedie's denoising step. It
 # also lets rollouts control the starting noise per ensemble member (reproducible members,
-# `NoiseAR1`, `deterministic_closure`), which a sampler written directly against
+# `NoiseAR1`, `deterministic=`), which a sampler written directly against
 # `AbstractSampler` does not offer (such a sampler works in rollouts with `keyed=False`).
 # Random numbers come from `noise` (a `NoiseSource`), never from the global generator, so the
 # same seed gives the same samples.
@@ -355,7 +355,7 @@ results["ddim_gaussian_check"] = check
 
 # %%
 from stochclosure.pretrained import initial_state, offline_test_set  # noqa: E402
-from stochclosure.rollout import ensemble, rollout  # noqa: E402
+from stochclosure.rollouts import ensemble, rollout  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 

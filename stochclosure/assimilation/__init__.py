@@ -1,6 +1,6 @@
 """Ensemble data assimilation with stochastic-closure forecasts.
 
-A forecast ensemble of the reduced model (any closure, run by :func:`~stochclosure.rollout.rollout`)
+A forecast ensemble of the reduced model (any closure, run by :func:`~stochclosure.rollouts.rollout`)
 is corrected by sparse, noisy observations of a truth every few time units:
 
 * :mod:`.observations`: observation operators ``H`` with Gaussian noise (points of a periodic

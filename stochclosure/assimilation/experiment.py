@@ -22,7 +22,7 @@ Closures (``closure:``):
 * ``smagorinsky`` (Navier–Stokes subgrid): ``SmagorinskyClosure(cs)``, optionally with ``noise: ar1``
   (``phi``, ``sigma`` given);
 * ``checkpoint``: a trained :class:`~stochclosure.ClosureModel` (``path:``), optionally with its
-  sampler's starting noise correlated in time (``noise_rho:``, :class:`~stochclosure.rollout.NoiseAR1`);
+  sampler's starting noise correlated in time (``noise_rho:``, :class:`~stochclosure.rollouts.NoiseAR1`);
 * any other ``type``: a closure registered under the ``closure`` kind.
 """
 
@@ -262,7 +262,7 @@ class ExperimentConfig:
 class BaselineSystem:
     """A system whose step adds a deterministic closure ``base(state)`` to the closure term it is given.
 
-    With the rollout's closure a zero field and :class:`~stochclosure.rollout.ClosureAR1` between
+    With the rollout's closure a zero field and :class:`~stochclosure.rollouts.ClosureAR1` between
     draws, the forecast is ``x_{n+1} = step(x_n, base(x_n) + e_n)`` with an AR(1) ``e``, keyed per
     member and carried across analyses. Every other attribute is the wrapped system's.
 
@@ -337,7 +337,7 @@ def build_forecast(cfg: ExperimentConfig, system: Any, cache: Path | None = None
         system: The reduced system built from ``cfg.system``.
         cache: JSON file keeping a fitted cubic (a resumed run reuses it).
     """
-    from ..rollout import ClosureAR1, NoiseAR1
+    from ..rollouts import ClosureAR1, NoiseAR1
     from ..systems import Lorenz96, PolynomialClosure, SmagorinskyClosure
 
     spec, dt = cfg.closure, float(system.dt if cfg.dt is None else cfg.dt)

@@ -3,7 +3,7 @@
 The state-space model is written as a pyro program (:class:`ForecastModel`):
 
 * the transition is *one forecast segment*: every particle advances ``steps_per_cycle`` solver
-  steps in one batched :func:`~stochclosure.rollout.rollout` (particles are its cases), with all
+  steps in one batched :func:`~stochclosure.rollouts.rollout` (particles are its cases), with all
   its randomness (closure draws, AR(1) innovations, ...) keyed by one integer per particle, drawn
   at the site ``key/{t}`` (:class:`~stochclosure.distributions.MemberSeed`);
 * the observation ``y_t`` is the site ``obs/{t}`` with the operator's Gaussian likelihood
@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..distributions import MemberSeed
 from ..errors import ConfigError, ShapeError, format_error
-from ..rollout import rollout
+from ..rollouts import rollout
 from .observations import AbstractObservation, observation_from_spec
 
 __all__ = ["ForecastModel", "TransitionGuide", "ParticleFilterResult", "BootstrapParticleFilter"]
@@ -44,7 +44,7 @@ class ForecastModel:
 
     Args:
         system: The reduced solver.
-        closure: The closure (anything :func:`~stochclosure.rollout.rollout` takes).
+        closure: The closure (anything :func:`~stochclosure.rollouts.rollout` takes).
         observation: The observation operator.
         steps_per_cycle: Solver steps per transition.
         dt: Solver step (default ``system.dt``).
@@ -120,7 +120,7 @@ class BootstrapParticleFilter:
 
     Args:
         system: The reduced solver.
-        closure: The closure (anything :func:`~stochclosure.rollout.rollout` takes).
+        closure: The closure (anything :func:`~stochclosure.rollouts.rollout` takes).
         observation: The observation operator (or its spec).
         particles: Number of particles ``P``.
         steps_per_cycle: Solver steps between observations.

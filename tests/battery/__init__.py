@@ -9,7 +9,8 @@ components, rollouts, training, HDF5, checkpoints, configuration files and the c
 ``cases_guards`` (input guards: half-precision conditions, generators, seeds, sizes too large for
 memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints), ``cases_closures``
 (physics closures, noise and residual laws), ``cases_da`` (assimilation experiment
-configurations), ``cases_layers`` (the command line's config schemas and their path rule).
+configurations), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts),
+``cases_layers`` (the command line's config schemas and their path rule).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from .cases_guards import CASES as _GUARDS
 from .cases_layers import CASES as _LAYERS
 from .cases_learned import CASES as _LEARNED
 from .cases_plugins import CASES as _PLUGINS
+from .cases_rollout import CASES as _ROLLOUT
 from .cases_runs import CASES as _RUNS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
 CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
-                         *_DA, *_LAYERS]
+                         *_DA, *_ROLLOUT, *_LAYERS]
