@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from stochclosure.assimilation import AssimilationResult, command
+from stochclosure.assimilation import AssimilationResult
 from stochclosure.assimilation.experiment import ExperimentConfig, build_forecast
+from stochclosure.cli import assimilate as command
 from stochclosure.errors import ConfigError
 from stochclosure.systems import Lorenz96
 
@@ -27,7 +28,7 @@ def _run(tmp_path, cfg, *extra):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     parser = argparse.ArgumentParser()
-    command.add_args(parser)
+    command.add_arguments(parser)
     return command.run(parser.parse_args(["--config", str(path), "--quiet", *extra]))
 
 
@@ -156,10 +157,8 @@ def test_a_killed_command_resumes_to_the_uninterrupted_result(tmp_path):
                                               "phi": 0.9, "sigma": 1.5}}
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    script = ("import argparse, sys\nfrom stochclosure.assimilation import command\np = argparse.ArgumentParser()\n"
-              "command.add_args(p)\nsys.exit(command.run(p.parse_args(sys.argv[1:])))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", script, "--config", str(path), "--quiet", "--no-report", "--out"]
+    cmd = [sys.executable, "-m", "stochclosure", "assimilate", "--config", str(path), "--quiet", "--no-report", "--out"]
     subprocess.run([*cmd, str(tmp_path / "a")], check=True, env=env, timeout=300, capture_output=True)
     proc = subprocess.Popen([*cmd, str(tmp_path / "b")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt, done, deadline = tmp_path / "b" / "checkpoint.safetensors", 0, time.time() + 120

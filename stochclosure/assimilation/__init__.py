@@ -12,7 +12,7 @@ is corrected by sparse, noisy observations of a truth every few time units:
 * :mod:`.particle`: a bootstrap particle filter through :class:`pyro.infer.SMCFilter`;
 * :mod:`.twins` and :mod:`.cycle`: twin experiments (:func:`assimilate`), reproducible by seed
   and resumable after a kill;
-* :mod:`.experiment` and :mod:`.command`: twin experiments from a configuration file
+* :mod:`.experiment`: twin experiments from a configuration file
   (:class:`ExperimentConfig`, :func:`run_experiment`, ``stochclosure assimilate --config``) with
   a results file and a report.
 """

@@ -43,6 +43,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "assimilate": Command("stochclosure.cli.assimilate",
+                          "run a data-assimilation twin experiment (truth, observations, ensemble filter) from a YAML "
+                          "config"),
     "demo": Command("stochclosure.cli.demo",
                     "ensemble forecast with the shipped pretrained closure vs no closure; writes a report"),
     "distill": Command("stochclosure.cli.distill",

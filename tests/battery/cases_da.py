@@ -21,13 +21,13 @@ GOOD: dict[str, Any] = {
 
 def _assimilate(ctx: Context, name: str, text: str | None = None, cli_out: bool = True, **changes: Any) -> Any:
     """``assimilate --config`` with GOOD changed by ``changes`` (``None`` deletes a key), or the raw ``text``."""
-    from stochclosure.assimilation import command
+    from stochclosure.cli import assimilate as command
 
     cfg = {**GOOD, **changes}
     cfg = {k: v for k, v in cfg.items() if v is not None}
     path = ctx.path(f"da_{name}.yaml", yaml.safe_dump(cfg) if text is None else text)
     parser = argparse.ArgumentParser()
-    command.add_args(parser)
+    command.add_arguments(parser)
     argv = ["--config", str(path), "--quiet", "--no-report"] + (["--out", str(ctx.folder / f"da_{name}")] if cli_out else [])
     return command.run(parser.parse_args(argv))
 

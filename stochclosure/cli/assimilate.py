@@ -1,7 +1,7 @@
 """``stochclosure assimilate --config FILE.yaml``: a twin experiment from a configuration file.
 
-``add_args(parser)`` declares the options and ``run(args)`` runs the experiment
-(:func:`~.experiment.run_experiment`) and prints its summary; errors are the package's typed
+``add_arguments(parser)`` declares the options and ``run(args)`` runs the experiment
+(:func:`~stochclosure.assimilation.run_experiment`) and prints its summary; errors are the package's typed
 errors (a one-line message at the command line). A killed run continues when started again
 with the same configuration and output folder.
 """
@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["add_args", "run", "HELP"]
+from ..assimilation.experiment import ExperimentConfig, run_experiment
+from ..config import load_yaml_mapping
+
+__all__ = ["add_arguments", "run", "HELP"]
 
 HELP = "run a data-assimilation twin experiment (truth, observations, ensemble filter) from a YAML config"
 
 
-def add_args(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``assimilate`` on ``parser``."""
     parser.add_argument("--config", required=True, help="YAML experiment (see configs/assimilation/)")
     parser.add_argument("--out", default=None, help="output folder (default: the config's out:)")
@@ -34,9 +37,6 @@ def run(args: argparse.Namespace) -> int:
         ConfigError: an unreadable or invalid configuration, or no output folder.
         OutputError: the output folder cannot be written or another process is writing it.
     """
-    from ..config import load_yaml_mapping
-    from .experiment import ExperimentConfig, run_experiment
-
     raw = load_yaml_mapping(args.config, "an assimilation experiment (a YAML mapping)")
     for key in ("cycles", "members", "seed"):
         if getattr(args, key, None) is not None:
