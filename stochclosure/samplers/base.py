@@ -199,7 +199,7 @@ class _FiniteWatch:
         self.sums: list[Tensor] = []
         self.acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
 
-    def update(self, x: Tensor, step: int) -> None:
+    def update(self, x: Tensor) -> None:
         self.sums.append(x.reshape(x.shape[0], -1).sum(dim=1, dtype=self.acc))
 
     def raise_if_bad(self, sampler: str, times: list[float]) -> None:
@@ -392,7 +392,7 @@ class GridSampler(AbstractSampler):
             state.index = i
             state = self.step(state, times[i], times[i + 1], counted, noise)
             if watch is not None:
-                watch.update(state.x, i)
+                watch.update(state.x)
             if callback is not None:
                 callback(StepInfo(i, n, times[i], times[i + 1], state.x, counted.nfe))
         return state.x
@@ -422,7 +422,7 @@ class GridSampler(AbstractSampler):
             t_last = torch.full((shape[0],), float(ts[-1]), dtype=x.dtype, device=x.device)
             x = sde.denoise(x, t_last, counted(x, t_last))
             if watch is not None:
-                watch.update(x, n)
+                watch.update(x)
         if watch is not None:
             watch.raise_if_bad(type(self).__name__, times)
         return x
