@@ -324,3 +324,41 @@ def test_consistency_times_spelling_still_works():
     with pytest.raises(sc.ConfigError, match="'times'"):
         ConsistencySampler(times=[0.3, 1.0])
     assert grids.parse_grid("karras") == "karras"
+
+
+class _Damped(GridSampler):
+    """A user's sampler written as tutorial 02 shows: its own option, ``**common`` forwarded."""
+
+    default_steps = 5
+
+    def __init__(self, steps: int | None = None, *, gain: float = 1.0, **common) -> None:
+        super().__init__(steps, **common)
+        self.gain = gain
+
+    def step(self, state, t_cur, t_next, score_fn, noise):
+        tb = torch.full((state.x.shape[0],), t_cur, dtype=state.x.dtype)
+        state.x = state.x + self.gain * (t_cur - t_next) * score_fn(state.x, tb)
+        return state
+
+
+def test_a_user_sampler_gets_every_common_argument_and_the_driver():
+    s = _Damped(gain=0.5, t_start=0.4, data_std=1.0)
+    assert {"gain", "t_start", "t_end", "grid", "rho", "data_std", "check_finite"} <= set(s.spec())
+    assert s.spec()["gain"] == 0.5 and s.spec()["t_start"] == 0.4
+    warm = type(s)(**{**{k: v for k, v in s.spec().items() if k != "type"}, "t_start": 0.2})  # as WarmStart does
+    sde = sc.resolve("sde", "vp")
+    assert warm.time_grid(sde, 5)[0].item() == 0.2 and warm.nfe() == 6
+    seen = []
+    out = warm.sample(lambda x, t: -x, sde, (3, 2), callback=seen.append, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 5 and seen[-1].nfe == 5 and bool(torch.isfinite(out).all())
+
+
+def test_torchsde_plugin_shares_the_start_checks():
+    plugin = pytest.importorskip("stochclosure_torchsde")
+    sde = sc.resolve("sde", "vp")
+    sampler = plugin.TorchSDESampler(steps=3, per_member_noise=False)
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    assert sampler.sample(lambda x, t: -x, sde, (3, 2), x_init=x, dtype=torch.float32).dtype == torch.float64
+    x[1, 0] = float("inf")
+    with pytest.raises(sc.NonFiniteError, match=r"'x_init'.*members \[1\]"):
+        sampler.sample(lambda x, t: -x, sde, (3, 2), x_init=x)

@@ -28,7 +28,7 @@ from ..sdes.base import AbstractSDE
 from . import grids
 
 __all__ = ["AbstractSampler", "GridSampler", "StepInfo", "SolverState", "NoiseSource", "GaussianNoise",
-           "CountingScore", "check_steps", "Callback"]
+           "CountingScore", "check_steps", "check_x_init", "Callback"]
 
 
 @dataclass
@@ -432,18 +432,29 @@ class GridSampler(AbstractSampler):
         if x_init is None:
             return sde.prior_sample(shape, t=t0, data_std=self.data_std, generator=generator,
                                     dtype=torch.float32 if dtype is None else dtype, device=device)
-        if not isinstance(x_init, Tensor) or tuple(x_init.shape) != shape:
-            got = f"shape {tuple(x_init.shape)}" if isinstance(x_init, Tensor) else type(x_init).__name__
-            raise ShapeError(format_error("x_init", f"a tensor of shape {shape}", got))
-        if not x_init.is_floating_point():
-            raise DTypeError(format_error("x_init", "a floating-point tensor", str(x_init.dtype),
-                                          "pass x_init.float() or x_init.double()"))
-        bad = ~torch.isfinite(x_init.reshape(shape[0], -1)).all(dim=1)
-        if bool(bad.any()):
-            members = torch.nonzero(bad).flatten().tolist()
-            raise NonFiniteError(format_error("x_init", "finite values", f"NaN/inf in batch members {members[:10]}",
-                                              "start from finite values (or x_init=None for a prior draw)"))
+        check_x_init(x_init, shape)
         return x_init if device is None else x_init.to(device=device)
+
+
+def check_x_init(x_init: Any, shape: tuple[int, ...]) -> None:
+    """Check a sampler's starting point: a finite floating-point tensor of ``shape`` ``(batch, *event)``.
+
+    Raises:
+        ShapeError: Not a tensor of ``shape``.
+        DTypeError: Not floating point.
+        NonFiniteError: NaN or inf, naming the batch members.
+    """
+    if not isinstance(x_init, Tensor) or tuple(x_init.shape) != tuple(shape):
+        got = f"shape {tuple(x_init.shape)}" if isinstance(x_init, Tensor) else type(x_init).__name__
+        raise ShapeError(format_error("x_init", f"a tensor of shape {tuple(shape)}", got))
+    if not x_init.is_floating_point():
+        raise DTypeError(format_error("x_init", "a floating-point tensor", str(x_init.dtype),
+                                      "pass x_init.float() or x_init.double()"))
+    bad = ~torch.isfinite(x_init.reshape(x_init.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        members = torch.nonzero(bad).flatten().tolist()
+        raise NonFiniteError(format_error("x_init", "finite values", f"NaN/inf in batch members {members[:10]}",
+                                          "start from finite values (or x_init=None for a prior draw)"))
 
 
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

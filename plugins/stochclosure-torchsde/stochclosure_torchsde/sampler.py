@@ -12,7 +12,7 @@ from torch import Tensor
 
 from stochclosure._types import ScoreFn
 from stochclosure.errors import ConfigError, ShapeError, format_error
-from stochclosure.samplers.base import AbstractSampler, Callback, NoiseSource, StepInfo, check_steps
+from stochclosure.samplers.base import AbstractSampler, Callback, NoiseSource, StepInfo, check_steps, check_x_init
 from stochclosure.sdes.base import AbstractSDE
 
 from .brownian import MemberBrownian, member_entropies
@@ -176,9 +176,8 @@ class TorchSDESampler(AbstractSampler):
         if x_init is None:
             x = sde.prior_sample(shape, t=t0, data_std=self.data_std, generator=generator, dtype=dtype, device=device)
         else:
-            if tuple(x_init.shape) != shape:
-                raise ShapeError(format_error("x_init", f"shape {shape}", f"shape {tuple(x_init.shape)}"))
-            x = x_init.to(dtype=dtype, device=device)
+            check_x_init(x_init, shape)
+            x = x_init if device is None else x_init.to(device=device)  # keeps its dtype
         batch, state, span = shape[0], math.prod(shape[1:]), t0 - t1
         rsde = self.reverse_sde(score_fn, sde, shape[1:])
         bm = self._brownian(batch, state, span, n, seed, x)
