@@ -398,9 +398,10 @@ class Registry(Mapping[str, Any]):
         kwargs.update(overrides)
         from .config import check_config_keys, from_jsonable
 
+        # JSON forms first (a saved inf is {"__float__": "inf"}), so the type checks see the values themselves
+        kwargs = {k: from_jsonable(v) for k, v in kwargs.items()}
         if inspect.isclass(cls):
             check_config_keys(cls, kwargs, where=self.kind)
-        kwargs = {k: from_jsonable(v) for k, v in kwargs.items()}
         try:
             return cls(**kwargs)
         except TypeError as exc:

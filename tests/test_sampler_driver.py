@@ -362,3 +362,13 @@ def test_torchsde_plugin_shares_the_start_checks():
     x[1, 0] = float("inf")
     with pytest.raises(sc.NonFiniteError, match=r"'x_init'.*members \[1\]"):
         sampler.sample(lambda x, t: -x, sde, (3, 2), x_init=x)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_sampler_spec_survives_json_and_rebuilds(name):
+    """A checkpoint stores ``spec()`` as JSON (EDM's default ``s_tmax = inf`` as ``{"__float__": "inf"}``)."""
+    import json
+
+    for s in (sc.resolve("sampler", name), sc.resolve("sampler", {"type": name, "steps": 3, "data_std": 0.5})):
+        again = sc.resolve("sampler", json.loads(json.dumps(s.spec())))
+        assert type(again) is type(s) and again.spec() == s.spec()
