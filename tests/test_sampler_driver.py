@@ -372,3 +372,13 @@ def test_every_sampler_spec_survives_json_and_rebuilds(name):
     for s in (sc.resolve("sampler", name), sc.resolve("sampler", {"type": name, "steps": 3, "data_std": 0.5})):
         again = sc.resolve("sampler", json.loads(json.dumps(s.spec())))
         assert type(again) is type(s) and again.spec() == s.spec()
+
+
+def test_an_explicit_grid_reports_the_range_it_visits():
+    from stochclosure.train import default_t_range
+
+    s = sc.resolve("sampler", {"type": "truncated_karras_em", "grid": {"times": [0.3, 0.1, 0.02]}})
+    assert (s.t_start, s.t_end, s.steps) == (0.3, 0.02, 2)
+    model = sc.ClosureModel("vp", {"type": "gaussian", "sde": "vp", "std": 1.0}, s)
+    assert default_t_range(model) == (0.02, 0.3)
+    assert EDMHeun(grid={"sigmas": [50.0, 1.0, 0.0]}).t_start is None  # needs the SDE: the trainer uses [eps, T]

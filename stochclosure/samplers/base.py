@@ -291,6 +291,9 @@ class GridSampler(AbstractSampler):
             self._explicit_checks(parsed, steps, t_start, t_end, denoise)
             steps = parsed.steps
             denoise = True if parsed.to_zero else denoise
+            # the range the grid visits, as the trainer reads it (sigmas need the SDE: unknown here)
+            known = parsed.kind == "times"
+            self.t_start, self.t_end = (parsed.values[0], parsed.values[-1]) if known else (None, None)
         if self.t_start is not None and self.t_end is not None and not self.t_start > self.t_end:
             raise ConfigError(format_error("t_start", f"a time > t_end={self.t_end}", repr(self.t_start)))
         self.steps = check_steps(self.default_steps if steps is None else steps)
