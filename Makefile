@@ -1,11 +1,12 @@
 # The two commands of the README: `make demo` (main job) and `make test` (tests).
 # Both install what they need, idempotently, into .venv: the CPU build of torch first, then the
-# core package, every distribution under plugins/ and the test-only plugins, all editable.
+# core package and every distribution under plugins/, all editable. The test-only plugins under
+# tests/plugins/ are never installed: the test session makes them importable for itself only.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PKGS := . $(wildcard plugins/*) $(wildcard tests/plugins/*)
-CFGS := setup.cfg constraints-cpu.txt $(wildcard plugins/*/setup.cfg) $(wildcard tests/plugins/*/setup.cfg)
+PKGS := . $(wildcard plugins/*)
+CFGS := setup.cfg constraints-cpu.txt $(wildcard plugins/*/setup.cfg)
 STAMP := $(VENV)/.installed-$(shell cat $(CFGS) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
@@ -18,6 +19,7 @@ $(STAMP): $(CFGS)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints-cpu.txt $(foreach p,$(PKGS),-e $(p)$(if $(filter .,$(p)),[test],))
+	$(PY) -m pip uninstall -q -y $(notdir $(wildcard tests/plugins/*)) 2>/dev/null || true
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -16,6 +16,7 @@ from ._types import Conditioning, ScoreFn, check_tensor
 from .checkpoint import load_model, save_model
 from .distributions import ClosureDistribution
 from .errors import (
+    AmbiguousPluginError,
     CheckpointError,
     ConfigError,
     DatasetError,
@@ -25,6 +26,7 @@ from .errors import (
     NonFiniteError,
     OutputError,
     PluginValidationError,
+    ResourceError,
     ShapeError,
     StochClosureError,
     UnknownPluginError,
@@ -73,9 +75,11 @@ __all__ = [
     "DeviceError",
     "IncompatibleComponentsError",
     "UnknownPluginError",
+    "AmbiguousPluginError",
     "PluginValidationError",
     "CheckpointError",
     "ConfigError",
     "DatasetError",
     "OutputError",
+    "ResourceError",
 ]

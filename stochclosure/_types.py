@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import DeviceError, DTypeError, NonFiniteError, ShapeError, format_error
+from .errors import ConfigError, DeviceError, DTypeError, NonFiniteError, ShapeError, format_error
 
 __all__ = [
     "Conditioning",
@@ -32,6 +32,8 @@ __all__ = [
     "check_tensor",
     "check_finite",
     "check_time",
+    "check_generator",
+    "check_condition_dtype",
     "describe",
     "channels_last_hint",
 ]
@@ -40,6 +42,7 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """``score_fn(x, t) -> score``: x ``(batch, *event)``, t ``(batch,)``, score like x."""
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CONDITION_DTYPES = (torch.float32, torch.float64)
 
 
 def describe(x: Any) -> str:
@@ -186,6 +189,61 @@ def check_time(name: str, t: Any, batch: int, t_min: float, t_max: float) -> Ten
     return t
 
 
+def check_generator(value: Any, argument: str = "generator") -> torch.Generator | None:
+    """Check a ``generator=`` argument: ``None`` or a :class:`torch.Generator`.
+
+    A seed (``generator=0``) or a NumPy generator would otherwise fail deep inside
+    :func:`torch.randn` with a message about argument combinations.
+
+    Args:
+        value: The generator as given.
+        argument: Its name for the message.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        ConfigError: anything else; the fix shows how to build a seeded torch generator.
+
+    Example:
+        >>> check_generator(None) is None
+        True
+    """
+    if value is None or isinstance(value, torch.Generator):
+        return value
+    fix = "pass torch.Generator().manual_seed(SEED) (or None for torch's global generator)"
+    if isinstance(value, int) and not isinstance(value, bool):
+        fix = f"pass torch.Generator().manual_seed({value}) instead of the bare seed"
+    raise ConfigError(format_error(argument, "None or a torch.Generator", f"{type(value).__module__}."
+                                   f"{type(value).__name__} {value!r}"[:200], fix))
+
+
+def check_condition_dtype(cond: Conditioning) -> Conditioning:
+    """Refuse float16 / bfloat16 condition tensors, naming the first one found.
+
+    Conditions are float32 or float64: the encoders resample fields with FFTs (no half-precision
+    FFT on CPU, and only power-of-two sizes on GPU) and interpolate measurements in the model's
+    float32 arithmetic, so a half-precision condition either fails deep inside torch or is
+    silently rounded to about three significant digits before it reaches the network.
+
+    Args:
+        cond: The condition.
+
+    Returns:
+        ``cond`` unchanged.
+
+    Raises:
+        DTypeError: a tensor of ``cond`` in float16 or bfloat16; the fix casts the condition.
+    """
+    for f in dataclasses.fields(cond):
+        v = getattr(cond, f.name)
+        if isinstance(v, Tensor) and v.is_floating_point() and v.dtype not in _CONDITION_DTYPES:
+            raise DTypeError(format_error(f"cond.{f.name}", "float32 or float64 (half precision is not supported "
+                                          "in conditions)", str(v.dtype), "cast the condition with "
+                                          "cond.to(torch.float32)"))
+    return cond
+
+
 def _map_tensors(obj: Conditioning, fn: Callable[[str, Tensor], Tensor | None]) -> Conditioning:
     changes = {}
     for f in dataclasses.fields(obj):
@@ -246,7 +304,8 @@ class Conditioning:
             ``self``.
 
         Raises:
-            ShapeError, NonFiniteError, DTypeError: naming the offending attribute.
+            ShapeError, NonFiniteError, DTypeError: naming the offending attribute (float16 and
+                bfloat16 tensors are refused, see :func:`check_condition_dtype`).
         """
         sizes = {}
         dtypes, devices = {}, {}
@@ -264,6 +323,7 @@ class Conditioning:
         if len(set(devices.values())) > 1:
             raise DeviceError(format_error("cond", "every tensor on one device", f"devices {devices}",
                                            "move the condition with cond.to(device)"))
+        check_condition_dtype(self)
         if len({d for k, d in dtypes.items() if k != "obs_points"}) > 1:
             raise DTypeError(format_error("cond", "one floating dtype for fields/history/obs_values/features",
                                           f"dtypes { {k: str(d) for k, d in dtypes.items() if k != 'obs_points'} }",

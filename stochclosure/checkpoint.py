@@ -39,9 +39,10 @@ The SDE the score was trained with travels with the weights: :func:`save_model` 
 ``model.sde`` differs (every recorded key must have the recorded value; keys added later with a
 default are ignored). Checkpoints written before this record existed load as before.
 
-``config.json`` also records the distribution that provides each component (``providers``,
-``"kind:name" -> distribution``, looked up through the registry) and, in ``versions``, the
-version of every one of them, third-party plugins included.
+``config.json`` also records the distribution that provides each component and its version
+(``providers``, ``"kind:name" -> {"distribution": ..., "version": ...}``, looked up through the
+registry; ``version`` is ``null`` for a component defined in a script or registered at run time)
+and, in ``versions``, the version of every one of those distributions, third-party plugins included.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ __all__ = [
     "save_tensors",
     "load_tensors",
     "write_checkpoint_dir",
+    "is_diffusion_model",
+    "law_spec",
 ]
 
 FORMAT = "stochclosure.checkpoint"
@@ -94,7 +97,8 @@ MAX_CONFIG_BYTES = 16 * 2**20
 def _components(model: Any) -> Iterator[Any]:
     """Every component object of ``model`` (SDE, score, sampler, nested encoders, ...), once each."""
     seen: set[int] = set()
-    stack: list[Any] = [model.sde, model.score, model.sampler, *model.modules()]
+    parts = [getattr(model, a) for a in ("sde", "score", "sampler") if hasattr(model, a)]
+    stack: list[Any] = [*parts, *model.modules()]
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
@@ -137,8 +141,8 @@ def component_providers(model: Any) -> dict[str, str]:
         name = registry.name_of(obj)
         provider = None
         if name is not None:
-            comp = next((c for c in registry.components(load=False) if c.name == name), None)
-            if comp is not None and comp.entry_point is not None:
+            comp = registry.component(name)
+            if comp.entry_point is not None:
                 provider = comp.provider
         else:
             name = f"{type(obj).__module__}:{type(obj).__qualname__}"
@@ -273,30 +277,74 @@ def load_tensors(path: str | os.PathLike[str], sha256: str | None = None, *,
     return _read_tensor_file(path, sha256, root)[0]
 
 
+def is_diffusion_model(model: Any) -> bool:
+    """``True`` for a :class:`~stochclosure.ClosureModel` (an SDE, a score operator and a sampler)."""
+    return all(hasattr(model, a) for a in ("sde", "score", "sampler"))
+
+
+def law_spec(law: Any) -> dict[str, Any]:
+    """``{"type": registered name, **config}`` of a closure law, for a checkpoint.
+
+    The name is the one the law's class is registered under in the ``closure`` kind (entry point
+    or :func:`stochclosure.register`); the configuration is the law's :meth:`spec` (laws built on
+    :class:`~stochclosure.config.Configurable`) or its ``config`` dict, else empty (the class is
+    then rebuilt with its defaults).
+
+    Raises:
+        CheckpointError: the law's class is not registered (a checkpoint names registered
+            components only, never an import path).
+    """
+    from .registry import name_of
+
+    name = name_of("closure", law)
+    if name is None:
+        cls = type(law)
+        raise CheckpointError(format_error(
+            "model", "a closure law whose class is registered (kind 'closure')",
+            f"{cls.__module__}.{cls.__qualname__}, not registered",
+            f"register it first: stochclosure.register('closure', 'my_law', {cls.__name__})"))
+    spec_fn = getattr(law, "spec", None)
+    config = dict(spec_fn()) if callable(spec_fn) else dict(getattr(law, "config", None) or {})
+    config.pop("type", None)
+    from .config import to_jsonable
+
+    return {"type": name, **{k: to_jsonable(v, k) for k, v in config.items()}}
+
+
 def model_config(model: Any) -> dict[str, Any]:
-    """The registry specs that rebuild a :class:`~stochclosure.ClosureModel` (weights aside)."""
+    """The registry specs that rebuild a model (weights aside).
+
+    A :class:`~stochclosure.ClosureModel` gives ``{"sde", "score", "sampler", "channels"}``; any
+    other closure law ``{"closure": law_spec(law), "channels": C}`` (see :func:`law_spec`).
+    """
+    if not is_diffusion_model(model):
+        return {"closure": law_spec(model), "channels": int(getattr(model, "channels", 1))}
     return {"sde": model.sde.spec(), "score": model.score.spec(), "sampler": model.sampler.spec(),
             "channels": int(model.channels)}
 
 
 def _header(model: Any, files: dict[str, str], extra: Mapping[str, Any] | None) -> dict[str, Any]:
     providers = component_providers(model)
+    versions = library_versions(providers)
     cfg: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "versions": library_versions(providers),
-        "providers": providers,
+        "versions": versions,
+        "providers": {key: {"distribution": dist, "version": versions.get(dist)} for key, dist in providers.items()},
         "model": model_config(model),
-        "normalisation": {"target_mean": model.target_mean.tolist(), "target_std": model.target_std.tolist()},
         "files": files,
     }
+    if hasattr(model, "target_mean") and hasattr(model, "target_std"):
+        cfg["normalisation"] = {"target_mean": model.target_mean.tolist(), "target_std": model.target_std.tolist()}
     if extra:
         cfg.update(extra)
     return cfg
 
 
 def _sde_metadata(model: Any) -> dict[str, str]:
-    """Safetensors metadata recording the SDE the weights were trained with."""
+    """Safetensors metadata recording the SDE the weights were trained with (none for other laws)."""
+    if not is_diffusion_model(model):
+        return {}
     return {SDE_METADATA: json.dumps(model.sde.spec(), sort_keys=True)}
 
 
@@ -407,11 +455,13 @@ def _check_header(cfg: Any, where: str) -> dict[str, Any]:
                                            f"format version {_short(version)} (written by stochclosure "
                                            f"{_short(written)})", f"load it with stochclosure {_short(written)}, "
                                                                   "or retrain"))
-    for key in ("model", "normalisation"):
+    law = isinstance(cfg.get("model"), dict) and "closure" in cfg["model"]
+    for key in ("model",) if law and "normalisation" not in cfg else ("model", "normalisation"):
         if not isinstance(cfg.get(key), dict):
             raise CheckpointError(format_error(where, f"a config with a {key!r} section", "none (corrupt config)"))
-    for name in ("target_mean", "target_std"):
-        _check_statistic(cfg, name, where)
+    if "normalisation" in cfg:
+        for name in ("target_mean", "target_std"):
+            _check_statistic(cfg, name, where)
     files = cfg.get("files", {})
     if not isinstance(files, dict) or not all(
             isinstance(k, str) and k not in ("", ".", "..") and Path(k).name == k and "\\" not in k
@@ -487,6 +537,8 @@ def _load_weights(path: Path, cfg: dict[str, Any], weights: str) -> tuple[dict[s
 
 def _check_sde(model: Any, recorded: list[tuple[str, str]]) -> None:
     """The SDE rebuilt from the config must be the one recorded with the weights."""
+    if not recorded:
+        return
     current = json.loads(json.dumps(model.sde.spec(), sort_keys=True))
     for where, text in recorded:
         spec = load_json_text(text, f"{where} (metadata {SDE_METADATA})", CheckpointError)
@@ -527,7 +579,7 @@ def _check_state(model: Any, state: Mapping[str, Tensor], cfg: dict[str, Any], w
                 "these weights were quantised or written by another program; load the original float weights"))
     for name in ("target_mean", "target_std"):
         value = state.get(name)
-        if value is None:
+        if value is None or "normalisation" not in cfg:
             continue
         v = value.detach().double()
         if not bool(torch.isfinite(v).all()) or (name == "target_std" and not bool((v > 0).all())):
@@ -544,7 +596,10 @@ def _check_state(model: Any, state: Mapping[str, Tensor], cfg: dict[str, Any], w
 
 def load_model(path: str | os.PathLike[str], *, weights: str = "ema", map_location: str | torch.device = "cpu",
                strict: bool = True) -> Any:
-    """Rebuild a :class:`~stochclosure.ClosureModel` from a checkpoint through the registry.
+    """Rebuild a :class:`~stochclosure.ClosureModel` or any registered closure law from a checkpoint.
+
+    A closure law other than the diffusion model is rebuilt from ``model.closure`` of the
+    configuration (:func:`law_spec`), a *registered* name of the ``closure`` kind only.
 
     Args:
         path: Checkpoint directory or ``.safetensors`` file.
@@ -561,21 +616,14 @@ def load_model(path: str | os.PathLike[str], *, weights: str = "ema", map_locati
             the checkpoint folder, or non-finite normalisation statistics (see the module docstring).
         IncompatibleComponentsError: ``config.json`` names another SDE than the one the weights
             were trained with.
+        UnknownPluginError: ``model.closure`` names a closure law that is not registered here
+            (also a :class:`LookupError`); an import path is refused the same way, never imported.
     """
-    from .model import ClosureModel
-
     if weights not in ("ema", "raw"):
         raise CheckpointError(format_error("weights", "'ema' or 'raw'", repr(weights)))
     path = Path(path)
     cfg = read_config(path)
-    m = cfg["model"]
-    try:
-        model = ClosureModel(m["sde"], m["score"], m["sampler"], channels=m["channels"],
-                             target_mean=torch.tensor(cfg["normalisation"]["target_mean"]),
-                             target_std=torch.tensor(cfg["normalisation"]["target_std"]))
-    except KeyError as exc:
-        raise CheckpointError(format_error(str(path), "a config with sde, score, sampler and channels",
-                                           f"missing {exc}")) from exc
+    model = _rebuild_law(cfg, path) if "closure" in cfg["model"] else _rebuild_diffusion(cfg, path)
     state, recorded = _load_weights(path, cfg, weights)
     _check_sde(model, recorded)
     _check_state(model, state, cfg, str(path))
@@ -586,3 +634,36 @@ def load_model(path: str | os.PathLike[str], *, weights: str = "ema", map_locati
                                            f"a mismatch: {str(exc).splitlines()[0]}",
                                            "the components' code changed since the checkpoint was written")) from exc
     return model.to(map_location).eval()
+
+
+def _rebuild_diffusion(cfg: dict[str, Any], path: Path) -> Any:
+    """The :class:`~stochclosure.ClosureModel` a configuration describes (weights not loaded)."""
+    from .model import ClosureModel
+
+    m = cfg["model"]
+    try:
+        return ClosureModel(m["sde"], m["score"], m["sampler"], channels=m["channels"],
+                            target_mean=torch.tensor(cfg["normalisation"]["target_mean"]),
+                            target_std=torch.tensor(cfg["normalisation"]["target_std"]))
+    except KeyError as exc:
+        raise CheckpointError(format_error(str(path), "a config with sde, score, sampler and channels",
+                                           f"missing {exc}")) from exc
+
+
+def _rebuild_law(cfg: dict[str, Any], path: Path) -> Any:
+    """The closure law ``model.closure`` names (a registered name only), weights not loaded."""
+    from .errors import UnknownPluginError
+    from .registry import get_registry
+
+    spec = cfg["model"]["closure"]
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise CheckpointError(format_error(f"{path}: model.closure", "a closure spec {'type': name, ...}",
+                                           _short(spec), "restore config.json from the original checkpoint"))
+    registry = get_registry("closure")
+    name = spec["type"]
+    if name not in registry:  # a registered name or a 'dist:name' pin; a module path is never imported
+        raise UnknownPluginError(format_error(
+            f"{path}: model.closure.type", f"a registered closure law (installed: {', '.join(registry.names())})",
+            repr(name), "install the distribution that provides it, or stochclosure.register('closure', "
+                        f"{name.split(':')[-1]!r}, cls) before loading; import paths are never followed"))
+    return registry.resolve(spec)

@@ -26,7 +26,7 @@ from .errors import ConfigError, format_error
 
 __all__ = ["Configurable", "to_jsonable", "check_config_keys", "load_yaml_mapping", "load_json_text", "json_nesting",
            "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_YAML_NODES", "check_seed", "check_number", "check_device",
-           "derive_seed", "SEED_LIMIT"]
+           "derive_seed", "SEED_LIMIT", "ENSEMBLE_SEED_LIMIT"]
 
 
 MAX_CONFIG_BYTES = 4 * 2**20
@@ -96,30 +96,39 @@ SEED_LIMIT = 2**64
 """Seeds are integers in ``[0, SEED_LIMIT)``: what ``torch.Generator.manual_seed`` accepts without aliasing
 (torch maps a negative seed ``s`` to ``2**64 + s``, so ``-1`` would silently equal ``2**64 - 1``)."""
 
+ENSEMBLE_SEED_LIMIT = 2**32
+"""Ensemble seeds (:func:`stochclosure.rollout.ensemble`, ``stochclosure rollout``'s ``seed``) are integers in
+``[0, ENSEMBLE_SEED_LIMIT)``: :func:`pyro.poutine.seed` also seeds NumPy, whose seeds are 32-bit."""
 
-def check_seed(value: Any, argument: str = "seed") -> int:
+
+def check_seed(value: Any, argument: str = "seed", *, limit: int = SEED_LIMIT) -> int:
     """The one check of a random seed across the package (train, distill, demo, rollout, generate).
 
     Args:
         value: The seed as given.
         argument: Its name for the message (``"seed"``, ``"--seed"``, ``"initial.seed"``).
+        limit: One above the largest seed accepted: :data:`SEED_LIMIT` (torch generators) or
+            :data:`ENSEMBLE_SEED_LIMIT` (seeds of an ensemble, which also seed NumPy).
 
     Returns:
         ``value`` as an ``int``.
 
     Raises:
-        ConfigError: not an integer (booleans and floats included), negative, or ``>= 2**64``.
+        ConfigError: not an integer (booleans and floats included), negative, or ``>= limit``.
 
     Example:
         >>> check_seed(7)
         7
     """
+    bound = "2**64" if limit == SEED_LIMIT else "2**32" if limit == ENSEMBLE_SEED_LIMIT else str(limit)
+    expected = f"an integer seed in [0, {bound})"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(format_error(argument, "an integer seed in [0, 2**64)", f"{type(value).__name__} {value!r}",
+        raise ConfigError(format_error(argument, expected, f"{type(value).__name__} {value!r}",
                                        "write a whole number such as 0"))
-    if not 0 <= value < SEED_LIMIT:
-        raise ConfigError(format_error(argument, "an integer seed in [0, 2**64)", repr(value),
-                                       "torch generators take seeds in [0, 2**64); pick one there"))
+    if not 0 <= value < limit:
+        why = ("torch generators take seeds in [0, 2**64)" if limit == SEED_LIMIT else
+               f"ensemble seeds also seed NumPy, which takes seeds in [0, {bound})")
+        raise ConfigError(format_error(argument, expected, repr(value), f"{why}; pick one there"))
     return int(value)
 
 

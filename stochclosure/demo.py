@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .cli import command
-from .config import check_number, check_seed, derive_seed
+from .config import ENSEMBLE_SEED_LIMIT, check_number, check_seed, derive_seed
 
 __all__ = ["run_demo", "check_demo_options"]
 
@@ -35,7 +35,8 @@ def check_demo_options(members: Any, horizon: Any, resample_every: Any, sampler_
     Raises:
         ConfigError: ``members`` below 2 (spread and rank statistics need two members), a
             non-positive or non-finite ``horizon``, non-positive ``resample_every``,
-            ``sampler_steps`` or ``record_every``, or a seed outside ``[0, 2**64)``.
+            ``sampler_steps`` or ``record_every``, or a seed outside ``[0, 2**32)`` (it seeds the
+            ensemble, see :data:`stochclosure.config.ENSEMBLE_SEED_LIMIT`).
     """
     def name(key: str) -> str:
         return prefix + key.replace("_", "-") if prefix else key
@@ -46,7 +47,7 @@ def check_demo_options(members: Any, horizon: Any, resample_every: Any, sampler_
     for key, value in (("resample_every", resample_every), ("sampler_steps", sampler_steps),
                        ("record_every", record_every)):
         check_number(value, name(key), integer=True, minimum=1)
-    check_seed(seed, name("seed"))
+    check_seed(seed, name("seed"), limit=ENSEMBLE_SEED_LIMIT)  # it seeds the ensemble
 
 
 def _truth_run(fine: Any, w0: torch.Tensor, n_steps: int, n_coarse: int, closure: str, obs_grid: int,
@@ -88,6 +89,7 @@ def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: fl
     """
     check_demo_options(members, horizon, resample_every, sampler_steps, record_every, seed)
     from . import metrics, plots
+    from ._memory import check_ensemble_memory
     from ._io import preflight_output
     from .errors import ConfigError, format_error
     from .pretrained import DEFAULT, initial_state, load_pretrained, pretrained_info
@@ -108,6 +110,7 @@ def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: fl
                                        f"a horizon of {fine.dt:g} or more"))
     record_every = min(record_every, n_steps)
     obs_grid = int(info["obs_grid"])
+    check_ensemble_memory(members, n_steps, record_every, (1, n_coarse, n_coarse))
 
     t0 = time.perf_counter()
     truth = _truth_run(fine, w0, n_steps, n_coarse, closure, obs_grid, record_every, derive_seed(seed, 1),

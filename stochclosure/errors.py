@@ -16,11 +16,13 @@ __all__ = [
     "DeviceError",
     "IncompatibleComponentsError",
     "UnknownPluginError",
+    "AmbiguousPluginError",
     "PluginValidationError",
     "CheckpointError",
     "ConfigError",
     "DatasetError",
     "OutputError",
+    "ResourceError",
     "ResolutionWarning",
     "format_error",
 ]
@@ -72,6 +74,10 @@ class UnknownPluginError(StochClosureError, LookupError):
     """A component name is not registered in its group."""
 
 
+class AmbiguousPluginError(UnknownPluginError):
+    """Several third-party distributions provide the same component name; pin one as ``"dist:name"``."""
+
+
 class PluginValidationError(StochClosureError, TypeError):
     """A registered object does not implement the interface of its group."""
 
@@ -90,6 +96,10 @@ class DatasetError(StochClosureError, ValueError):
 
 class OutputError(StochClosureError, OSError):
     """An output location cannot be written (read-only, missing permission, disk full)."""
+
+
+class ResourceError(StochClosureError, MemoryError):
+    """A requested size (ensemble members, samples) needs more memory than the device has available."""
 
 
 class ResolutionWarning(UserWarning):

@@ -22,6 +22,7 @@ import torch
 from pyro.ops.stats import crps_empirical, energy_score_empirical
 from torch import Tensor
 
+from ._types import check_generator
 from .errors import ShapeError, format_error
 
 __all__ = [
@@ -231,6 +232,7 @@ def rank_histogram(ensemble: Tensor, truth: Tensor, member_dim: int = 0,
 
     Rank ``r`` is the number of members below the truth; ties are broken uniformly at random.
     """
+    check_generator(generator)
     ens = _check_ensemble(ensemble, truth, member_dim)
     m = ens.shape[0]
     below = (ens < truth).sum(0)

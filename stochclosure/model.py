@@ -163,3 +163,21 @@ class ClosureModel(nn.Module):
         from .checkpoint import load_model
 
         return load_model(path, **kwargs)
+
+    # -- training (stochclosure.train) -------------------------------------------------------------
+    def loss(self, cond: Conditioning | None, u: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Denoising score matching loss of targets ``u`` ``(B, C, *grid)`` in physical units, a scalar.
+
+        The same loss the :class:`~stochclosure.train.Trainer` minimises with its defaults: the
+        score's own ``loss_weighting`` (else ``"sigma2"``), uniform times in the range the default
+        sampler visits (see :func:`stochclosure.losses.dsm_loss`); every closure law has a
+        ``loss(cond, u)``.
+        """
+        from .losses import dsm_loss
+
+        s = self.sampler
+        t_min, t_max = getattr(s, "t_end", None), getattr(s, "t_start", None)
+        t_range = (self.sde.eps if t_min is None else float(t_min), self.sde.T if t_max is None else float(t_max))
+        c = None if cond is None or cond.is_empty() else cond
+        return dsm_loss(self.score, self.sde, self.normalise(u), c, t_range=t_range,
+                        weighting=getattr(self.score, "loss_weighting", "sigma2"), generator=generator)

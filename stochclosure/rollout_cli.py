@@ -8,7 +8,7 @@ The YAML file (read with ``yaml.safe_load``; relative paths follow the rule of
     initial: {seed: 0}               # system.initial_state(1) seeded so; or {path: state.safetensors}
     n_steps: 500
     members: 16
-    seed: 0                          # seeds the member keys
+    seed: 0                          # seeds the member keys, in [0, 2**32)
     checkpoint_every: 50
     record_every: 10
     resample_every: 1
@@ -33,7 +33,7 @@ from typing import Any
 
 from ._io import preflight_output, resolve_config_path
 from .cli import command
-from .config import check_seed, load_yaml_mapping
+from .config import ENSEMBLE_SEED_LIMIT, check_seed, load_yaml_mapping
 from .errors import ConfigError, format_error
 
 __all__ = ["load_rollout_config", "run_rollout", "ROLLOUT_DEFAULTS"]
@@ -62,7 +62,7 @@ def load_rollout_config(path: str | Path) -> dict[str, Any]:
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ConfigError(format_error(key, f"an integer >= {minimum}", f"{type(v).__name__} {v!r}"))
-    cfg["seed"] = check_seed(cfg["seed"], "seed")
+    cfg["seed"] = check_seed(cfg["seed"], "seed", limit=ENSEMBLE_SEED_LIMIT)  # it seeds the ensemble
     if cfg["sampler_steps"] is not None and (not isinstance(cfg["sampler_steps"], int) or cfg["sampler_steps"] < 1):
         raise ConfigError(format_error("sampler_steps", "null or a positive integer", repr(cfg["sampler_steps"])))
     if not isinstance(cfg["system"], (str, dict)):
@@ -101,6 +101,7 @@ def run_rollout(cfg: dict[str, Any], progress: bool = True) -> Path:
     """Run (or resume) the ensemble of ``cfg`` and write ``cfg["out"]``; returns the output path."""
     import torch
 
+    from ._memory import check_ensemble_memory
     from .checkpoint import load_model, save_tensors
     from .registry import resolve
     from .rollout.resume import resumable_ensemble, run_fingerprint
@@ -111,6 +112,8 @@ def run_rollout(cfg: dict[str, Any], progress: bool = True) -> Path:
     system = resolve("system", cfg["system"])
     model = None if cfg["model"] is None else load_model(cfg["model"])
     state0 = _initial_state(system, cfg["initial"])
+    check_ensemble_memory(cfg["members"], cfg["n_steps"], cfg["record_every"], tuple(state0.shape), state0.dtype,
+                          state0.device)
     kw = {"record_every": cfg["record_every"], "resample_every": cfg["resample_every"],
           "sampler_steps": cfg["sampler_steps"]}
     fingerprint = run_fingerprint(system, model, state0, cfg["n_steps"], cfg["members"], cfg["seed"], kw)

@@ -1,4 +1,4 @@
-"""Training a :class:`~stochclosure.ClosureModel` by denoising score matching.
+"""Training a :class:`~stochclosure.ClosureModel` by denoising score matching, or any closure law by its own loss.
 
 The :class:`Trainer` runs Adam with a learning-rate schedule (warm-up, then constant, cosine or
 step decay), gradient clipping, an exponential moving average (EMA) of the weights, a validation
@@ -36,6 +36,7 @@ from ._types import Conditioning, check_finite
 from .checkpoint import (
     EMA_FILE,
     MODEL_FILE,
+    is_diffusion_model,
     load_tensors,
     model_config,
     read_config,
@@ -145,6 +146,23 @@ def check_trainer_options(options: Mapping[str, Any], where: str = "") -> None:
         check_seed(o["seed"], name("seed"))
     if "device" in o and not isinstance(o["device"], torch.device):
         check_device(o["device"], name("device"))
+
+
+def _check_law_options(model: Any, t_range: Any, weighting: Any, time_law: Any) -> None:
+    """A closure law other than the diffusion model: it trains by its own ``loss(cond, u)``.
+
+    Raises:
+        ConfigError: the law has no ``loss`` method, or diffusion-only options are set
+            (``t_range``, ``time_law``, ``weighting``).
+    """
+    if not callable(getattr(model, "loss", None)):
+        raise ConfigError(format_error("model", "a ClosureModel or a closure law with a loss(cond, u) method",
+                                       type(model).__name__, "add loss(cond, u) -> scalar to the law"))
+    for key, value, default in (("t_range", t_range, None), ("weighting", weighting, "auto"),
+                                ("time_law", check_time_law(time_law), {"type": "uniform"})):
+        if value != default:
+            raise ConfigError(format_error(key, f"the default for {type(model).__name__} (a diffusion-only option)",
+                                           repr(value), f"remove {key}: the law trains by its own loss"))
 
 
 def _join_process_group(device: str | torch.device) -> tuple[int, int, str | torch.device]:
@@ -327,10 +345,18 @@ class TrainResult:
 
 
 class Trainer:
-    """Denoising-score-matching trainer for a :class:`~stochclosure.ClosureModel`.
+    """Trainer of a :class:`~stochclosure.ClosureModel` (denoising score matching) or any closure law.
+
+    A closure law other than the diffusion model (e.g. the ``gaussian`` and ``deterministic``
+    laws of :mod:`stochclosure.closures.learned`, or a user's law) is trained by its own
+    ``loss(cond, u) -> scalar`` with every other feature below (schedule, clipping, EMA,
+    checkpoints, exact resume, validation scores of its draws); the diffusion-only options
+    ``t_range``, ``time_law`` and ``weighting`` are refused for it, and it trains in one process.
+    At the last step, a law with a coloured noise model fits it on the training residuals of the
+    averaged weights (:meth:`fit_noise`), before the final validation and checkpoint.
 
     Args:
-        model: The model; its score operator's parameters are trained.
+        model: The model; its score operator's parameters are trained (all parameters of another law).
         train_data: Dataset following the closure item protocol.
         val_data: Optional validation dataset.
         batch_size: Items per step.
@@ -403,7 +429,10 @@ class Trainer:
              "keep_checkpoints": keep_checkpoints, "val_every": val_every, "val_batches": val_batches,
              "device": device, "ema_rel_std": ema_rel_std, "time_law": time_law, "augment": augment,
              "val_draws": val_draws})
-        if t_range is not None and not float(t_range[1]) <= model.sde.T:
+        diffusion = is_diffusion_model(model)
+        if not diffusion:
+            _check_law_options(model, t_range, weighting, time_law)
+        if diffusion and t_range is not None and not float(t_range[1]) <= model.sde.T:
             raise ConfigError(format_error("t_range", f"0 < t_min < t_max <= T={model.sde.T} (the SDE's horizon)",
                                            repr(list(t_range))))
         if len(train_data) < 1:
@@ -412,15 +441,19 @@ class Trainer:
         self.batch_size, self.max_steps, self.lr = batch_size, max_steps, float(lr)
         self.schedule, self.warmup_steps, self.min_lr_ratio = schedule, int(warmup_steps), float(min_lr_ratio)
         self.step_size, self.gamma, self.grad_clip = step_size, float(gamma), grad_clip
-        self.t_range = tuple(float(v) for v in t_range) if t_range is not None else default_t_range(model)
+        self.diffusion = diffusion
+        self.t_range = (tuple(float(v) for v in t_range) if t_range is not None else default_t_range(model)) \
+            if diffusion else None
         self.time_law = check_time_law(time_law)
         self.augment = resolve_augment(augment)
         self.val_draws = int(val_draws)
-        if weighting == "auto":
+        if weighting == "auto" and diffusion:
             weighting = getattr(model.score, "loss_weighting", "sigma2")
         self.weighting = weighting
         self.normalise_targets, self.seed = bool(normalise_targets), int(seed)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        if self.checkpoint_dir is not None and not diffusion:
+            model_config(model)  # a law that cannot be checkpointed (unregistered) fails before any work
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.val_every, self.val_batches, self.progress = val_every, val_batches, bool(progress)
         self.world, self.rank, device = _join_process_group(device)
@@ -429,8 +462,12 @@ class Trainer:
                                            repr(batch_size), "every rank takes an equal slice of the global batch"))
         self.device = torch.device(device)
         self.model.to(self.device)
-        self.params = [p for p in model.score.parameters() if p.requires_grad]
-        self.net: Any = model.score
+        trained = model.score if diffusion else model
+        self.params = [p for p in trained.parameters() if p.requires_grad]
+        self.net: Any = trained
+        if self.world > 1 and not diffusion:
+            raise ConfigError(format_error("WORLD_SIZE", "one process for a closure law other than ClosureModel",
+                                           f"{self.world} processes", "train this law in a single process"))
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -448,7 +485,7 @@ class Trainer:
         self.config = {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "schedule": schedule,
                        "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio, "step_size": step_size,
                        "gamma": gamma, "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
-                       "t_range": list(self.t_range), "seed": seed,
+                       "t_range": None if self.t_range is None else list(self.t_range), "seed": seed,
                        "weighting": weighting if isinstance(weighting, str) else "auto"}
         # options added later are recorded only when set, so runs from before them resume unchanged
         extra = {"ema_rel_std": ema_rel_std, "time_law": None if self.time_law == {"type": "uniform"} else self.time_law,
@@ -490,6 +527,8 @@ class Trainer:
         # inputs are checked before the network: an FFT would spread one NaN pixel over the sample
         check_finite("target", target)
         cond.validate()
+        if not self.diffusion:
+            return self.model.loss(None if cond.is_empty() else cond, target)
         x0 = self.model.normalise(target)
         c = None if cond.is_empty() else cond
         t = z = None
@@ -532,9 +571,7 @@ class Trainer:
                 total += float(self._loss(target, cond, gen)) * len(idx)
                 count += len(idx)
                 if self.val_draws:
-                    draws.append(self.model.sample(None if cond.is_empty() else cond, n=self.val_draws,
-                                                   generator=draw_gen, grid=tuple(target.shape[2:]),
-                                                   dtype=target.dtype).cpu())
+                    draws.append(self._draws(target, cond, draw_gen))
                     truths.append(target.cpu())
         finally:
             if self.ema is not None:
@@ -546,6 +583,37 @@ class Trainer:
             scores = offline_scores(torch.cat(draws, 1), torch.cat(truths, 0))
             self.last_val_scores = {f"val_{k}": v for k, v in scores.items()}
         return total / count
+
+    def _draws(self, target: Tensor, cond: Conditioning, gen: torch.Generator) -> Tensor:
+        """``val_draws`` closures per validation item, ``(val_draws, B, C, *grid)`` on the CPU."""
+        c = None if cond.is_empty() else cond
+        grid = tuple(target.shape[2:])
+        if self.diffusion:
+            return self.model.sample(c, n=self.val_draws, generator=gen, grid=grid, dtype=target.dtype).cpu()
+        return self.model.sample(Conditioning() if c is None else c, n=self.val_draws, generator=gen,
+                                 grid=grid).to(target.dtype).cpu()
+
+    @torch.no_grad()
+    def fit_noise(self, max_items: int = 4096) -> None:
+        """Fit a law's noise model on the training residuals of the averaged weights (end of a run).
+
+        Calls ``model.fit_spectrum(cond, u)`` (a :class:`~stochclosure.closures.learned.GaussianClosure`
+        with ``noise="coloured"``) on up to ``max_items`` evenly spaced training items; the fitted
+        buffer is part of the final checkpoint. Other models are left as they are.
+        """
+        fit = getattr(self.model, "fit_spectrum", None)
+        if self.diffusion or fit is None or getattr(self.model, "noise", None) != "coloured":
+            return
+        n = len(self.train_data)
+        index = torch.linspace(0, n - 1, min(n, max_items)).round().long().tolist()
+        target, cond = self._batch(self.train_data, index, self._collate)
+        if self.ema is not None:
+            self.ema.swap(self.model)
+        try:
+            fit(None if cond.is_empty() else cond, target)
+        finally:
+            if self.ema is not None:
+                self.ema.swap(self.model)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _optimizer_tensors(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -716,7 +784,7 @@ class Trainer:
             self.load_checkpoint(latest)
             if self.rank == 0:
                 record_changes(latest.parent, latest, changes, self.step)
-        elif self.normalise_targets:
+        elif self.normalise_targets and hasattr(self.model, "target_mean"):
             mean, std = target_statistics(self.train_data, self.model.channels)
             self.model.target_mean.copy_(mean)
             self.model.target_std.copy_(std)
@@ -759,6 +827,8 @@ class Trainer:
                 self.step += 1
                 if self.ema is not None:
                     self.ema.update(self.model, self.step)
+                if self.step == self.max_steps:
+                    self.fit_noise()
                 self._window = [self._window[0] + loss_value, self._window[1] + 1]
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")

@@ -18,6 +18,8 @@ top-level ``root`` key (see :mod:`stochclosure._io`); absolute paths are used as
       sde: ve_exp
       sampler: {type: truncated_karras_em}
       score: {type: fno, encoder: {type: composite, encoders: [field, sparse_interp]}}
+      # or any registered closure law by its name, e.g.
+      # {type: gaussian, loss: crps, backbone: {type: fno, encoder: {type: field}}}
     trainer:                    # keyword arguments of stochclosure.train.Trainer
       batch_size: 32
       max_steps: 2000
@@ -52,7 +54,7 @@ from .config import check_config_keys, check_device, check_seed, load_yaml_mappi
 from .errors import ConfigError, format_error
 from .runs import check_run_folder, latest_checkpoint, run_lock
 
-__all__ = ["load_train_config", "run_training", "check_blocks", "resolve_paths", "check_trainer_block",
+__all__ = ["load_train_config", "run_training", "check_law_block", "check_blocks", "resolve_paths", "check_trainer_block",
            "data_block", "open_datasets", "run_folder", "run_command", "add_run_args", "print_summary"]
 
 _BLOCKS = {"data", "model", "trainer", "out", "seed", "root"}
@@ -154,18 +156,41 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     cfg = load_yaml_mapping(path, "a mapping with blocks data, model, trainer, out")
-    check_blocks(cfg, (("", _BLOCKS), ("data", _DATA_KEYS), ("model", _MODEL_KEYS)), "train")
+    law = isinstance(cfg.get("model"), dict) and "type" in cfg["model"]
+    check_blocks(cfg, (("", _BLOCKS), ("data", _DATA_KEYS)) + ((("model", _MODEL_KEYS),) if not law else ()),
+                 "train")
     for key in ("data", "model", "out"):
         if key not in cfg:
             raise ConfigError(format_error(key, f"a {key!r} entry in the config", "nothing"))
         if key != "out" and not isinstance(cfg[key], dict):
             raise ConfigError(format_error(key, "a mapping", f"{type(cfg[key]).__name__} {cfg[key]!r}"))
-    if "path" not in cfg["data"] or "score" not in cfg["model"]:
-        raise ConfigError(format_error("data.path / model.score", "both set", "missing"))
+    if "path" not in cfg["data"] or not ({"score", "type"} & set(cfg["model"])):
+        raise ConfigError(format_error("data.path / model.score", "both set (or model.type naming a closure law)",
+                                       "missing"))
     _check_types(cfg)
+    if law:
+        check_law_block(cfg["model"])
     check_trainer_block(cfg)
     resolve_paths(cfg, path, ("data.path", "out"))
     return cfg
+
+
+def check_law_block(m: dict[str, Any]) -> None:
+    """A ``model:`` block naming a closure law: a registered name and the law's constructor keys.
+
+    Raises:
+        UnknownPluginError: ``model.type`` is not a registered closure law (import paths included).
+        ConfigError: an unknown key for that law.
+    """
+    from .errors import UnknownPluginError
+    from .registry import get_registry
+
+    registry = get_registry("closure")
+    name = m["type"]
+    if not isinstance(name, str) or name not in registry:  # names and 'dist:name' pins only, never module paths
+        raise UnknownPluginError(format_error("model.type", f"a registered closure law ({', '.join(registry.names())})",
+                                              repr(name), "or give model.score for a diffusion model"))
+    check_config_keys(registry.get(name), {k: v for k, v in m.items() if k != "type"}, where="model")
 
 
 def data_block(d: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +248,7 @@ def run_training(cfg: dict[str, Any], resume: bool = False, progress: bool = Tru
     import torch
 
     from .model import ClosureModel
+    from .registry import resolve
     from .train import Trainer
 
     kw = check_trainer_block(cfg)
@@ -234,7 +260,11 @@ def run_training(cfg: dict[str, Any], resume: bool = False, progress: bool = Tru
         m = dict(cfg["model"])
         channels = int(m.pop("channels", 0) or train[0]["target"].shape[0])
         torch.manual_seed(seed)
-        model = ClosureModel(m.get("sde", "ve_exp"), m["score"], m.get("sampler", "euler_maruyama"), channels=channels)
+        if "type" in m:  # any registered closure law: {type: gaussian, backbone: {...}, ...}
+            model = resolve("closure", {**m, "channels": channels})
+        else:
+            model = ClosureModel(m.get("sde", "ve_exp"), m["score"], m.get("sampler", "euler_maruyama"),
+                                 channels=channels)
         kw.setdefault("seed", seed)
         kw.setdefault("progress", progress)
         trainer = Trainer(model, train, val, checkpoint_dir=cfg["out"], **kw)

@@ -17,11 +17,22 @@ session, the plugin tests and doctests see it too) and re-pinned around every te
 ``tests/``. The variable is normalised at start-up (set to the count in use), so tests that start
 subprocesses which should follow it (the tutorials) pass ``os.environ[THREADS_VARIABLE]`` on as
 ``OMP_NUM_THREADS``.
+
+Test-only plugins (``tests/plugins/*``, e.g. the loopback plugin) are never installed into the
+environment: at session start each is made importable and discoverable for this test session
+only, as an unzipped distribution (a generated ``*.dist-info`` with its entry points beside a copy
+of its package) in a temporary folder put first on ``sys.path`` and on ``PYTHONPATH`` (so the
+subprocesses the tests start see it too), then removed at session end.
 """
 
 from __future__ import annotations
 
+import configparser
 import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +59,44 @@ def pytest_configure(config):
     threads = session_threads()
     os.environ[THREADS_VARIABLE] = str(threads)
     torch.set_num_threads(threads)
+
+
+TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
+_TEST_SITE: list[str] = []
+
+
+def _write_test_distribution(project: Path, site: Path) -> None:
+    """Write ``project`` (a setup.cfg project) into ``site`` as an installed, unzipped distribution."""
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(project / "setup.cfg")
+    name, version = cfg["metadata"]["name"], cfg["metadata"]["version"]
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    groups = cfg["options.entry_points"] if cfg.has_section("options.entry_points") else {}
+    (info / "entry_points.txt").write_text(
+        "".join(f"[{group}]\n{groups[group].strip()}\n\n" for group in groups))
+    packages = [p for p in project.iterdir() if (p / "__init__.py").is_file()]
+    for package in packages:
+        shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    (info / "top_level.txt").write_text("".join(f"{p.name}\n" for p in packages))
+
+
+def pytest_sessionstart(session):
+    from stochclosure import registry
+
+    site = Path(tempfile.mkdtemp(prefix="stochclosure-test-plugins-"))
+    for project in sorted(TEST_PLUGINS.glob("*/setup.cfg")):
+        _write_test_distribution(project.parent, site)
+    _TEST_SITE.append(str(site))
+    sys.path.insert(0, str(site))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    registry.refresh()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for site in _TEST_SITE:
+        shutil.rmtree(site, ignore_errors=True)
 
 
 def pytest_report_header(config):

@@ -336,11 +336,13 @@ def test_versions_name_every_distribution_that_provides_a_component(tmp_path, th
     m = sc.ClosureModel("acme_vp", {"type": "gaussian", "sde": "acme_vp", "std": 1.0}, "euler_maruyama")
     for path in (m.save(tmp_path / "ckpt"), m.save(tmp_path / "m.safetensors")):
         cfg = read_config(path)
-        assert cfg["providers"]["sde:acme_vp"] == "acme-closures"
-        assert cfg["providers"]["score_operator:gaussian"] == "stochclosure"
+        assert cfg["providers"]["sde:acme_vp"] == {"distribution": "acme-closures", "version": "1.2.3"}
+        assert cfg["providers"]["score_operator:gaussian"] == {"distribution": "stochclosure",
+                                                               "version": cfg["versions"]["stochclosure"]}
         assert cfg["versions"]["acme-closures"] == "1.2.3"
         assert load_model(path).sde.spec()["type"] == "acme_vp"
     fno = read_config(small_model().save(tmp_path / "fno"))
-    assert fno["providers"]["score_operator:fno"] == "stochclosure-neuralop"
+    assert fno["providers"]["score_operator:fno"]["distribution"] == "stochclosure-neuralop"
+    assert fno["providers"]["score_operator:fno"]["version"] == fno["versions"]["stochclosure-neuralop"]
     assert {"encoder:composite", "encoder:field", "encoder:sparse_smooth", "sde:ve_exp",
             "sampler:euler_maruyama"} <= set(fno["providers"])

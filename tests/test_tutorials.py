@@ -120,8 +120,21 @@ def test_05_sparse_measurements_and_resolution(tmp_path):
     assert dens["16"]["model_rel_error_mean"] < dens["4"]["model_rel_error_mean"]
 
 
+def test_07_custom_closure_law(tmp_path):
+    res = run_tutorial("07_custom_closure_law", tmp_path)
+    assert res["contract_passed"] is True and res["reload"]["identical_draws"] is True
+    assert res["reload"]["config"]["closure"]["type"] == "stencil_gaussian"
+    off = res["offline"]
+    assert off["stencil_gaussian"]["r2"] > 0.3 > off["no_closure"]["r2"]
+    assert off["stencil_gaussian"]["crps"] < 0.7 * off["no_closure"]["crps"]
+    assert 0.7 < off["stencil_gaussian"]["spread_skill"] < 1.3
+    st = res["stencil_relative"]  # the diffusion part of G: a discrete Laplacian
+    assert all(0.15 < v < 0.5 for v in (st[0][1], st[1][0], st[1][2], st[2][1]))
+    assert all(abs(v) < 0.2 for v in (st[0][0], st[0][2], st[2][0], st[2][2]))  # measured: 0.31-0.36 and |corners| <= 0.10
+
+
 EXPECTED = ["01_quickstart", "02_register_components", "03_uncertainty_quantification", "04_ensemble_rollouts",
-            "05_sparse_measurements_and_resolution"]
+            "05_sparse_measurements_and_resolution", "07_custom_closure_law"]
 
 
 @pytest.mark.parametrize("name", EXPECTED)

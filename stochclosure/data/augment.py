@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._types import Conditioning
+from .._types import Conditioning, check_generator
 from ..errors import ConfigError, ShapeError, format_error
 
 __all__ = ["D4_ORDER", "d4_apply", "d4_points", "d4_inverse", "d4_compose", "d4_det", "D4Augment", "resolve_augment"]
@@ -156,7 +156,7 @@ class D4Augment:
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> list[int]:
         """``n`` random elements (one uniform integer each), e.g. for a whole global batch before sharding."""
-        pick = torch.randint(len(self.elements), (n,), generator=generator)
+        pick = torch.randint(len(self.elements), (n,), generator=check_generator(generator))
         return [self.elements[int(i)] for i in pick]
 
     def __call__(self, target: Tensor, cond: Conditioning, generator: torch.Generator | None = None,

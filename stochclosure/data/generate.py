@@ -360,6 +360,21 @@ def _probe(system: Any, cfg: dict[str, Any], closures: list[str], obs_grid: int,
             close()
     for chunk in {(1, 1, *v.shape[1:]) for _, v in _record_items(rec, obs_grid)}:
         check_compression(cfg, chunk, store)
+    _check_batch_memory(cfg, sum(int(v.numel()) for _, v in _record_items(rec, obs_grid)))
+
+
+def _check_batch_memory(cfg: dict[str, Any], values_per_record: int) -> None:
+    """Refuse a ``batch_size`` whose one record (all resolutions and closures) cannot fit in memory.
+
+    A batch of ``min(batch_size, trajectories)`` trajectories holds at least one record of each
+    at once: a lower bound, so nothing that fits is refused (see :mod:`stochclosure._memory`).
+    """
+    from .._memory import check_allocation
+
+    batch = min(cfg["batch_size"], cfg["trajectories"])
+    check_allocation("config.batch_size", (batch, values_per_record), getattr(torch, cfg["dtype"]), cfg["device"],
+                     value=cfg["batch_size"], fix="use a smaller batch_size (trajectories are simulated batch_size "
+                                                  "at a time)")
 
 
 def _config_hash(system_name: str, spec: dict[str, Any], cfg: dict[str, Any]) -> str:

@@ -53,5 +53,18 @@ class AbstractConditioningEncoder(Configurable, nn.Module, metaclass=abc.ABCMeta
         return cls()
 
     def example_condition(self, batch: int, generator: torch.Generator | None = None) -> Conditioning:
-        """A valid condition with ``batch`` members on a 16-point grid (contract suite)."""
-        return Conditioning(fields=torch.randn(batch, 1, 16, 16, generator=generator))
+        """A valid condition for the contract suite: one standard normal field of 16 points per side.
+
+        ``fields`` is ``(batch, 1, 16, 16)`` when the encoder supports 2-D grids (``2`` in
+        :attr:`spatial_dims`), else ``(batch, 1, 16)``. Override it for encoders that need other
+        inputs (sparse points, more channels).
+
+        Args:
+            batch: Number of members ``B``.
+            generator: Random generator.
+
+        Returns:
+            The condition.
+        """
+        rank = 2 if 2 in self.spatial_dims else min(self.spatial_dims)
+        return Conditioning(fields=torch.randn(batch, 1, *(16,) * rank, generator=generator))

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .._types import Conditioning
+from .._types import Conditioning, check_condition_dtype
 from ..errors import ShapeError, format_error
 from ..fft import spectral_resample
 from .base import AbstractConditioningEncoder
@@ -36,6 +36,7 @@ class FieldEncoder(AbstractConditioningEncoder):
         return self.channels * (1 + self.history)
 
     def forward(self, cond: Conditioning, grid: tuple[int, ...]) -> Tensor:
+        check_condition_dtype(cond)
         if cond.fields is None:
             raise ShapeError(format_error("cond.fields", f"a field (batch, {self.channels}, *spatial)", "None",
                                           "pass Conditioning(fields=state)"))

@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .._types import Conditioning
+from .._types import Conditioning, check_condition_dtype
 from ..errors import ConfigError, ShapeError, format_error
 from .base import AbstractConditioningEncoder
 
@@ -60,6 +60,7 @@ def sparse_from_grid(field: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _check_obs(cond: Conditioning, channels: int, name: str) -> tuple[Tensor, Tensor]:
+    check_condition_dtype(cond)
     if cond.obs_values is None or cond.obs_points is None:
         raise ShapeError(format_error("cond.obs_values", f"sparse measurements (batch, {channels}, P) with obs_points",
                                       "None", f"pass Conditioning(obs_values=..., obs_points=...) to {name}"))

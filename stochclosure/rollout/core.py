@@ -149,7 +149,10 @@ class WarmStart:
         spec = base.spec()
         if "t_start" not in spec:
             raise ConfigError(format_error("sampler", "a sampler with a t_start option (a grid sampler)",
-                                           f"{spec.get('type')!r}", "use e.g. dpm_solver_pp_2m or consistency"))
+                                           f"{spec.get('type')!r}",
+                                           "use a GridSampler whose __init__ takes t_start, t_end, rho and data_std "
+                                           "and passes them on to GridSampler.__init__ (a subclass that drops them "
+                                           "cannot be warm-started), e.g. dpm_solver_pp_2m or consistency"))
         return resolve("sampler", {**spec, "t_start": float(self.t_start)})
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,14 @@ class AbstractScoreOperator(Configurable, nn.Module, metaclass=abc.ABCMeta):
     def __init__(self) -> None:
         nn.Module.__init__(self)
 
+    def supported_spatial_dims(self) -> tuple[int, ...]:
+        """Spatial ranks this *instance* accepts (default: the class's ``spatial_dims``).
+
+        Override when the rank is fixed at construction (e.g. a network built for rings only);
+        :func:`bind_score` refuses other events before the network runs.
+        """
+        return tuple(type(self).spatial_dims)
+
     @abc.abstractmethod
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning | None = None) -> Tensor:
         """Evaluate the score.
@@ -60,6 +68,21 @@ class AbstractScoreOperator(Configurable, nn.Module, metaclass=abc.ABCMeta):
     ) -> tuple[Tensor, Tensor, Conditioning | None]:
         """Valid ``(x, t, cond)`` for this operator with ``batch`` members (contract suite)."""
         raise NotImplementedError(f"{type(self).__name__} does not define example_inputs()")
+
+
+def _check_spatial_rank(op: Any, event_shape: tuple[int, ...]) -> None:
+    """Refuse an event whose spatial rank the operator does not declare (before any network runs)."""
+    declared = op.supported_spatial_dims() if hasattr(op, "supported_spatial_dims") else getattr(op, "spatial_dims", None)
+    if declared is None:
+        return
+    rank = len(event_shape) - 1
+    if rank not in tuple(declared):
+        kinds = {0: "vector events (C,)", 1: "rings (C, n)", 2: "tori (C, n, n)"}
+        raise ShapeError(format_error(
+            "event_shape", f"spatial rank in {tuple(declared)} ({', '.join(kinds.get(d, str(d)) for d in declared)}), "
+            f"as {type(op).__name__} declares", f"event shape {event_shape} (spatial rank {rank})",
+            "give the closure a grid of the operator's rank, or build the operator for this rank "
+            f"(e.g. spatial_dims={rank})"))
 
 
 def bind_score(
@@ -93,6 +116,8 @@ def bind_score(
     Raises:
         ShapeError, NonFiniteError: for a bad condition or an operator returning a wrong shape.
     """
+    if event_shape is not None:
+        _check_spatial_rank(op, tuple(event_shape))
     if validate and cond is not None:
         spatial = tuple(event_shape[1:]) if event_shape is not None and len(event_shape) > 1 else None
         cond.validate(batch=batch, spatial=spatial)

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .._types import check_generator
 from ..config import Configurable
 from ..errors import ConfigError, format_error
 
@@ -154,7 +155,7 @@ class AbstractSDE(Configurable, abc.ABC):
         t_val = float(self.T if t is None else t)
         tt = torch.full((shape[0],), t_val, dtype=torch.float64)
         std = self.prior_std(tt, data_std).to(dtype)
-        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        z = torch.randn(shape, generator=check_generator(generator), dtype=dtype, device=device)
         return z * expand_as_batch(std.to(z.device), z)
 
     def reverse_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:

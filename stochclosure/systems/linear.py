@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .._types import check_tensor
+from .._types import check_generator, check_tensor
 from ..errors import ConfigError, ShapeError, format_error
 from ..scores.analytic import SpectralCovariance, grf_spectrum
 from .base import AbstractSystem
@@ -78,7 +78,7 @@ class LinearRelaxation(AbstractSystem):
                        dtype: torch.dtype = torch.float32, dt: float | None = None) -> Tensor:
         """Draw the true closure ``U_n`` for ``batch`` members, ``(batch, 1, *spatial)``."""
         dt = self.dt if dt is None else dt
-        xi = self.noise_cov.sample(batch, generator=generator, dtype=torch.float64)
+        xi = self.noise_cov.sample(batch, generator=check_generator(generator), dtype=torch.float64)
         return (self.forcing_mean + xi / math.sqrt(dt)).to(dtype)
 
     def closure_law(self, dt: float | None = None) -> dict[str, float | dict[str, float]]:
@@ -90,7 +90,7 @@ class LinearRelaxation(AbstractSystem):
 
     def initial_state(self, batch: int, *, generator: torch.Generator | None = None,
                       dtype: torch.dtype = torch.float32) -> Tensor:
-        return self.noise_cov.sample(batch, generator=generator, dtype=dtype)
+        return self.noise_cov.sample(batch, generator=check_generator(generator), dtype=dtype)
 
     @classmethod
     def example(cls) -> LinearRelaxation:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .._types import check_tensor
+from .._types import check_generator, check_tensor
 from ..errors import ConfigError, ShapeError, format_error
 from .base import AbstractSystem
 from .records import collect_records
@@ -146,7 +146,7 @@ class Lorenz96(AbstractSystem):
     def initial_state(self, batch: int, *, generator: torch.Generator | None = None,
                       dtype: torch.dtype = torch.float32) -> Tensor:
         """Random slow state ``X ~ N(0, 1)``, ``(batch, 1, K)`` (drawn in float64, then cast)."""
-        return torch.randn((batch, 1, self.K), generator=generator, dtype=torch.float64).to(dtype)
+        return torch.randn((batch, 1, self.K), generator=check_generator(generator), dtype=torch.float64).to(dtype)
 
     # ------------------------------------------------------------------ dataset generation
     def iter_records(self, batch: int, *, generator: torch.Generator, spinup_steps: int, record_every: int,
@@ -275,7 +275,7 @@ class PolynomialAR1Closure(PolynomialClosure):
         ``noise_state=None`` starts ``e`` from its stationary law.
         """
         dt = self.dt if dt is None else dt
-        z = torch.randn(state.shape, generator=generator, dtype=torch.float64).to(state)
+        z = torch.randn(state.shape, generator=check_generator(generator), dtype=torch.float64).to(state)
         if noise_state is None:
             e = self.sigma * z
         else:

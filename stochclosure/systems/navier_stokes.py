@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .._types import check_tensor
+from .._types import check_generator, check_tensor
 from ..errors import ConfigError, ShapeError, format_error
 from ..fft import spectral_resample
 from .base import AbstractSystem
@@ -58,7 +58,7 @@ CLOSURES = ("G", "H")
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
+    return generator.device if check_generator(generator) is not None else torch.device("cpu")
 
 
 def grf_vorticity(n: int, batch: int, *, alpha: float = 2.5, tau: float = 7.0, scale: float | None = None,

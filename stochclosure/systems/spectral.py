@@ -7,7 +7,12 @@ Conventions:
 * Spectral coefficients are ``torch.fft.rfft2`` of the field (``norm="backward"``), shape
   ``(..., n, n // 2 + 1)``. Physical wavenumbers are ``lambda = 2 pi k`` with integer ``k``.
 * The 2/3 rule keeps ``|k_x| <= (n - 1) // 3`` and ``|k_y| <= (n - 1) // 3`` (a square mask), for
-  which the kept modes of a product of two masked fields are computed without aliasing.
+  which the kept modes of a product of two masked fields are computed without aliasing. This is
+  the largest alias-free cut ``K`` for every ``n`` (Orszag's rule, ``|k| < n / 3``): a product of
+  kept modes ``k, p`` has ``|k + p| <= 2K``, which the ``n``-point grid folds onto ``k + p - n``;
+  that lands on a kept mode iff ``2K - n >= -K``, i.e. ``3K >= n``. So ``K = n // 3`` aliases
+  whenever ``3`` divides ``n`` (``2n/3`` folds onto the kept ``-n/3``), and ``(n - 1) // 3``,
+  one mode less there, is the right choice (tested against a zero-padded product).
 * The nonlinear term is written as it appears on the right-hand side,
   ``N(omega) = -(u . grad omega)`` with ``u = (d psi / dy, -d psi / dx)``, ``-Lap psi = omega``
   and the ``k = 0`` mode of ``psi`` set to zero.

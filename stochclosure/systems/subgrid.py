@@ -20,7 +20,10 @@ term: interactions that involve unresolved modes only, zero for a fine field wit
     W_{n+1} = [(1 - h) W_n + dt (N_c(W_n) + bar(F) + U_n + sigma bar(S_n))] / (1 + h)
 
 Because the filter and the Crank–Nicolson factors are Fourier multipliers, the coarse step fed the
-true ``U`` and the filtered noise reproduces the filtered fine step to round-off. The no-closure
+true ``U`` and the filtered noise reproduces the filtered fine step to round-off. The coarse
+solver's own noise (``self.coarse.noise``, drawn with the same ``noise_alpha`` and ``noise_kappa``)
+has the law of the filtered fine noise for the sharp spectral filter only; with the Gaussian filter
+the filtered noise is damped by the filter's multiplier, so draw it as ``filter(fine.noise(...))``. The no-closure
 baseline (``U = None``) is the coarse solver alone; :class:`SmagorinskyClosure` is the classic
 eddy-viscosity baseline.
 
@@ -123,7 +126,8 @@ class NavierStokes2DSubgrid(AbstractSystem):
         self.fine = NavierStokes2D(n=n_fine, nu=nu, dt=dt, sigma=sigma, noise_alpha=noise_alpha,
                                    noise_kappa=noise_kappa, forcing_amplitude=forcing_amplitude, ic_alpha=ic_alpha,
                                    ic_tau=ic_tau, ic_scale=ic_scale)
-        self.coarse = NavierStokes2D(n=n, nu=nu, dt=dt, sigma=sigma, forcing_amplitude=forcing_amplitude)
+        self.coarse = NavierStokes2D(n=n, nu=nu, dt=dt, sigma=sigma, noise_alpha=noise_alpha, noise_kappa=noise_kappa,
+                                     forcing_amplitude=forcing_amplitude)
         self.n, self.n_fine, self.nu, self.dt, self.sigma = n, n_fine, float(nu), float(dt), float(sigma)
         self.filter_kind, self.filter_width = filter, filter_width
         self.coarse_nonlinear = coarse_nonlinear
@@ -190,8 +194,11 @@ class NavierStokes2DSubgrid(AbstractSystem):
             state: Filtered vorticity ``(batch, 1, n, n)``.
             closure_term: Subgrid closure ``U`` like ``state``, or ``None`` (no closure).
             dt: Time step (default ``self.dt``).
-            noise: Filtered ``dW`` like ``state`` (for online runs draw it with
-                ``self.filter(self.fine.noise(...))`` or, equivalently in law, ``self.coarse.noise``).
+            noise: Filtered ``dW`` like ``state``. For online runs draw it with
+                ``self.filter(self.fine.noise(...))``. ``self.coarse.noise`` (same ``noise_alpha``
+                and ``noise_kappa``) is equal in law to it only with the sharp ``"spectral"``
+                filter; the ``"gaussian"`` filter damps mode ``k`` of the filtered noise by
+                ``exp(-|lambda_k|^2 Delta^2 / 24)``, which the coarse noise does not.
 
         Returns:
             ``(batch, 1, n, n)``.

@@ -30,6 +30,7 @@ __all__ = [
     "check_system",
     "check_component",
     "registered_examples",
+    "check_closure_law",
 ]
 
 
@@ -253,7 +254,15 @@ _CHECKS = {
     "encoder": check_encoder,
     "sampler": check_sampler,
     "system": check_system,
+    "closure": lambda law: check_closure_law(law, _closure_condition(law)),
 }
+
+
+def _closure_condition(law: Any) -> Conditioning:
+    """The law's ``example_condition()``, else three random ``(1, 16, 16)`` float32 fields."""
+    if hasattr(law, "example_condition"):
+        return law.example_condition()
+    return Conditioning(fields=torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
 
 
 def check_component(kind: str, obj: Any) -> None:
@@ -270,3 +279,6 @@ def registered_examples(kind: str) -> Iterator[tuple[str, Any]]:
     for name in reg.names():
         cls = reg.get(name)
         yield name, cls.example() if hasattr(cls, "example") else cls()
+
+
+from .closures import check_closure_law  # noqa: E402  (uses assert_close above)

@@ -4,19 +4,27 @@ Areas (one module each, so that they can grow independently): ``cases_core`` (sa
 components, rollouts, training, HDF5, checkpoints, configuration files and the command line),
 ``cases_files`` (files read and written: generate, HDF5 datasets, checkpoints, YAML/JSON bounds),
 ``cases_runs`` (training and distillation runs, their folders, resume and option checks),
-``cases_assimilation`` (observation operators, filters, the cycling driver), ``cases_samplers``
-(sampler options, grids, starting points, non-finite solves).
+``cases_assimilation`` (observation operators, filters, the cycling driver), ``cases_plugins``
+(specs read from files, plugin name clashes, misspelt entry-point groups, forgotten init),
+``cases_guards`` (input guards: half-precision conditions, generators, seeds, sizes too large for
+memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints), ``cases_closures``
+(physics closures, noise and residual laws), ``cases_samplers`` (sampler options, grids, starting
+points, non-finite solves).
 """
 
 from __future__ import annotations
 
 from .base import BadInput, Context, Outcome, run_case
 from .cases_assimilation import CASES as _ASSIMILATION
+from .cases_closures import CASES as _CLOSURES
 from .cases_core import CASES as _CORE
 from .cases_files import CASES as _FILES
+from .cases_guards import CASES as _GUARDS
+from .cases_learned import CASES as _LEARNED
+from .cases_plugins import CASES as _PLUGINS
 from .cases_runs import CASES as _RUNS
 from .cases_samplers import CASES as _SAMPLERS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
-CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_SAMPLERS]
+CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES, *_SAMPLERS]

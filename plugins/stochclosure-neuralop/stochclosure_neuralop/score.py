@@ -309,6 +309,10 @@ class FNOScore(AbstractScoreOperator):
             raise ShapeError(format_error("cond", f"a Conditioning for the encoder {type(self.encoder).__name__}",
                                           "None", "pass the condition, or build FNOScore(encoder=None)"))
 
+    def supported_spatial_dims(self) -> tuple[int, ...]:
+        """The one spatial rank this network was built for (``spatial_dims`` at construction)."""
+        return (self.n_dim,)
+
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning | None = None) -> Tensor:
         """Score of the noised conditional law.
 
