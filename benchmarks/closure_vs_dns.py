@@ -283,7 +283,7 @@ def stage_distill(work: Path, h5: Path, teacher: Path, cfg: dict[str, Any]) -> P
 
 
 def stage_ar1(work: Path, train: dict[str, Any], dt_c: float, every: int) -> dict[str, float]:
-    from stochclosure.rollout import ClosureAR1
+    from stochclosure.rollouts import ClosureAR1
 
     cached = _json_load(work / "ar1.json")
     if cached is None:
@@ -337,7 +337,7 @@ def stage_offline(work: Path, teacher: Any, student: Any, test: dict[str, Any], 
 
 
 def _rollout_settings(cfg: dict[str, Any], ar1: dict[str, float], smag: Any) -> dict[str, dict[str, Any]]:
-    from stochclosure.rollout import ClosureAR1, WarmStart
+    from stochclosure.rollouts import ClosureAR1, WarmStart
 
     lv = cfg["levels"]
     k_ar = cfg["ar_every"]
@@ -364,7 +364,7 @@ def _rollout_settings(cfg: dict[str, Any], ar1: dict[str, float], smag: Any) -> 
 
 
 def _nfe_per_step(spec: dict[str, Any], teacher: Any, student: Any, n_steps: int) -> float:
-    from stochclosure.rollout import WarmStart
+    from stochclosure.rollouts import WarmStart
 
     if spec["closure"] in (None, "smag"):
         return 0.0
@@ -381,7 +381,7 @@ def _nfe_per_step(spec: dict[str, Any], teacher: Any, student: Any, n_steps: int
 
 def _run_setting(system: Any, spec: dict[str, Any], teacher: Any, student: Any, smag: Any, state0: torch.Tensor,
                  n_steps: int, dt: float, members: int, record_every: int, seed: int = 0) -> Any:
-    from stochclosure.rollout import ensemble
+    from stochclosure.rollouts import ensemble
 
     closure = {"teacher": teacher, "student": student, "smag": (lambda c: smag(c.fields)), None: None}[spec["closure"]]
     m = members if spec["closure"] in ("teacher", "student") else 1

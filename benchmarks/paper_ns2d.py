@@ -140,7 +140,7 @@ def evaluate_online(work: Path, quick: bool, members: int = 16, model_name: str 
     from stochclosure import metrics
     from stochclosure.checkpoint import load_model
     from stochclosure.demo import _truth_run
-    from stochclosure.rollout import StreamedObservations, ensemble, rollout
+    from stochclosure.rollouts import StreamedObservations, ensemble, rollout
     from stochclosure.systems.navier_stokes import NavierStokes2D, coarsen
 
     run = work / "runs" / model_name
@@ -211,7 +211,7 @@ def evaluate_oracle(work: Path, quick: bool, hold: int = 10) -> dict[str, Any]:
     held = None
     err: dict[str, list[float]] = {k: [0.0] for k in v}
     for step in range(n_steps):
-        w, clos = fine.full_step(w, generator=gen, return_closures=True)
+        w, clos = fine.full_step_with_closures(w, generator=gen)
         g = coarsen(clos["G"], 32, "stride")
         held = g if step % hold == 0 else held
         for k, u in (("true G every step", g), (f"true G held {hold} steps", held)):

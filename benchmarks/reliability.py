@@ -224,7 +224,7 @@ def fault_output(d: Path, code: int) -> tuple[str, str]:
             with contextlib.redirect_stderr(err):
                 rc = main(argv)
             results.append((argv[0], rc, err.getvalue().strip(), time.perf_counter() - t0))
-        from stochclosure.rollout import resumable_ensemble
+        from stochclosure.rollouts import resumable_ensemble
         from stochclosure.systems import LinearRelaxation
 
         try:

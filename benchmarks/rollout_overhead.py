@@ -34,7 +34,7 @@ import torch
 from pyro.infer import Predictive
 
 import stochclosure as sc
-from stochclosure.rollout import ensemble, rollout
+from stochclosure.rollouts import ensemble, rollout
 from stochclosure.scores.analytic import GaussianScore
 from stochclosure.systems import LinearRelaxation
 
@@ -77,7 +77,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         s = v0.expand(m, *v0.shape)
         for _ in range(n):
-            u = model.sample(sc.Conditioning(fields=s), generator=g)
+            u = model.sample(sc.Conditioning(fields=s), generator=g)[0]
             s = system.step(s, u)
         return s
 

@@ -31,7 +31,7 @@ def worker(out: str, repeats: int) -> None:
     from safetensors.torch import save_file
 
     import stochclosure as sc
-    from stochclosure.rollout import distributed_ensemble
+    from stochclosure.rollouts import distributed_ensemble
     from stochclosure.systems import NavierStokes2D
 
     torch.set_num_threads(1)

@@ -11,7 +11,7 @@ one :mod:`registry` fed by entry points.
 
 from __future__ import annotations
 
-from . import distributions, encoders, errors, metrics, registry, rollout, samplers, scores, sdes, systems
+from . import distributions, encoders, errors, metrics, registry, rollouts, samplers, scores, sdes, systems
 from ._types import Conditioning, ScoreFn, check_tensor
 from .checkpoint import load_model, save_model
 from .distributions import ClosureDistribution
@@ -34,7 +34,17 @@ from .errors import (
 from .losses import dsm_loss
 from .model import ClosureModel
 from .registry import available, register, resolve
-from .rollout import RolloutResult, ensemble
+from .rollouts import (
+    ClosureAR1,
+    Hold,
+    NoiseAR1,
+    RolloutCarry,
+    RolloutResult,
+    WarmStart,
+    ensemble,
+    resumable_ensemble,
+    rollout,
+)
 from .scores.base import bind_score
 from .train import Trainer, TrainResult
 
@@ -48,6 +58,13 @@ __all__ = [
     "RolloutResult",
     "ensemble",
     "rollout",
+    "resumable_ensemble",
+    "rollouts",
+    "RolloutCarry",
+    "Hold",
+    "ClosureAR1",
+    "NoiseAR1",
+    "WarmStart",
     "distributions",
     "metrics",
     "ScoreFn",

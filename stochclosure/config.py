@@ -97,7 +97,7 @@ SEED_LIMIT = 2**64
 (torch maps a negative seed ``s`` to ``2**64 + s``, so ``-1`` would silently equal ``2**64 - 1``)."""
 
 ENSEMBLE_SEED_LIMIT = 2**32
-"""Ensemble seeds (:func:`stochclosure.rollout.ensemble`, ``stochclosure rollout``'s ``seed``) are integers in
+"""Ensemble seeds (:func:`stochclosure.rollouts.ensemble`, ``stochclosure rollout``'s ``seed``) are integers in
 ``[0, ENSEMBLE_SEED_LIMIT)``: :func:`pyro.poutine.seed` also seeds NumPy, whose seeds are 32-bit."""
 
 

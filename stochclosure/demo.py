@@ -61,7 +61,7 @@ def _truth_run(fine: Any, w0: torch.Tensor, n_steps: int, n_coarse: int, closure
     states, obs = [coarsen(w0, n_coarse, "stride")], []
     w = w0
     for step in tqdm(range(n_steps), desc="truth (fine grid)", disable=not progress, leave=False):
-        w_next, clos = fine.full_step(w, generator=gen, return_closures=True)
+        w_next, clos = fine.full_step_with_closures(w, generator=gen)
         obs.append(clos[closure][..., ::stride, ::stride].reshape(1, 1, -1))
         w = w_next
         if (step + 1) % record_every == 0:
@@ -89,11 +89,11 @@ def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: fl
     """
     check_demo_options(members, horizon, resample_every, sampler_steps, record_every, seed)
     from . import metrics, plots
-    from ._memory import check_ensemble_memory
     from ._io import preflight_output
+    from ._memory import check_ensemble_memory
     from .errors import ConfigError, format_error
     from .pretrained import DEFAULT, initial_state, load_pretrained, pretrained_info
-    from .rollout import StreamedObservations, ensemble, rollout
+    from .rollouts import StreamedObservations, ensemble, rollout
     from .systems.navier_stokes import NavierStokes2D, coarsen
 
     out = preflight_output(out_dir, "out_dir", is_dir=True)

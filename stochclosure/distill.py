@@ -7,7 +7,7 @@ solves the *whole* remaining interval instead (``teacher_steps`` DPM-Solver++(2M
 to ``eps``, then Tweedie's denoising step), so each target is the exact consistency value up to
 the teacher's solver error and no bootstrapping bias accumulates. At ``t = T`` this is the
 knowledge distillation of Luhman & Luhman (2021); at smaller ``t`` it gives the re-noising steps
-of multistep consistency sampling and the warm starts of :class:`~stochclosure.rollout.WarmStart`.
+of multistep consistency sampling and the warm starts of :class:`~stochclosure.rollouts.WarmStart`.
 Each training step draws a batch ``(U, y)``, one level ``t`` from ``levels``, ``x_t = alpha_t
 normalise(U) + sigma_t z``, the teacher's target ``x_0(x_t)`` (no gradients) and minimises
 ``|f(x_t, t, y) - x_0(x_t)|^2`` (normalised units). Because the teacher's ODE map is a

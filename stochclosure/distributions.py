@@ -41,6 +41,7 @@ from .scores.base import bind_score
 
 __all__ = [
     "ClosureDistribution",
+    "ClosureLawDistribution",
     "KeyedNormal",
     "MemberSeed",
     "ProbabilityFlowLikelihood",
@@ -307,7 +308,7 @@ class ClosureDistribution(pdist.TorchDistribution):
             sampler starts at its first time ``t0`` from ``alpha_t0 normalise(warm_start) +
             sigma_t0 z`` (the forward SDE's marginal around it) instead of a prior draw, i.e. an
             SDEdit-style refresh (Meng et al. 2022) of the previous sample. Pair it with a sampler
-            whose ``t_start`` is small (see :class:`stochclosure.rollout.WarmStart`).
+            whose ``t_start`` is small (see :class:`stochclosure.rollouts.WarmStart`).
         likelihood: :class:`ProbabilityFlowLikelihood` enabling :meth:`log_prob`.
         dtype: Sample dtype.
     """
@@ -361,7 +362,7 @@ class ClosureDistribution(pdist.TorchDistribution):
                     likelihood=self.likelihood, dtype=self.dtype, warm_start=self.warm_start)
 
     def with_options(self, **changes: Any) -> ClosureDistribution:
-        """A copy with some constructor options changed (used by handlers)."""
+        """A copy with some constructor options changed (e.g. the deterministic closure)."""
         kw = self._kwargs()
         kw.update(changes)
         return ClosureDistribution(self.model, self.cond, batch_shape=tuple(self.batch_shape), **kw)
@@ -385,18 +386,12 @@ class ClosureDistribution(pdist.TorchDistribution):
     # -- sampling ------------------------------------------------------------------------------------
     def _start_time(self) -> tuple[float, Any]:
         sampler = self.model._resolve_sampler(self.sampler)
-        if not hasattr(sampler, "time_grid") or not hasattr(sampler, "data_std"):
-            raise IncompatibleComponentsError(
-                f"controlling the starting noise needs a grid sampler (with time_grid and data_std), got "
-                f"{type(sampler).__name__}; fix: subclass stochclosure.samplers.GridSampler (or use a built-in "
-                f"sampler), or drop seeds/frozen_seed/init_noise: in rollout/ensemble pass keyed=False (per-member "
-                f"seeds), no deterministic= and no NoiseAR1 policy")
+        self.model.prior_std(sampler, self.steps)  # raises for a sampler without a time grid
         steps = sampler.steps if self.steps is None else self.steps
         return float(sampler.time_grid(self.model.sde, steps)[0]), sampler
 
     def _prior_std(self) -> float:
-        t0, sampler = self._start_time()
-        return float(self.model.sde.prior_std(torch.full((1,), t0, dtype=torch.float64), sampler.data_std)[0])
+        return self.model.prior_std(self.sampler, self.steps)
 
     def _warm_init(self, z0: Tensor) -> Tensor:
         """``alpha_t0 normalise(warm_start) + sigma_t0 z0`` for ``z0`` ``(k, n_b, *event)``."""
@@ -495,3 +490,133 @@ class ClosureDistribution(pdist.TorchDistribution):
         spatial = math.prod(event[1:])
         lp = lp - spatial * torch.log(m.target_std.double()).sum()
         return lp.reshape(full)
+
+
+class ClosureLawDistribution(pdist.TorchDistribution):
+    """Any :class:`~stochclosure.closures.AbstractClosureLaw` as a pyro distribution.
+
+    A draw is ``law.draw(cond, latent)`` with a standard-normal latent ``batch_shape +
+    latent_shape``: given (``latent=``, e.g. an AR(1) in time), drawn per element from
+    generators keyed by ``seeds`` (a member's draw does not depend on its ensemble), or from
+    ``generator``. Randomness a law consumes inside ``draw`` beyond its latent comes from one
+    generator (keyed runs derive it from all the seeds, so only the latent part of a draw is
+    independent of the ensemble a member runs in). ``log_prob`` is the law's own (it
+    raises where the law has none).
+
+    Args:
+        law: The closure law.
+        cond: The condition, batch ``N = prod(batch_shape)``.
+        batch_shape: Batch shape (default ``(N,)``).
+        grid: Spatial shape (default: the condition's grid).
+        seeds: Integer tensor of ``batch_shape``: per-element latent streams.
+        generator: One generator for the whole batch.
+        latent: ``batch_shape + latent_shape`` standard-normal latent of the draw.
+        dtype: Sample dtype.
+        frozen_seed: Same latents for every element, from a generator seeded with it: a
+            deterministic map ``y -> U`` (the "deterministic closure").
+        average: With ``frozen_seed``: the mean of ``average`` frozen draws.
+    """
+
+    arg_constraints: dict[str, Any] = {}
+    has_rsample = False
+
+    def __init__(self, law: Any, cond: Conditioning, *, batch_shape: tuple[int, ...] | None = None,
+                 grid: tuple[int, ...] | None = None, seeds: Tensor | None = None,
+                 generator: torch.Generator | None = None, latent: Tensor | None = None,
+                 dtype: torch.dtype = torch.float32, frozen_seed: int | None = None, average: int = 1,
+                 validate_args: bool | None = None) -> None:
+        if isinstance(average, bool) or not isinstance(average, int) or average < 1 or \
+                (average > 1 and frozen_seed is None):
+            raise ShapeError(format_error("average", "a positive integer (> 1 only with frozen_seed)", repr(average)))
+        self.frozen_seed, self.average = frozen_seed, average
+        n_cond = cond.batch_size
+        batch_shape = tuple(int(s) for s in ((() if n_cond is None else (n_cond,)) if batch_shape is None
+                                              else batch_shape))
+        grid = cond.spatial_shape if grid is None else tuple(grid)
+        if grid is None:
+            raise ShapeError(format_error("grid", "a spatial shape (the condition has no fields)", "None",
+                                          "pass grid=(n, n)"))
+        n = math.prod(batch_shape)
+        if n_cond not in (None, 1, n):
+            raise ShapeError(format_error("cond", f"batch size {n} = prod(batch_shape={batch_shape}) (or 1)",
+                                          f"batch size {n_cond}"))
+        self.law, self.cond, self.grid, self.seeds, self.generator = law, cond, grid, seeds, generator
+        self.latent_event = tuple(law.latent_shape(cond, grid))
+        if latent is not None and tuple(latent.shape) != batch_shape + self.latent_event:
+            raise ShapeError(format_error("latent", f"shape {batch_shape + self.latent_event}",
+                                          f"shape {tuple(latent.shape)}"))
+        self.latent, self.dtype = latent, dtype
+        super().__init__(torch.Size(batch_shape), torch.Size((int(law.channels), *grid)),
+                         validate_args=validate_args)
+
+    @property
+    def support(self) -> Any:  # type: ignore[override]
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    @property
+    def is_dirac(self) -> bool:
+        """``True`` for a law without a latent (a deterministic function of the condition)."""
+        return not self.latent_event
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> ClosureLawDistribution:
+        new = tuple(int(s) for s in batch_shape)
+        if new == tuple(self.batch_shape):
+            return self
+        old = tuple(self.batch_shape)
+        idx = torch.arange(max(math.prod(old), 1)).reshape(old).expand(new).reshape(-1)
+        cond = self.cond.index(idx) if self.cond.batch_size not in (None, 1) else self.cond
+        return ClosureLawDistribution(
+            self.law, cond, batch_shape=new, grid=self.grid, generator=self.generator, dtype=self.dtype,
+            frozen_seed=self.frozen_seed, average=self.average,
+            seeds=None if self.seeds is None else self.seeds.expand(new),
+            latent=None if self.latent is None else self.latent.expand(new + self.latent_event))
+
+    def _latent(self, n_b: int) -> tuple[Tensor | None, torch.Generator]:
+        if self.seeds is not None:
+            gens = _generators(self.seeds)
+            inner = torch.Generator().manual_seed(int(mix_seeds(self.seeds.reshape(-1), n_b).sum()) % _SEED_MAX)
+        else:
+            gens = []
+            inner = self.generator if self.generator is not None else torch.Generator().manual_seed(derive_seed())
+        if self.is_dirac:
+            return None, inner
+        if self.latent is not None:
+            return self.latent.reshape(n_b, *self.latent_event).to(self.dtype), inner
+        if gens:
+            return torch.stack([torch.randn(self.latent_event, generator=g) for g in gens]).to(self.dtype), inner
+        return torch.randn((n_b, *self.latent_event), generator=inner).to(self.dtype), inner
+
+    def sample(self, sample_shape: Any = torch.Size()) -> Tensor:
+        """One draw per element, ``batch_shape + event_shape`` (``sample_shape`` must be empty)."""
+        if tuple(sample_shape):
+            raise ShapeError(format_error("sample_shape", "() (one draw per element)", repr(tuple(sample_shape))))
+        n_b = max(math.prod(tuple(self.batch_shape)), 1)
+        cond = self.cond.expand_batch(n_b) if self.cond.batch_size == 1 and n_b > 1 else self.cond
+        if self.frozen_seed is not None:
+            u = self._frozen(cond, n_b)
+        else:
+            latent, inner = self._latent(n_b)
+            u = self.law.draw(cond, latent, grid=self.grid, generator=inner)
+        return u.to(self.dtype).reshape(tuple(self.batch_shape) + tuple(self.event_shape))
+
+    def _frozen(self, cond: Conditioning, n_b: int) -> Tensor:
+        """The mean of ``average`` draws whose latents (and inner noise) are the same for every element."""
+        gen = torch.Generator().manual_seed(int(self.frozen_seed))  # type: ignore[arg-type]
+        total = None
+        for _ in range(self.average):
+            latent = None
+            if not self.is_dirac:
+                latent = torch.randn(self.latent_event, generator=gen).to(self.dtype).expand(n_b, *self.latent_event)
+            u = self.law.draw(cond, latent, grid=self.grid, generator=gen)
+            total = u if total is None else total + u
+        assert total is not None
+        return total / self.average
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """The law's ``log p(U | y)``, ``(..., *batch_shape)`` (raises where the law has none)."""
+        batch = tuple(self.batch_shape)
+        n_b = max(math.prod(batch), 1)
+        lead = tuple(value.shape[:value.dim() - len(self.event_shape)])
+        v = value.reshape(-1, n_b, *self.event_shape) if lead else value.reshape(1, n_b, *self.event_shape)
+        lp = self.law.log_prob(v, self.cond)
+        return lp.reshape(lead if lead else batch)

@@ -10,10 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._types import Conditioning
-from .errors import ConfigError, DeviceError, IncompatibleComponentsError, ShapeError, format_error
+from ._memory import check_allocation
+from ._types import Conditioning, _map_tensors
+from .closures.base import AbstractClosureLaw
+from .errors import (
+    ConfigError,
+    DeviceError,
+    DTypeError,
+    IncompatibleComponentsError,
+    NonFiniteError,
+    ShapeError,
+    format_error,
+)
 from .registry import resolve
 from .samplers.base import AbstractSampler, Callback, NoiseSource, check_steps
 from .scores.base import bind_score
@@ -22,8 +32,17 @@ from .sdes.base import AbstractSDE
 __all__ = ["ClosureModel"]
 
 
-class ClosureModel(nn.Module):
-    """A conditional generative model of a closure term.
+class ClosureModel(AbstractClosureLaw):
+    """A conditional generative model of a closure term (the diffusion closure law).
+
+    As a :class:`~stochclosure.closures.AbstractClosureLaw` its latent is the sampler's
+    standard-normal starting noise ``(C, *grid)``: :meth:`draw` starts the sampler at
+    ``latent * prior_std`` (the prior std at the sampler's first time), so a deterministic
+    sampler (probability-flow ODE, DPM-Solver++) makes the draw a function of ``(y, latent)``.
+
+    Dtypes: the score network runs in the dtype of the model's parameters; a condition in
+    another floating dtype (e.g. a float64 state with a float32 model) is cast to it for the
+    score, and samples come back in the ``dtype`` asked of :meth:`sample` (default float32).
 
     Args:
         sde: Forward SDE (name, spec dict or instance).
@@ -41,6 +60,8 @@ class ClosureModel(nn.Module):
         >>> tuple(u.shape)  # (n, batch, C, *grid); an empty condition counts as batch 1
         (4, 1, 1, 8, 8)
     """
+
+    memory = "none"
 
     def __init__(self, sde: Any, score: Any, sampler: Any = "euler_maruyama", channels: int = 1,
                  target_mean: Tensor | None = None, target_std: Tensor | None = None) -> None:
@@ -61,14 +82,56 @@ class ClosureModel(nn.Module):
         if mean.shape != (channels,) or std.shape != (channels,):
             raise ShapeError(format_error("target_mean/target_std", f"shape ({channels},)",
                                           f"{tuple(mean.shape)} and {tuple(std.shape)}"))
-        if not bool((std > 0).all()):
-            raise ConfigError(format_error("target_std", "positive values", str(std.tolist())))
+        _check_normalisation(mean, std)
         self.register_buffer("target_mean", mean)
         self.register_buffer("target_std", std)
         self._probed_events: set[tuple[int, ...]] = set()
 
     def _resolve_sampler(self, sampler: Any) -> AbstractSampler:
         return self.sampler if sampler is None else resolve("sampler", sampler)
+
+    # -- the closure-law interface -------------------------------------------------------------
+    def latent_shape(self, cond: Conditioning, grid: tuple[int, ...]) -> tuple[int, ...]:
+        """``(C, *grid)``: the sampler's starting noise of one element."""
+        return (self.channels, *tuple(grid))
+
+    @property
+    def nfe_per_draw(self) -> float:
+        """Score evaluations of one draw with the default sampler."""
+        return float(self.sampler.nfe())
+
+    def prior_std(self, sampler: Any = None, steps: int | None = None) -> float:
+        """Std of the sampler's starting law at its first time (scales a standard-normal latent).
+
+        Raises:
+            IncompatibleComponentsError: a sampler without a time grid (the start cannot be set).
+        """
+        s = self._resolve_sampler(sampler)
+        if not hasattr(s, "time_grid") or not hasattr(s, "data_std"):
+            raise IncompatibleComponentsError(
+                f"controlling the starting noise needs a grid sampler (with time_grid and data_std), got "
+                f"{type(s).__name__}; fix: subclass stochclosure.samplers.GridSampler (or use a built-in "
+                f"sampler), or drop seeds/frozen_seed/init_noise: in rollout/ensemble pass keyed=False (per-member "
+                f"seeds), no deterministic= and no NoiseAR1 policy")
+        t0 = float(s.time_grid(self.sde, s.steps if steps is None else steps)[0])
+        return float(self.sde.prior_std(torch.full((1,), t0, dtype=torch.float64), s.data_std)[0])
+
+    def draw(self, cond: Conditioning, latent: Tensor | None, *, grid: tuple[int, ...] | None = None,
+             generator: torch.Generator | None = None) -> Tensor:
+        """One draw per element with the sampler started at ``latent * prior_std``.
+
+        Args:
+            cond: Condition, batch ``B``.
+            latent: ``(B, C, *grid)`` standard normal (``None``: a fresh prior draw).
+            grid: Spatial shape (default: the condition's grid).
+            generator: Noise of a stochastic sampler's steps.
+
+        Returns:
+            ``(B, C, *grid)`` closures in physical units.
+        """
+        x_init = None if latent is None else latent * self.prior_std()
+        dtype = torch.float32 if latent is None else latent.dtype
+        return self.sample(cond, n=1, generator=generator, grid=grid, x_init=x_init, dtype=dtype)[0]
 
     def normalise(self, u: Tensor) -> Tensor:
         """Physical closure ``(batch, C, *grid)`` -> the score's normalised units."""
@@ -81,7 +144,7 @@ class ClosureModel(nn.Module):
         return x * self.target_std.view(shape).to(x) + self.target_mean.view(shape).to(x)
 
     @torch.no_grad()
-    def sample(self, cond: Conditioning | None, n: int | None = None, *, sampler: Any = None,
+    def sample(self, cond: Conditioning | None, n: int = 1, *, sampler: Any = None,
                steps: int | None = None, generator: torch.Generator | None = None, noise: NoiseSource | None = None,
                callback: Callback | None = None, grid: tuple[int, ...] | None = None,
                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
@@ -90,7 +153,7 @@ class ClosureModel(nn.Module):
 
         Args:
             cond: Condition with batch ``B`` (``None`` or empty for unconditional models).
-            n: Samples per condition; ``None`` draws one and omits the sample axis.
+            n: Samples per condition (the sample axis is always there, also for ``n = 1``).
             sampler: Override of the default sampler (name, spec or instance).
             steps: Override of the sampler's step count.
             generator: Seeds the draw; the same seed gives the same samples.
@@ -100,16 +163,17 @@ class ClosureModel(nn.Module):
             dtype: Sample dtype.
             device: Sample device (defaults to the condition's).
             x_init: The sampler's starting point in normalised units, ``(n, B, C, *grid)`` (or
-                ``(B, C, *grid)`` when ``n`` is ``None``) instead of a prior draw; lets callers
-                control (e.g. correlate in time) the initial noise.
+                flattened ``(n * B, C, *grid)``) instead of a prior draw; lets callers control
+                (e.g. correlate in time) the initial noise. Must be finite.
 
         Returns:
-            ``(n, B, C, *grid)``, or ``(B, C, *grid)`` when ``n`` is ``None``; ``B = 1`` for a
-            condition without batched tensors.
+            ``(n, B, C, *grid)``; ``B = 1`` for a condition without batched tensors.
+
+        Raises:
+            NonFiniteError: a non-finite ``x_init`` or target normalisation.
         """
         cond = Conditioning() if cond is None else cond
-        if n is not None:
-            check_steps(n, "n")
+        check_steps(n, "n")
         if steps is not None:
             check_steps(steps)
         sizes = {v.shape[0] for v in (cond.fields, cond.history, cond.obs_values, cond.features) if v is not None}
@@ -130,8 +194,16 @@ class ClosureModel(nn.Module):
             raise DeviceError(format_error("cond", f"tensors on the model's device {own}", f"device {device}",
                                            f"move the condition with cond.to('{own}') or the model with "
                                            f"model.to('{device}')"))
-        k = 1 if n is None else n
+        _check_normalisation(self.target_mean, self.target_std)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise DTypeError(format_error("dtype", "a floating dtype (torch.float32 or torch.float64)", repr(dtype),
+                                          "pass dtype=torch.float32"))
+        net_dtype = next((p.dtype for p in self.score.parameters() if p.is_floating_point()), None)
+        cond = cond if net_dtype is None else _cast_floating(cond, net_dtype)
+        k = n
         event = (self.channels, *grid)
+        check_allocation("n", (k * b, *event), dtype, device, copies=2, value=n,
+                         fix="draw fewer samples per call (several calls, or a smaller batch of conditions)")
         cond_rep = cond.index(torch.arange(k * b) % b) if cond.batch_size else cond
         # The condition is checked on every call (streamed measurements may carry a NaN); the score
         # operator is probed once per event shape (validate at composition, then trust).
@@ -139,16 +211,21 @@ class ClosureModel(nn.Module):
         score_fn = bind_score(self.score, cond_rep if cond.batch_size else None, event_shape=event, batch=k * b,
                               probe=probe)
         self._probed_events.add(event)
+        if net_dtype is not None and net_dtype != dtype:  # e.g. a float64 rollout with a float32 network
+            score_fn = _in_dtype(score_fn, net_dtype)
         if x_init is not None:
-            want = (k * b, *event) if n is None else (k, b, *event)
+            want = (k, b, *event)
             if tuple(x_init.shape) not in (want, (k * b, *event)):
                 raise ShapeError(format_error("x_init", f"shape {want}", f"shape {tuple(x_init.shape)}"))
+            if not bool(torch.isfinite(x_init).all()):
+                raise NonFiniteError(format_error("x_init", "a finite starting point", "NaN or infinite values",
+                                                  "check the latent / warm start it was built from"))
             x_init = x_init.reshape(k * b, *event)
         x = self._resolve_sampler(sampler).sample(score_fn, self.sde, (k * b, *event), steps=steps, generator=generator,
                                                   noise=noise, callback=callback, dtype=dtype, device=device,
                                                   x_init=x_init)
         u = self.denormalise(x)
-        return u if n is None else u.reshape(k, b, *event)
+        return u.reshape(k, b, *event)
 
     # -- checkpoints (stochclosure.checkpoint) ---------------------------------------------------
     def save(self, path: Any, **kwargs: Any) -> Any:
@@ -181,3 +258,30 @@ class ClosureModel(nn.Module):
         c = None if cond is None or cond.is_empty() else cond
         return dsm_loss(self.score, self.sde, self.normalise(u), c, t_range=t_range,
                         weighting=getattr(self.score, "loss_weighting", "sigma2"), generator=generator)
+
+def _check_normalisation(mean: Tensor, std: Tensor) -> None:
+    if not bool(torch.isfinite(mean).all()) or not bool(torch.isfinite(std).all()):
+        raise NonFiniteError(format_error("target_mean/target_std", "finite normalisation statistics",
+                                          f"mean {mean.tolist()}, std {std.tolist()}",
+                                          "recompute them from the training targets"))
+    if not bool((std > 0).all()):
+        raise ConfigError(format_error("target_std", "positive values", str(std.tolist())))
+
+
+def _cast_floating(cond: Conditioning, dtype: torch.dtype) -> Conditioning:
+    """The condition with its floating tensors in ``dtype`` (the score network's) when they are wider."""
+    got = {v.dtype for v in (cond.fields, cond.history, cond.obs_values, cond.features)
+           if v is not None and v.is_floating_point()}
+    # only a uniformly wider condition (float64 for a float32 network) is cast; mixed or half-precision
+    # conditions are left to the condition's validation, which names them
+    if len(got) != 1 or next(iter(got)).itemsize <= torch.empty((), dtype=dtype).element_size():
+        return cond
+    return _map_tensors(cond, lambda k, v: v if k == "obs_points" or not v.is_floating_point() else v.to(dtype))
+
+
+def _in_dtype(score_fn: Any, dtype: torch.dtype) -> Any:
+    """``score_fn`` evaluated in ``dtype`` (the network's), its output cast back to the input's dtype."""
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        return score_fn(x.to(dtype), t.to(dtype)).to(x.dtype)
+
+    return fn

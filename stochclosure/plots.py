@@ -1,6 +1,6 @@
 """Figures of ensemble rollouts (matplotlib, Agg backend), saved as PNG.
 
-Each function takes plain tensors (or a :class:`~stochclosure.rollout.RolloutResult` for
+Each function takes plain tensors (or a :class:`~stochclosure.rollouts.RolloutResult` for
 :func:`rollout_report`), draws one figure, writes it to ``path`` when given and returns the
 ``matplotlib.figure.Figure``.
 """
@@ -156,7 +156,7 @@ def rollout_report(result: Any, truth: Tensor, out_dir: PathLike, prefix: str = 
     """Write the four standard figures of an ensemble rollout against a reference trajectory.
 
     Args:
-        result: A :class:`~stochclosure.rollout.RolloutResult` with an ensemble axis and 2-D fields.
+        result: A :class:`~stochclosure.rollouts.RolloutResult` with an ensemble axis and 2-D fields.
         truth: ``(time, C, H, W)`` reference states at the result's record times.
         out_dir: Folder for the PNG files.
         prefix: File-name prefix.

@@ -17,7 +17,7 @@ The YAML file (read with ``yaml.safe_load``; relative paths follow the rule of
 
 The output is one safetensors file (``states`` ``(time, members, ...)``, ``times``, ``steps``,
 JSON metadata), written atomically. While running, ``OUT.ckpt`` holds the rollout checkpoint
-(:mod:`stochclosure.rollout.resume`); a killed run started again with the same config continues
+(:mod:`stochclosure.rollouts.resume`); a killed run started again with the same config continues
 from it and writes exactly the file an uninterrupted run writes. A finished ``out`` of the same
 configuration is left as it is; one of another configuration is refused.
 """
@@ -104,7 +104,7 @@ def run_rollout(cfg: dict[str, Any], progress: bool = True) -> Path:
     from ._memory import check_ensemble_memory
     from .checkpoint import load_model, save_tensors
     from .registry import resolve
-    from .rollout.resume import resumable_ensemble, run_fingerprint
+    from .rollouts.resume import resumable_ensemble, run_fingerprint
 
     out = Path(cfg["out"])
     ckpt = out.with_name(out.name + ".ckpt")

@@ -22,7 +22,7 @@ from stochclosure.assimilation import (
     assimilate,
 )
 from stochclosure.errors import ConfigError, ShapeError
-from stochclosure.rollout import ClosureAR1, rollout
+from stochclosure.rollouts import ClosureAR1, rollout
 from stochclosure.systems import Lorenz96, NavierStokes2DSubgrid, PolynomialClosure
 
 CUBIC = [-0.83, -1.08, 0.0063, 0.0022]       # a cubic fit of the two-scale closure (K = 8, J = 32, F = 20)
@@ -119,7 +119,7 @@ def test_the_closure_memory_runs_on_across_analyses(tmp_path):
 _SCRIPT = """
 import sys, torch
 from stochclosure.assimilation import GridObservation, assimilate
-from stochclosure.rollout import ClosureAR1
+from stochclosure.rollouts import ClosureAR1
 from stochclosure.systems import Lorenz96, PolynomialClosure
 torch.set_num_threads(1)
 l96 = Lorenz96(K=8, J=8, dt=2e-3)

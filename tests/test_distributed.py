@@ -4,7 +4,7 @@
   same global batch gives the single-process weights up to float rounding. Tolerance: 1e-5 of
   each weight, EMA and optimizer tensor's magnitude (observed: at most 1.2e-6, on the small FiLM
   weights; the rounding of averaging two half-batch gradients instead of one full-batch mean).
-* :func:`~stochclosure.rollout.distributed_ensemble` gathers exactly the members of a
+* :func:`~stochclosure.rollouts.distributed_ensemble` gathers exactly the members of a
   single-process ``ensemble`` with the same seed (observed: bitwise equal on CPU; asserted to
   1e-6 of the magnitude since batched kernels may round differently for another batch size).
 """
@@ -99,7 +99,7 @@ ENSEMBLE = textwrap.dedent('''
     sys.path.insert(0, {tests!r})
     from test_rollout import exact_closure
     from stochclosure.systems import LinearRelaxation
-    from stochclosure.rollout import ClosureAR1, distributed_ensemble
+    from stochclosure.rollouts import ClosureAR1, distributed_ensemble
     torch.set_num_threads(1)
     system = LinearRelaxation(n=8, forcing_mean=0.3)
     model = exact_closure(system, {{"type": "euler_maruyama", "steps": 8}})
@@ -115,7 +115,7 @@ ENSEMBLE = textwrap.dedent('''
 def test_two_process_ensemble_has_the_single_process_members(tmp_path):
     import test_rollout
 
-    from stochclosure.rollout import ClosureAR1, ensemble
+    from stochclosure.rollouts import ClosureAR1, ensemble
     from stochclosure.systems import LinearRelaxation
 
     out = tmp_path / "ens.safetensors"
@@ -136,7 +136,7 @@ def test_two_process_ensemble_has_the_single_process_members(tmp_path):
 
 
 def test_member_slices_cover_the_ensemble_once():
-    from stochclosure.rollout.distributed import member_slice
+    from stochclosure.rollouts.distributed import member_slice
 
     for members in (2, 7, 16):
         for world in (1, 2, 3):

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 import stochclosure as sc
 from stochclosure import _io
 from stochclosure.cli import main
-from stochclosure.rollout import ClosureAR1, NoiseAR1, ensemble, resumable_ensemble
 from stochclosure.rollout_cli import load_rollout_config, run_rollout
+from stochclosure.rollouts import ClosureAR1, NoiseAR1, ensemble, resumable_ensemble
 from stochclosure.systems import LinearRelaxation
 
 sys.path.insert(0, str(Path(__file__).parent))

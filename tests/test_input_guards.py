@@ -59,7 +59,7 @@ def test_a_cast_condition_samples_like_a_single_precision_one():
     cond = _cond(torch.float32)
     a = model.sample(cond, generator=torch.Generator().manual_seed(3))
     b = model.sample(_cond(torch.float16).to(torch.float32), generator=torch.Generator().manual_seed(3))
-    assert a.shape == b.shape == (2, 1, 8, 8) and torch.equal(a, b)  # the Gaussian score ignores the condition
+    assert a.shape == b.shape == (1, 2, 1, 8, 8) and torch.equal(a, b)  # the Gaussian score ignores the condition
 
 
 # -- generators ---------------------------------------------------------------------------------------------------

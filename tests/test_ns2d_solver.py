@@ -128,7 +128,7 @@ def test_reduced_step_with_true_closure_reproduces_the_full_step(closure):
     gen = torch.Generator().manual_seed(11)
     full, reduced, baseline = w, w, w
     for _ in range(100):
-        nxt, clo = s.full_step(full, generator=gen, return_closures=True)
+        nxt, clo = s.full_step_with_closures(full, generator=gen)
         reduced = s.step(full, clo[closure])
         assert_close(reduced, nxt, rtol=3e-14, what="reduced step with the true closure vs full step")
         baseline = s.step(baseline, None)
@@ -137,7 +137,7 @@ def test_reduced_step_with_true_closure_reproduces_the_full_step(closure):
     gen = torch.Generator().manual_seed(11)
     full, red = w, w
     for _ in range(100):
-        nxt, clo = s.full_step(full, generator=gen, return_closures=True)
+        nxt, clo = s.full_step_with_closures(full, generator=gen)
         red = s.step(red, clo[closure])
         full = nxt
     err_closure = float((red - full).norm() / full.norm())
@@ -160,7 +160,7 @@ def test_closure_terms_match_their_definitions():
     lap = torch.fft.irfft2(-g.lam2 * torch.fft.rfft2(w), s=(32, 32))
     assert_close(c0["G"], s.nu * lap, rtol=1e-14, what="G without noise vs nu Lap w")
     # with the same noise, full_step(noise=) and closure_terms agree
-    _, c2 = s.full_step(w, noise=dw, return_closures=True)
+    _, c2 = s.full_step_with_closures(w, noise=dw)
     assert_close(c2["H"], c["H"], rtol=4e-15, what="H of full_step(noise=) vs closure_terms")
 
 
@@ -209,12 +209,12 @@ def test_gpu_matches_cpu():
 
 
 def test_fast_noise_path_equals_the_explicit_one():
-    # full_step adds the low-mode noise block in place; with return_closures (or a given noise)
+    # full_step adds the low-mode noise block in place; with the closures (or a given noise)
     # it builds the full spectral noise. Same generator state -> same next state.
     s = NavierStokes2D(n=64)
     w = _scaled_ic(s)
     a = s.full_step(w, generator=torch.Generator().manual_seed(4))
-    b, _ = s.full_step(w, generator=torch.Generator().manual_seed(4), return_closures=True)
+    b, _ = s.full_step_with_closures(w, generator=torch.Generator().manual_seed(4))
     dw = s.noise(2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     c = s.full_step(w, noise=dw)
     assert_close(a, b, rtol=3e-15, what="in-place low-mode noise vs full spectral noise")

@@ -26,7 +26,7 @@ def test_coarse_step_with_true_subgrid_closure_reproduces_the_filtered_fine_step
     gen = torch.Generator().manual_seed(1)
     errs, errs_none = [], []
     for _ in range(20):
-        nxt, clo = les.full_step(w, generator=gen, return_closures=True)
+        nxt, clo = les.full_step_with_closures(w, generator=gen)
         target = les.filter(nxt)
         wb = les.filter(w)
         scale = float(target.abs().max())  # ~5.5: errors below are fractions of it

@@ -292,7 +292,7 @@ def tutorial_definitions(*names):
 def test_the_tutorial_sampler_forwards_the_grid_parameters_and_warm_starts():
     from types import SimpleNamespace
 
-    from stochclosure.rollout import WarmStart
+    from stochclosure.rollouts import WarmStart
 
     ddim_cls = tutorial_definitions("ddim", "DDIM")["DDIM"]
     s = ddim_cls(steps=7, eta=0.5, t_start=0.4, t_end=2e-3, rho=5.0, data_std=1.5)
@@ -310,7 +310,7 @@ def test_the_tutorial_sampler_forwards_the_grid_parameters_and_warm_starts():
 def test_warm_start_refusal_names_the_grid_parameters_to_forward():
     from types import SimpleNamespace
 
-    from stochclosure.rollout import WarmStart
+    from stochclosure.rollouts import WarmStart
 
     class Dropping(sc.samplers.GridSampler):
         """Drops the skeleton's parameters (the mistake the tutorial warns about)."""

@@ -23,7 +23,7 @@ MODULES = [
     "stochclosure.systems",
     "stochclosure.systems.navier_stokes",
     "stochclosure.systems.subgrid",
-    "stochclosure.rollout",
+    "stochclosure.rollouts",
     "stochclosure.assimilation",
     "stochclosure.distributions",
     "stochclosure.data",

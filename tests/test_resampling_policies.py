@@ -10,9 +10,11 @@ from pyro import poutine
 
 import stochclosure as sc
 from stochclosure.errors import ConfigError
-from stochclosure.rollout import ClosureAR1, Hold, WarmStart, ensemble, rollout
+from stochclosure.rollouts import ClosureAR1, Hold, NoiseAR1, WarmStart, ensemble, rollout
+from stochclosure.rollouts.policies import isotropic_spectrum
 from stochclosure.scores.analytic import GaussianScore
 from stochclosure.systems import LinearRelaxation
+from stochclosure.testing import assert_close
 
 
 def exact_closure(system: LinearRelaxation, sampler: dict) -> sc.ClosureModel:
@@ -126,3 +128,84 @@ def test_hold_and_fitted_ar1_in_a_rollout(small):
     assert sorted(res.closures) == sorted(held.closures) == [0, 4]
     assert torch.equal(res.closures[0], held.closures[0])
     assert not torch.equal(res.final, held.final)
+
+
+# -- ClosureAR1 as a process over the whole run ------------------------------------------------------------------
+class Echo:
+    """A 'solver' whose next state is the closure it was given: the states record the closures used."""
+
+    spatial_dims = 2
+    dt = 1.0
+
+    def step(self, state, closure_term, dt=None):
+        return closure_term.clone()
+
+
+def _zero(cond):
+    return torch.zeros_like(cond.fields)
+
+
+def _perturbations(policy, steps=300, members=64, n=8, seed=0):
+    res = ensemble(Echo(), _zero, torch.zeros(1, n, n), steps, members, seed=seed, between=policy, resample_every=7)
+    return res.states[1:].double()  # (steps, members, 1, n, n): e_0 .. e_{steps-1}
+
+
+def test_closure_ar1_has_the_stationary_variance_and_lag1_correlation_of_its_theory():
+    # 64 members x 64 points x 300 steps; independent points, effective sample ~ N (1 - phi^2) / (1 + phi^2)
+    # ~ 2.7e5 for the variance: its relative standard error is ~0.3 %, so 3 % is a > 9-sigma bound; the
+    # lag-1 correlation's standard error is ~(1 - phi^2) / sqrt(N) ~ 3e-4 (3 % of 0.8 is > 50 sigma).
+    policy = ClosureAR1(phi=0.8, sigma=0.3)
+    e = _perturbations(policy)
+    var = float(e.pow(2).mean())
+    lag1 = float((e[1:] * e[:-1]).mean() / e.pow(2).mean())
+    assert_close(torch.tensor(var), torch.tensor(policy.stationary_std**2), rtol=0.03, what="stationary variance")
+    assert_close(torch.tensor(lag1), torch.tensor(0.8), rtol=0.03, what="lag-1 correlation")
+    # no reset at the fresh draws (every 7 steps): the correlation across a draw is the same phi
+    across = float((e[7::7][:-1] * e[6::7][:len(e[7::7]) - 1]).mean() / e.pow(2).mean())
+    assert_close(torch.tensor(across), torch.tensor(0.8), rtol=0.05, what="lag-1 correlation across a fresh draw")
+
+
+def test_coloured_closure_ar1_keeps_the_variance_and_takes_the_spectrum():
+    spectrum = (0.0, 4.0, 2.0, 1.0, 0.5, 0.0)
+    policy = ClosureAR1(phi=0.5, sigma=0.2, spectrum=spectrum)
+    e = _perturbations(policy, steps=120)
+    assert_close(torch.tensor(float(e.pow(2).mean())), torch.tensor(policy.stationary_std**2), rtol=0.05,
+                 what="pointwise variance of coloured innovations")
+    got = isotropic_spectrum(e, 2)[:len(spectrum)]
+    want = torch.tensor(spectrum, dtype=torch.float64)
+    assert_close(got / got.sum(), want / want.sum(), rtol=0.05, what="shell power of the perturbation (normalised)")
+
+
+def test_closure_ar1_fit_recovers_phi_and_the_spectrum():
+    spectrum = (0.0, 3.0, 1.0, 0.3)
+    truth = ClosureAR1(phi=0.9, sigma=0.1, spectrum=spectrum)
+    series = _perturbations(truth, steps=400, members=16, seed=3)
+    fitted = ClosureAR1.fit(series, dt=1.0)
+    assert_close(torch.tensor(fitted.phi), torch.tensor(0.9), rtol=0.02, what="fitted phi")
+    assert_close(torch.tensor(fitted.stationary_std), torch.tensor(truth.stationary_std), rtol=0.05,
+                 what="fitted stationary std")
+    got = torch.tensor(fitted.spectrum[:4])
+    want = torch.tensor(spectrum)
+    assert_close(got / got.sum(), want / want.sum(), rtol=0.1, what="fitted shell power (normalised)")
+    half = ClosureAR1.fit(series, dt=1.0, step_dt=0.5)
+    assert_close(torch.tensor(half.phi), torch.tensor(fitted.phi**0.5), rtol=1e-9, what="phi at half the step")
+
+
+def test_noise_ar1_fit_from_a_memory():
+    assert NoiseAR1.fit(memory=0.16, interval=0.02).rho == pytest.approx(math.exp(-0.125), rel=1e-12)
+    tau = ClosureAR1(phi=0.9, sigma=0.1).decorrelation_time(0.01)
+    assert NoiseAR1.fit(memory=tau, interval=0.01).rho == pytest.approx(0.9, rel=1e-12)
+    with pytest.raises(ConfigError, match="memory"):
+        NoiseAR1.fit(memory=0.0, interval=0.01)
+
+
+def test_white_forcing_is_fresh_every_step_so_a_hold_adds_up_like_sqrt_k():
+    # phi = 0: e_s independent with std sigma; the sum over a k-step hold has std sqrt(k) sigma (not k sigma).
+    # 64 members x 64 points x 42 blocks: the block-sum variance has a relative standard error of ~0.9 %.
+    policy = ClosureAR1.white_forcing(0.5)
+    e = _perturbations(policy, steps=294)                  # 42 holds of 7 steps
+    lag1 = float((e[1:] * e[:-1]).mean() / e.pow(2).mean())
+    assert abs(lag1) < 0.02  # a correlation near 0: its standard error here is ~1e-3
+    sums = e.reshape(42, 7, *e.shape[1:]).sum(1)
+    assert_close(torch.tensor(float(sums.pow(2).mean())), torch.tensor(7 * 0.25), rtol=0.05,
+                 what="variance of the forcing summed over a 7-step hold")

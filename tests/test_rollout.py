@@ -13,17 +13,12 @@ from pyro.infer import Predictive
 import stochclosure as sc
 from stochclosure import metrics, plots
 from stochclosure.errors import ConfigError, ShapeError
-from stochclosure.rollout import (
+from stochclosure.rollouts import (
     ClosureAR1,
     NoiseAR1,
     StreamedObservations,
-    deterministic_closure,
     ensemble,
-    hold_between,
-    no_closure,
-    perturb_initial,
     regular_points,
-    resample_every,
     rollout,
 )
 from stochclosure.scores.analytic import GaussianScore
@@ -139,35 +134,34 @@ def test_block_hides_closure_sites(small):
     assert res.final.shape == (2, 1, 8, 8) and "closure/2" in res.trace.nodes
 
 
-# -- options and our own handlers ------------------------------------------------------------------------------
+# -- options ----------------------------------------------------------------------------------------------------
 def test_resample_every_holds_the_closure_in_between(small):
     system, model, v0 = small
-    with resample_every(3):
-        res = ensemble(system, model, v0, 7, members=2, seed=0)
+    res = ensemble(system, model, v0, 7, members=2, seed=0, resample_every=3)
     assert sorted(res.closures) == [0, 3, 6]
     # recompute with a plain loop holding each draw for three steps
     s = res.states[0]
     for k in range(7):
         s = system.step(s, res.closures[3 * (k // 3)])
         assert torch.equal(s, res.states[k + 1])
-    same = ensemble(system, model, v0, 7, members=2, seed=0, resample_every=3)
-    assert torch.equal(same.states, res.states)
 
 
-def test_closure_ar1_between_draws(small):
+def test_closure_ar1_runs_through_fresh_draws(small):
     system, model, v0 = small
-    with hold_between(ClosureAR1(phi=1.0, sigma=0.2)):
-        tr = poutine.trace(rollout).get_trace(system, model, v0, 4, members=2, resample_every=4)
+    tr = poutine.trace(rollout).get_trace(system, model, v0, 6, members=2, resample_every=3,
+                                          between=ClosureAR1(phi=1.0, sigma=0.2))
     names = [k for k in tr.nodes if k.startswith("closure_ar/")]
-    assert names == ["closure_ar/1", "closure_ar/2", "closure_ar/3"]
+    assert names == [f"closure_ar/{k}" for k in range(6)]
     # the state increments reveal the closure used: u = (v' - v) / dt + gamma v
-    st = [tr.nodes[f"state/{k}"]["value"] for k in range(5)]
-    used = [(st[k + 1] - st[k]) / system.dt + system.gamma * st[k] for k in range(4)]
-    xi = [tr.nodes[f"closure_ar/{k}"]["value"] for k in (1, 2, 3)]
-    anchor = tr.nodes["closure/0"]["value"]
-    walk = anchor + 0.2 * (xi[0] + xi[1])
-    assert_close(used[3] - used[2], 0.2 * xi[2], rtol=1e-2, what="AR(1) increment of the held closure")
-    assert torch.allclose(used[2], walk, atol=1e-2 * float(anchor.abs().max()))
+    st = [tr.nodes[f"state/{k}"]["value"] for k in range(7)]
+    used = [(st[k + 1] - st[k]) / system.dt + system.gamma * st[k] for k in range(6)]
+    xi = [tr.nodes[f"closure_ar/{k}"]["value"] for k in range(6)]
+    held = {k: tr.nodes[f"closure/{3 * (k // 3)}"]["value"] for k in range(6)}
+    walk = 0.2 * torch.cumsum(torch.stack(xi), 0)  # a random walk from 0.2 xi_0, never reset
+    scale = float(held[0].abs().max())
+    for k in range(6):
+        assert_close(used[k] - held[k], walk[k], rtol=1e-2 * scale / float(walk[k].abs().max()),
+                     what=f"perturbation at step {k}")
 
 
 def test_noise_ar1_correlates_successive_draws():
@@ -185,27 +179,24 @@ def test_noise_ar1_correlates_successive_draws():
     assert abs(lag1(0.0)) < 0.15
 
 
-def test_deterministic_closure_handler_and_argument(small):
+def test_deterministic_closure_does_not_depend_on_the_seed(small):
     system, model, v0 = small
-    with deterministic_closure(k=4, seed=1):
-        a = ensemble(system, model, v0, 3, members=3, seed=0)
+    a = ensemble(system, model, v0, 3, members=3, seed=0, deterministic=4, deterministic_seed=1)
     assert float(a.spread.abs().max()) <= 1e-6 * float(a.states.abs().max())  # equal states -> equal closures
     b = ensemble(system, model, v0, 3, members=3, seed=5, deterministic=4, deterministic_seed=1)
-    assert_close(a.states, b.states, rtol=1e-6, what="deterministic closure: handler vs argument")
+    assert_close(a.states, b.states, rtol=1e-6, what="deterministic closure: another rollout seed")
     c = ensemble(system, model, v0, 3, members=3, seed=0)
     assert float(c.spread[-1].abs().max()) > 1e-3
 
 
 def test_no_closure_baseline_and_initial_perturbation(small):
     system, model, v0 = small
-    with no_closure():
-        res = ensemble(system, model, v0, 3, members=2, seed=0)
+    res = ensemble(system, None, v0, 3, members=2, seed=0)
     s = v0[None]
     for _ in range(3):
         s = system.step(s, None)
     assert torch.equal(res.final, s.expand(2, 1, 8, 8)) and not res.closures
-    with perturb_initial(0.5):
-        p = ensemble(system, None, v0, 0, members=400, seed=0)
+    p = ensemble(system, None, v0, 0, members=400, seed=0, init_perturbation=0.5)
     assert p.spread[0].mean() == pytest.approx(0.5, rel=0.1)
 
 
@@ -241,8 +232,6 @@ def test_errors_name_the_argument(small):
         rollout(system, model, v0, 2, between="ar1")
     with pytest.raises(ConfigError, match="'resample_every'"):
         rollout(system, model, v0, 2, resample_every=0)
-    with pytest.raises(ConfigError, match="'n'"):
-        resample_every(0)
     with pytest.raises(ShapeError, match="'state0'"):
         rollout(system, model, v0[0, 0], 2)
     with pytest.raises(ConfigError, match="'phi'"):
@@ -326,7 +315,7 @@ def test_condition_with_true_navier_stokes_closures_reproduces_the_full_solver(w
     truth, closures = [w0], {}
     w = w0
     for s in range(5):
-        w, clo = system.full_step(w, generator=gen, return_closures=True)
+        w, clo = system.full_step_with_closures(w, generator=gen)
         truth.append(w)
         closures[f"closure/{s}"] = clo[which]
     model = sc.ClosureModel("vp", GaussianScore("vp", std=1.0), {"type": "euler_maruyama", "steps": 2})

@@ -58,7 +58,7 @@ def test_yaml_python_tags_are_refused_and_never_run(tmp_path, loader):
 def test_rollout_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
     import torch
 
-    from stochclosure.rollout import resumable_ensemble
+    from stochclosure.rollouts import resumable_ensemble
     from stochclosure.systems import LinearRelaxation
 
     marker = tmp_path / "RAN"

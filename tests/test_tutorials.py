@@ -120,6 +120,21 @@ def test_05_sparse_measurements_and_resolution(tmp_path):
     assert dens["16"]["model_rel_error_mean"] < dens["4"]["model_rel_error_mean"]
 
 
+def test_06_data_assimilation(tmp_path):
+    res = run_tutorial("06_data_assimilation", tmp_path)
+    l96 = res["lorenz96"]
+    # without a closure the reduced model's X dynamics are wrong: the filter loses the truth
+    assert l96["no closure"]["analysis_rmse"] > 3 * l96["cubic"]["analysis_rmse"]
+    for name in ("cubic", "cubic + AR(1)"):   # with a closure the analysis beats the observations (std 1)
+        assert l96[name]["analysis_rmse"] < 0.8 and l96[name]["divergences"] == 0, name
+    # the AR(1) noise is what spreads the ensemble: without inflation it is the better calibrated
+    det, sto = l96["cubic"]["no_inflation"], l96["cubic + AR(1)"]["no_inflation"]
+    assert sto["forecast_spread"] > 1.3 * det["forecast_spread"]
+    assert abs(sto["spread_rmse"] - 1) < abs(det["spread_rmse"] - 1)
+    for row in res["navier_stokes"]["scores"].values():
+        assert 0 < row["analysis_rmse"] < 4 * 0.005 and row["analysis_seconds"] < row["forecast_seconds"]
+
+
 def test_07_custom_closure_law(tmp_path):
     res = run_tutorial("07_custom_closure_law", tmp_path)
     assert res["contract_passed"] is True and res["reload"]["identical_draws"] is True
@@ -134,7 +149,7 @@ def test_07_custom_closure_law(tmp_path):
 
 
 EXPECTED = ["01_quickstart", "02_register_components", "03_uncertainty_quantification", "04_ensemble_rollouts",
-            "05_sparse_measurements_and_resolution", "07_custom_closure_law"]
+            "05_sparse_measurements_and_resolution", "06_data_assimilation", "07_custom_closure_law"]
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -121,7 +121,7 @@ plots.plot_fields(truth_u[0, 0], u[:, 0, 0], OUT / "closure_samples.png",
 # sparse measurements of its closure (16×16 points) as the forecast would receive them.
 
 # %%
-from stochclosure.rollout import StreamedObservations, ensemble, regular_points, rollout  # noqa: E402
+from stochclosure.rollouts import StreamedObservations, ensemble, regular_points, rollout  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 
@@ -136,7 +136,7 @@ obs_k = int(info["obs_grid"])
 gen = torch.Generator().manual_seed(1)
 w, truth_states, obs = w0, [coarsen(w0, 32)], []
 for step in range(n_steps):
-    w_next, closures = fine.full_step(w, generator=gen, return_closures=True)
+    w_next, closures = fine.full_step_with_closures(w, generator=gen)
     obs.append(closures["G"][..., :: fine.n // obs_k, :: fine.n // obs_k].reshape(1, 1, -1))
     w = w_next
     if (step + 1) % record_every == 0:

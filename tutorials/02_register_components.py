@@ -341,7 +341,7 @@ results["ddim_gaussian_check"] = check
 
 # %%
 from stochclosure.pretrained import initial_state, offline_test_set  # noqa: E402
-from stochclosure.rollout import ensemble, rollout  # noqa: E402
+from stochclosure.rollouts import ensemble, rollout  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 

@@ -43,7 +43,7 @@ from torch import Tensor  # noqa: E402
 
 import stochclosure as sc  # noqa: E402
 from stochclosure import metrics, plots  # noqa: E402
-from stochclosure.rollout import NoiseAR1, deterministic_closure, ensemble, rollout  # noqa: E402
+from stochclosure.rollouts import NoiseAR1, ensemble, rollout  # noqa: E402
 
 parser = argparse.ArgumentParser(description="tutorial 03: uncertainty quantification")
 parser.add_argument("--smoke", action="store_true", help="tiny settings for CI")
@@ -133,7 +133,7 @@ print(f"cubic closure {[f'{a:.3g}' for a in ar1.coefficients]}, residual std {ar
 #   the closures are **temporally correlated** like the real residual (`rho = phi`).
 #
 # The deterministic alternative is the cubic alone, which is also what the handler
-# `deterministic_closure(k)` turns any closure model into (the mean of `k` draws with frozen
+# `deterministic=k` turns any closure model into (the mean of `k` draws with frozen
 # noise: here the conditional mean).
 
 
@@ -205,8 +205,7 @@ runs = {
     f"stochastic, AR(1) rho={ar1.phi:.2f}": forecast(l96_closure(), between=NoiseAR1(rho=min(ar1.phi, 0.999))),
     "AR(1), noise x3 (over-dispersed)": forecast(l96_closure(3.0), between=NoiseAR1(rho=min(ar1.phi, 0.999))),
 }
-with deterministic_closure(k=16):
-    runs["deterministic_closure(k=16) handler"] = forecast(l96_closure())
+runs["deterministic=16 (mean of 16 frozen draws)"] = forecast(l96_closure(), deterministic=16)
 t_l96 = time.perf_counter() - t0
 print(f"{len(runs)} ensembles of {members} members x {n_cases} cases x {lead_steps} steps in {t_l96:.1f} s")
 
@@ -267,7 +266,7 @@ results["lorenz96"] = {"cases": n_cases, "members": members, "lead_time": float(
 # * The deterministic cubic forecasts well on average, but its ensemble only carries the
 #   initial-condition spread: it is overconfident (spread-skill well below 1, U-shaped rank
 #   histogram).
-# * `deterministic_closure(k=16)` makes the *stochastic* model deterministic: every closure is
+# * `deterministic=16` makes the *stochastic* model deterministic: every closure is
 #   the mean of 16 draws with the same frozen noise. That approaches the conditional mean (the
 #   cubic) as `k` grows, but a fixed residual of about `sigma / 4` remains, the same at every
 #   step: a small systematic forcing error, so it does a little worse than the exact cubic.
@@ -289,7 +288,7 @@ results["lorenz96"] = {"cases": n_cases, "members": members, "lead_time": float(
 
 # %%
 from stochclosure.pretrained import initial_state, load_pretrained  # noqa: E402
-from stochclosure.rollout import StreamedObservations, regular_points  # noqa: E402
+from stochclosure.rollouts import StreamedObservations, regular_points  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 
@@ -303,7 +302,7 @@ ns_members = 4 if SMOKE else 16
 gen = torch.Generator().manual_seed(2)
 w, ns_truth, obs = w0, [coarsen(w0, 32)], []
 for s in range(ns_steps):
-    w, clos = fine.full_step(w, generator=gen, return_closures=True)
+    w, clos = fine.full_step_with_closures(w, generator=gen)
     obs.append(clos["G"][..., ::4, ::4].reshape(1, 1, -1))
     if (s + 1) % ns_record == 0:
         ns_truth.append(coarsen(w, 32))
@@ -315,8 +314,7 @@ kw = dict(resample_every=10, observations=observations, sampler={"type": "dpm_so
 t0 = time.perf_counter()
 with torch.inference_mode():
     ns_stoch = ensemble(coarse, model, v0, ns_steps, ns_members, **kw)
-    with deterministic_closure(k=4):
-        ns_det = ensemble(coarse, model, v0, ns_steps, 1, **kw)
+    ns_det = ensemble(coarse, model, v0, ns_steps, 1, deterministic=4, **kw)
 ns_none = rollout(coarse, None, v0, ns_steps, record_every=ns_record)
 t_ns = time.perf_counter() - t0
 
@@ -351,7 +349,7 @@ results["navier_stokes"] = {"members": ns_members, "steps": ns_steps, "scores": 
 # 16×16 measurements of `G` at every step the model is very sure of the closure, and the
 # remaining error comes from elsewhere (the closure is drawn every 10 steps and held, the
 # coarse state itself is aliased). The ensemble is **overconfident**: use it to rank forecasts,
-# not as error bars, unless it is recalibrated (e.g. inflated with `perturb_initial`, or with
+# not as error bars, unless it is recalibrated (e.g. inflated with `init_perturbation=`, or with
 # temporally correlated closure noise as in the Lorenz-96 section).
 
 # %%

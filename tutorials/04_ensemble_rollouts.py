@@ -11,13 +11,13 @@
 # %% [markdown]
 # # 04 · Composing ensemble rollouts: plates, Predictive, handlers, policies and batch size
 #
-# `stochclosure.rollout.rollout` is a **pyro program**: each closure draw is a sample site
+# `stochclosure.rollouts.rollout` is a **pyro program**: each closure draw is a sample site
 # `closure/{step}` whose distribution runs the diffusion sampler, states are deterministic sites
 # `state/{step}`, and ensemble members live under a `pyro.plate`. Everything pyro can do to a
 # program therefore works on a forecast: record it (`trace`), re-run it with the same draws
 # (`replay`), force chosen closures (`condition`), draw many forecasts at once (`Predictive`).
-# The library adds small handlers for the common variations (`resample_every`, `hold_between`,
-# `no_closure`, `perturb_initial`, `deterministic_closure`).
+# The common variations are keywords of `rollout`/`ensemble` (`resample_every`, `between`,
+# `init_perturbation`, `deterministic`; `closure=None` switches the closure off).
 #
 # The mechanics are shown on `linear_relaxation`, a system whose exact closure law is known, so
 # every statement can be checked exactly and quickly; costs are measured with the shipped
@@ -43,15 +43,11 @@ from pyro import poutine  # noqa: E402
 from pyro.infer import Predictive  # noqa: E402
 
 import stochclosure as sc  # noqa: E402
-from stochclosure.rollout import (  # noqa: E402
+from stochclosure.rollouts import (  # noqa: E402
     ClosureAR1,
     Hold,
     NoiseAR1,
     ensemble,
-    hold_between,
-    no_closure,
-    perturb_initial,
-    resample_every,
     rollout,
 )
 from stochclosure.scores import GaussianScore  # noqa: E402
@@ -176,13 +172,11 @@ policies = {"every step": (1, Hold()), "every 5, hold": (5, Hold()), "every 20, 
 policy_scores = {}
 for name, (every, between) in policies.items():
     t0 = time.perf_counter()
-    with resample_every(every), hold_between(between):
-        res = ensemble(system, exact, v0, n_steps, ens_members, seed=1)
+    res = ensemble(system, exact, v0, n_steps, ens_members, seed=1, resample_every=every, between=between)
     policy_scores[name] = {"spread": float(res.spread[-1].mean()), "draws": len(res.closures),
                            "seconds": time.perf_counter() - t0}
-with no_closure():
-    policy_scores["no closure"] = {"spread": float(ensemble(system, exact, v0, n_steps, 2, seed=1).spread[-1].mean()),
-                                   "draws": 0, "seconds": 0.0}
+policy_scores["no closure"] = {"spread": float(ensemble(system, None, v0, n_steps, 2, seed=1).spread[-1].mean()),
+                               "draws": 0, "seconds": 0.0}
 for name, r in policy_scores.items():
     print(f"{name:34s} spread {r['spread']:.3f} (full model {ref_spread:.3f}), {r['draws']:3d} draws, {r['seconds']:.2f} s")
 results["policies"] = {"reference_spread": ref_spread, **policy_scores}
@@ -208,15 +202,14 @@ plt.close(fig)
 #
 # ## 6. Perturbed initial states
 #
-# `perturb_initial(std)` adds independent Gaussian noise to each member's initial state
+# `init_perturbation=std` adds independent Gaussian noise to each member's initial state
 # (site `init_noise`), representing initial-condition uncertainty; combined with the closure the
 # two sources of spread add up. Here the relaxation damps the initial perturbation
 # (`exp(-gamma t)`) while the closure noise builds up.
 
 # %%
-with perturb_initial(1.0):
-    ic_only = ensemble(system, None, v0, n_steps, ens_members, seed=2)
-    ic_and_closure = ensemble(system, exact, v0, n_steps, ens_members, seed=2)
+ic_only = ensemble(system, None, v0, n_steps, ens_members, seed=2, init_perturbation=1.0)
+ic_and_closure = ensemble(system, exact, v0, n_steps, ens_members, seed=2, init_perturbation=1.0)
 closure_only = ensemble(system, exact, v0, n_steps, ens_members, seed=2)
 fig, ax = plt.subplots(figsize=(6, 3.4))
 for res, label in ((ic_only, "initial perturbation only"), (closure_only, "closure only"),
@@ -247,7 +240,7 @@ print({k: round(v, 3) for k, v in results["perturb_initial"].items()})
 
 # %%
 from stochclosure.pretrained import initial_state, load_pretrained, offline_test_set  # noqa: E402
-from stochclosure.rollout import StreamedObservations  # noqa: E402
+from stochclosure.rollouts import StreamedObservations  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 

@@ -46,7 +46,7 @@ from stochclosure import metrics  # noqa: E402
 from stochclosure.checkpoint import read_config  # noqa: E402
 from stochclosure.fft import spectral_resample  # noqa: E402
 from stochclosure.pretrained import initial_state, load_pretrained, pretrained_path  # noqa: E402
-from stochclosure.rollout import regular_points  # noqa: E402
+from stochclosure.rollouts import regular_points  # noqa: E402
 from stochclosure.systems import NavierStokes2D  # noqa: E402
 from stochclosure.systems.navier_stokes import coarsen  # noqa: E402
 
@@ -77,7 +77,7 @@ for _ in range(100 if SMOKE else 500):
 records = 2 if SMOKE else 8
 states, closures = [], []
 for r in range(records * 50):
-    w_next, clos = fine.full_step(w, generator=gen, return_closures=True)
+    w_next, clos = fine.full_step_with_closures(w, generator=gen)
     if (r + 1) % 50 == 0:
         states.append(w.float())
         closures.append(clos["G"].float())

@@ -1,6 +1,6 @@
 """Ensemble data assimilation with stochastic-closure forecasts.
 
-A forecast ensemble of the reduced model (any closure, run by :func:`~stochclosure.rollout.rollout`)
+A forecast ensemble of the reduced model (any closure, run by :func:`~stochclosure.rollouts.rollout`)
 is corrected by sparse, noisy observations of a truth every few time units:
 
 * :mod:`.observations`: observation operators ``H`` with Gaussian noise (points of a periodic
@@ -11,10 +11,14 @@ is corrected by sparse, noisy observations of a truth every few time units:
 * :mod:`.kalman`: the exact Kalman filter (the linear-Gaussian reference);
 * :mod:`.particle`: a bootstrap particle filter through :class:`pyro.infer.SMCFilter`;
 * :mod:`.twins` and :mod:`.cycle`: twin experiments (:func:`assimilate`), reproducible by seed
-  and resumable after a kill.
+  and resumable after a kill;
+* :mod:`.experiment` and :mod:`.command`: twin experiments from a configuration file
+  (:class:`ExperimentConfig`, :func:`run_experiment`, ``stochclosure assimilate --config``) with
+  a results file and a report.
 """
 
 from .cycle import assimilate
+from .experiment import ExperimentConfig, RecordedTwin, run_experiment
 from .filters import ETKF, FILTERS, LETKF, AbstractEnsembleFilter, EnKF, filter_from_spec
 from .inflation import (
     INFLATIONS,
@@ -45,6 +49,9 @@ from .twins import AbstractTwin, FullModelTwin, Lorenz96Twin, ReducedTwin, twin_
 __all__ = [
     "assimilate",
     "AssimilationResult",
+    "ExperimentConfig",
+    "run_experiment",
+    "RecordedTwin",
     "AbstractObservation",
     "PointObservation",
     "GridObservation",

@@ -3,10 +3,10 @@
 Each cycle ``c``:
 
 1. **Forecast**: all members advance ``steps_per_cycle`` solver steps in *one* batched
-   :func:`~stochclosure.rollout.rollout` (members are its batch of cases), so any closure works
+   :func:`~stochclosure.rollouts.rollout` (members are its batch of cases), so any closure works
    (a :class:`~stochclosure.ClosureModel`, a callable ``cond -> U``, ``None``). The rollout is
    continued from its carry (``start=``) with the state replaced by the analysis, so the closure's
-   between-draw memory (:class:`~stochclosure.rollout.ClosureAR1`, ``NoiseAR1``, ``Hold``) runs on
+   between-draw memory (:class:`~stochclosure.rollouts.ClosureAR1`, ``NoiseAR1``, ``Hold``) runs on
    across analyses, and every member keeps its key (``member_seed``) for the whole run: the draws
    of member ``j`` at solver step ``s`` are the same whatever happened before.
 2. **Truth**: the twin (:mod:`.twins`) advances by the same physical time.
@@ -34,6 +34,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ from torch import Tensor
 from .. import metrics
 from .._io import exclusive_lock, preflight_output
 from ..distributions import mix_seeds
-from ..errors import ConfigError, ShapeError, format_error
+from ..errors import ConfigError, NonFiniteError, ShapeError, format_error
+from ..rollouts.carry import RolloutCarry
+from ..rollouts.resume import carry_from_tensors, carry_to_tensors
 from ._identity import describe
 from .filters import AbstractEnsembleFilter, filter_from_spec
 from .inflation import AbstractInflation, inflation_from_spec
@@ -55,7 +58,6 @@ from .twins import AbstractTwin, twin_for
 __all__ = ["assimilate"]
 
 _MANAGED = ("members", "start", "on_step", "record_every", "dt", "n_steps", "state0", "progress")
-_CARRY = ("anchor", "e", "z")
 
 
 def _key(seed: int, use: str, cycle: int) -> int:
@@ -83,44 +85,44 @@ def _scores(ens: Tensor, truth: Tensor) -> tuple[Tensor, float, float, float]:
     return mean, rmse, spread, crps
 
 
-def _forecast(system: Any, closure: Any, ens: Tensor, carry: dict[str, Any] | None, cycle: int, steps: int, dt: float,
-              keys: Tensor, seed: int, rollout_kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+def _forecast(system: Any, closure: Any, ens: Tensor, carry: RolloutCarry | None, cycle: int, steps: int, dt: float,
+              keys: Tensor, seed: int, rollout_kwargs: dict[str, Any]) -> tuple[Tensor, RolloutCarry]:
     """All members ``steps`` solver steps ahead in one rollout continued from ``carry``; the new carry."""
-    from ..rollout import rollout
+    from ..rollouts import rollout
 
     s0 = cycle * steps
-    start: dict[str, Any] = {"step": s0, "state": ens, "anchor": None, "e": None, "z": None, "past": [],
-                             "records": [ens], "rec_steps": [s0], "closures": {}, "seconds": []}
-    if carry is not None:
-        start.update({k: carry[k] for k in _CARRY}, past=list(carry["past"]))
-    grabbed: dict[str, Any] = {}
+    start = RolloutCarry.initial(ens, s0) if carry is None else replace(carry, step=s0).continued(ens)
+    grabbed: dict[str, RolloutCarry] = {}
 
     def program() -> Any:
-        return rollout(system, closure, ens, s0 + steps, dt=dt, start=start, on_step=grabbed.update,
-                       record_every=s0 + steps, **rollout_kwargs)
+        return rollout(system, closure, ens, s0 + steps, dt=dt, start=start,
+                       on_step=lambda c: grabbed.__setitem__("carry", c), record_every=s0 + steps, **rollout_kwargs)
 
     prefix = str(rollout_kwargs.get("prefix", ""))
     with torch.no_grad():
         run = poutine.condition(program, data={prefix + "member_seed": keys})
-        forecast = poutine.seed(run, rng_seed=_key(seed, "forecast", cycle) % 2**32)().states[-1]
-    return forecast, {**{k: grabbed.get(k) for k in _CARRY}, "past": list(grabbed.get("past", []))}
+        try:
+            forecast = poutine.seed(run, rng_seed=_key(seed, "forecast", cycle) % 2**32)().states[-1]
+        except NonFiniteError:  # the forecast blew up (state or closure): recorded as such, the run stops
+            forecast = torch.full_like(ens, math.nan)
+    return forecast, grabbed.get("carry", start)
 
 
 def _save(path: Path, fingerprint: str, done: int, stopped: bool, ens: Tensor, keys: Tensor,
-          tstate: dict[str, Tensor], records: Records, carry: dict[str, Any] | None, inflation: AbstractInflation) -> None:
+          tstate: dict[str, Tensor], records: Records, carry: RolloutCarry | None, inflation: AbstractInflation) -> None:
     tensors = {"ensemble": ens, "keys": keys, **{f"truth.{k}": v for k, v in tstate.items()},
                **{f"rec.{k}": v for k, v in records.tensors().items()}}
-    past = [] if carry is None else carry["past"]
-    if carry is not None:
-        tensors.update({f"carry.{k}": carry[k] for k in _CARRY if carry[k] is not None})
-    tensors.update({f"carry.past.{i}": p for i, p in enumerate(past)})
+    carry_meta = None
+    if carry is not None:  # the policy's memory and the history go on; the records restart each cycle
+        ct, carry_meta = carry_to_tensors(carry.continued(carry.state), prefix="carry.")
+        tensors.update(ct)
     write_file(path, tensors, {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
-                               "cycles_done": done, "stopped": stopped, "n_past": len(past),
+                               "cycles_done": done, "stopped": stopped, "carry": carry_meta,
                                "inflation_state": inflation.state_dict()})
 
 
 def _restore(path: Path, fingerprint: str, cycles: int, record_fields: bool, inflation: AbstractInflation
-             ) -> tuple[int, bool, Tensor, dict[str, Tensor], Records, dict[str, Any]]:
+             ) -> tuple[int, bool, Tensor, dict[str, Tensor], Records, RolloutCarry | None]:
     t, meta = read_file(path, FORMAT, "checkpoint")
     if meta.get("fingerprint") != fingerprint:
         raise ConfigError(format_error("checkpoint", "the checkpoint of this same run (system, closure, truth, "
@@ -135,8 +137,7 @@ def _restore(path: Path, fingerprint: str, cycles: int, record_fields: bool, inf
     tstate = {k[len("truth."):]: v for k, v in t.items() if k.startswith("truth.")}
     records = Records.from_tensors({k[len("rec."):]: v for k, v in t.items() if k.startswith("rec.")}, done,
                                    record_fields)
-    carry = {**{k: t.get(f"carry.{k}") for k in _CARRY},
-             "past": [t[f"carry.past.{i}"] for i in range(int(meta["n_past"]))]}
+    carry = None if meta.get("carry") is None else carry_from_tensors(t, meta["carry"], prefix="carry.")
     return done, bool(meta["stopped"]), t["ensemble"], tstate, records, carry
 
 
@@ -153,7 +154,7 @@ def assimilate(system: Any, closure: Any, truth_state0: Any, *, observation: Abs
 
     Args:
         system: The reduced solver (:class:`~stochclosure.systems.AbstractSystem`).
-        closure: The forecast model's closure: anything :func:`~stochclosure.rollout.rollout`
+        closure: The forecast model's closure: anything :func:`~stochclosure.rollouts.rollout`
             takes (a :class:`~stochclosure.ClosureModel`, a callable ``cond -> U``, ``None``).
         truth_state0: The truth's initial state, in the form its twin takes (one reduced state
             ``(C, *grid)`` for a reduced twin, ``X`` or ``(X, Y)`` for two-scale Lorenz-96, a fine
@@ -179,7 +180,7 @@ def assimilate(system: Any, closure: Any, truth_state0: Any, *, observation: Abs
         record_fields: Keep the truth and the forecast and analysis means of every cycle.
         progress: Show a progress bar.
         on_cycle: Called after each cycle (and its checkpoint) with ``(cycle, scores)``.
-        **rollout_kwargs: Further :func:`~stochclosure.rollout.rollout` options of the forecast
+        **rollout_kwargs: Further :func:`~stochclosure.rollouts.rollout` options of the forecast
             (``resample_every``, ``between``, ``sampler``, ``sampler_steps``, ``keyed``, ...).
 
     Returns:

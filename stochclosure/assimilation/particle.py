@@ -3,7 +3,7 @@
 The state-space model is written as a pyro program (:class:`ForecastModel`):
 
 * the transition is *one forecast segment*: every particle advances ``steps_per_cycle`` solver
-  steps in one batched :func:`~stochclosure.rollout.rollout` (particles are its cases), with all
+  steps in one batched :func:`~stochclosure.rollouts.rollout` (particles are its cases), with all
   its randomness (closure draws, AR(1) innovations, ...) keyed by one integer per particle, drawn
   at the site ``key/{t}`` (:class:`~stochclosure.distributions.MemberSeed`);
 * the observation ``y_t`` is the site ``obs/{t}`` with the operator's Gaussian likelihood
@@ -43,7 +43,7 @@ class ForecastModel:
 
     Args:
         system: The reduced solver.
-        closure: The closure (anything :func:`~stochclosure.rollout.rollout` takes).
+        closure: The closure (anything :func:`~stochclosure.rollouts.rollout` takes).
         observation: The observation operator.
         steps_per_cycle: Solver steps per transition.
         dt: Solver step (default ``system.dt``).
@@ -61,7 +61,7 @@ class ForecastModel:
 
     def forecast(self, x: Tensor, keys: Tensor) -> Tensor:
         """All particles ``x`` ``(P, *state)`` one segment ahead, with the randomness keyed by ``keys`` ``(P,)``."""
-        from ..rollout import rollout
+        from ..rollouts import rollout
 
         def program() -> Any:
             return rollout(self.system, self.closure, x, self.steps, dt=self.dt, record_every=self.steps, keyed=True,
@@ -121,7 +121,7 @@ class BootstrapParticleFilter:
 
     Args:
         system: The reduced solver.
-        closure: The closure (anything :func:`~stochclosure.rollout.rollout` takes).
+        closure: The closure (anything :func:`~stochclosure.rollouts.rollout` takes).
         observation: The observation operator (or its spec).
         particles: Number of particles ``P``.
         steps_per_cycle: Solver steps between observations.

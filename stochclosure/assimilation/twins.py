@@ -10,7 +10,7 @@ ensemble is compared with). :func:`twin_for` picks the most faithful truth a sys
   (stochastic 2-D Navier–Stokes; the filtered DNS of the subgrid system, observed and scored
   through the system's filter on the coarse grid).
 * :class:`ReducedTwin`: the reduced model driven by a given "true" closure through
-  :func:`~stochclosure.rollout.rollout` (a perfect-model twin), for systems without a full model.
+  :func:`~stochclosure.rollouts.rollout` (a perfect-model twin), for systems without a full model.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _one(state: Tensor, event_rank: int, name: str) -> Tensor:
 
 
 def _event_rank(system: Any) -> int:
-    """Rank of one reduced state ``(C, *grid)`` (as :func:`~stochclosure.rollout.rollout` reads it)."""
+    """Rank of one reduced state ``(C, *grid)`` (as :func:`~stochclosure.rollouts.rollout` reads it)."""
     spatial = getattr(system, "spatial", None)
     return 1 + (len(spatial) if isinstance(spatial, tuple) else int(system.spatial_dims))
 
@@ -149,16 +149,16 @@ class FullModelTwin(AbstractTwin):
 
 
 class ReducedTwin(AbstractTwin):
-    """The reduced model with a "true" closure, run by :func:`~stochclosure.rollout.rollout` (one member).
+    """The reduced model with a "true" closure, run by :func:`~stochclosure.rollouts.rollout` (one member).
 
     Each advance is one rollout seeded from the generator; the closure's between-draw memory
     restarts at every cycle.
 
     Args:
         system: The reduced solver.
-        closure: The true closure (anything :func:`~stochclosure.rollout.rollout` takes).
+        closure: The true closure (anything :func:`~stochclosure.rollouts.rollout` takes).
         dt: Solver step (default ``system.dt``).
-        **rollout_kwargs: Further :func:`~stochclosure.rollout.rollout` options.
+        **rollout_kwargs: Further :func:`~stochclosure.rollouts.rollout` options.
     """
 
     def __init__(self, system: Any, closure: Any, dt: float | None = None, **rollout_kwargs: Any) -> None:
@@ -169,7 +169,7 @@ class ReducedTwin(AbstractTwin):
         return {"state": _one(truth_state0, _event_rank(self.system), "truth_state0")}
 
     def advance(self, state: dict[str, Tensor], duration: float, generator: torch.Generator) -> dict[str, Tensor]:
-        from ..rollout import rollout
+        from ..rollouts import rollout
 
         n = _substeps(duration, self.dt, "reduced model")
         seed = int(torch.randint(0, 2**32, (1,), generator=generator))

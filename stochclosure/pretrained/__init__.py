@@ -89,7 +89,7 @@ def offline_test_set(name: str = DEFAULT) -> dict[str, Tensor]:
     stride = fine.n // k
     states, targets, obs = [], [], []
     for step in range(int(spec["records"]) * int(spec["record_every"])):
-        w_next, clos = fine.full_step(w, generator=gen, return_closures=True)
+        w_next, clos = fine.full_step_with_closures(w, generator=gen)
         if (step + 1) % int(spec["record_every"]) == 0:
             states.append(coarsen(w, n_coarse, "stride"))
             targets.append(coarsen(clos[closure], n_coarse, "stride"))

@@ -8,7 +8,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .._types import check_tensor
 from ..config import Configurable
+from ..errors import ShapeError, format_error
 
 __all__ = ["AbstractSystem"]
 
@@ -50,6 +52,29 @@ class AbstractSystem(Configurable, abc.ABC):
         Returns:
             The next state, like ``state``.
         """
+
+    def check_state(self, state: Tensor) -> None:
+        """Raise a typed error unless ``state`` is a batch of this system's states.
+
+        Runs before any network sees the state (``rollout`` calls it on ``state0``). The default
+        uses the system's own ``_check_state`` / ``_check_x`` where it has one, else checks the
+        rank ``2 + spatial_dims`` and ``state_channels``.
+
+        Args:
+            state: ``(batch, state_channels, *spatial)``.
+
+        Raises:
+            ShapeError: a state of another rank, channel count or grid.
+        """
+        for own in ("_check_state", "_check_x"):
+            fn = getattr(self, own, None)
+            if callable(fn):
+                fn(state)
+                return
+        check_tensor("state", state, rank=2 + int(self.spatial_dims), finite=False)
+        if state.shape[1] != self.state_channels:
+            raise ShapeError(format_error("state", f"(batch, {self.state_channels}, *spatial)",
+                                          f"shape {tuple(state.shape)}"))
 
     @abc.abstractmethod
     def initial_state(self, batch: int, *, generator: torch.Generator | None = None,

@@ -223,7 +223,8 @@ class PolynomialClosure:
             raise ShapeError(format_error("closures", f"shape {tuple(states.shape)} like states",
                                           f"shape {tuple(closures.shape)}"))
         a = _design(states.reshape(-1).double(), degree)
-        sol = torch.linalg.lstsq(a, closures.reshape(-1, 1).double()).solution
+        # gelsd (SVD): the CPU default gelsy differed in the last bit between identical calls
+        sol = torch.linalg.lstsq(a, closures.reshape(-1, 1).double(), driver="gelsd").solution
         return cls(sol[:, 0].tolist())
 
     def residuals(self, states: Tensor, closures: Tensor) -> Tensor:

@@ -273,8 +273,7 @@ class NavierStokes2D(AbstractSystem):
         return torch.fft.rfft2(noise.to(w.dtype))
 
     def full_step(self, state: Tensor, dt: float | None = None, *, generator: torch.Generator | None = None,
-                  noise: Tensor | None = None, return_closures: bool = False
-                  ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+                  noise: Tensor | None = None) -> Tensor:
         """Advance the full stochastic model one step.
 
         Args:
@@ -282,12 +281,33 @@ class NavierStokes2D(AbstractSystem):
             dt: Time step (default ``self.dt``).
             generator: Random source of the noise draw (ignored when ``noise`` is given).
             noise: A given ``dW`` ``(batch, 1, n, n)`` (e.g. from :meth:`noise`) instead of a fresh draw.
-            return_closures: Also return the true closures ``{"G", "H"}`` of this step.
 
         Returns:
-            The next vorticity, and with ``return_closures`` the dict of closure fields
-            ``(batch, 1, n, n)`` computed from ``state`` and the same noise draw.
+            The next vorticity ``(batch, 1, n, n)``.
         """
+        return self._full_step(state, dt, generator, noise, closures=False)[0]
+
+    def full_step_with_closures(self, state: Tensor, dt: float | None = None, *,
+                                generator: torch.Generator | None = None, noise: Tensor | None = None
+                                ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`full_step` that also returns the true closures ``{"G", "H"}`` of this step.
+
+        Args:
+            state: Vorticity ``(batch, 1, n, n)``.
+            dt: Time step (default ``self.dt``).
+            generator: Random source of the noise draw (ignored when ``noise`` is given).
+            noise: A given ``dW`` ``(batch, 1, n, n)`` instead of a fresh draw.
+
+        Returns:
+            The next vorticity and the closure fields ``(batch, 1, n, n)`` computed from ``state``
+            and the same noise draw.
+        """
+        out, clo = self._full_step(state, dt, generator, noise, closures=True)
+        assert clo is not None
+        return out, clo
+
+    def _full_step(self, state: Tensor, dt: float | None, generator: torch.Generator | None,
+                   noise: Tensor | None, closures: bool) -> tuple[Tensor, dict[str, Tensor] | None]:
         dt = self.dt if dt is None else float(dt)
         self._check_state(state)
         g = self.grid(state.dtype, state.device)
@@ -296,7 +316,7 @@ class NavierStokes2D(AbstractSystem):
         decay, gain = self._cn_fused(g, dt)
         rhs = nl + self._forcing_hat(g, state.dtype, state.device)
         s = None
-        if noise is None and self.sigma > 0 and not return_closures:
+        if noise is None and self.sigma > 0 and not closures:
             # fast path: add the low-mode noise block in place (O(K^2) instead of O(n^2))
             block = self._noise_block(state.shape[0], generator=generator, dt=dt, dtype=state.dtype,
                                       device=state.device)
@@ -306,9 +326,7 @@ class NavierStokes2D(AbstractSystem):
             if s is not None:
                 rhs = rhs + self.sigma * s
         out = torch.fft.irfft2(w * decay + rhs * gain, s=(self.n, self.n))
-        if not return_closures:
-            return out
-        return out, self._closures_from(w, nl, s, g)
+        return out, (self._closures_from(w, nl, s, g) if closures else None)
 
     def _closures_from(self, w: Tensor, nl: Tensor, s: Tensor | None, g: SpectralGrid) -> dict[str, Tensor]:
         gh = -self.nu * g.lam2 * w
@@ -400,7 +418,7 @@ class NavierStokes2D(AbstractSystem):
         for r in range(n_records):
             if r > 0:
                 w = self.simulate(w, record_every - 1, generator=generator)
-            nxt, clo = self.full_step(w, generator=generator, return_closures=True)
+            nxt, clo = self.full_step_with_closures(w, generator=generator)
             fields = {"state": w, **{c: clo[c] for c in closures}}
             yield (self.dt * (spinup_steps + r * record_every),
                    {int(res): {k: coarsen(v, int(res), coarsen_method).cpu() for k, v in fields.items()}

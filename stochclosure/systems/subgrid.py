@@ -153,18 +153,33 @@ class NavierStokes2DSubgrid(AbstractSystem):
         nc = self.coarse_nonlinear_hat(torch.fft.rfft2(wb), n)
         return self.filter(nf, n) - torch.fft.irfft2(nc, s=(n, n))
 
-    def full_step(self, w_fine: Tensor, dt: float | None = None, *, generator: torch.Generator | None = None,
-                  return_closures: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    def full_step(self, w_fine: Tensor, dt: float | None = None, *,
+                  generator: torch.Generator | None = None) -> Tensor:
         """Advance the fine model one step.
 
         Args:
             w_fine: ``(batch, 1, n_fine, n_fine)``.
             dt: Time step (default ``self.dt``).
             generator: Noise source.
-            return_closures: Also return ``{"U": true closure, "noise": filtered dW}`` at ``n``.
 
         Returns:
-            The next fine vorticity (and the dict).
+            The next fine vorticity ``(batch, 1, n_fine, n_fine)``.
+        """
+        return self.full_step_with_closures(w_fine, dt, generator=generator, closures=False)[0]
+
+    def full_step_with_closures(self, w_fine: Tensor, dt: float | None = None, *,
+                                generator: torch.Generator | None = None, closures: bool = True
+                                ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`full_step` that also returns ``{"U": true closure, "noise": filtered dW}`` at ``n``.
+
+        Args:
+            w_fine: ``(batch, 1, n_fine, n_fine)``.
+            dt: Time step (default ``self.dt``).
+            generator: Noise source.
+            closures: Compute the closures (``False``: an empty dict, the plain step).
+
+        Returns:
+            The next fine vorticity and the dict of ``(batch, 1, n, n)`` fields.
         """
         dt = self.dt if dt is None else dt
         noise = None
@@ -172,11 +187,11 @@ class NavierStokes2DSubgrid(AbstractSystem):
             noise = self.fine.noise(w_fine.shape[0], generator=generator, dt=dt, dtype=w_fine.dtype,
                                     device=w_fine.device)
         nxt = self.fine.full_step(w_fine, dt, noise=noise)
-        if not return_closures:
-            return nxt
-        out = {"U": self.closure_term(w_fine)}
-        if noise is not None:
-            out["noise"] = self.filter(noise)
+        out: dict[str, Tensor] = {}
+        if closures:
+            out["U"] = self.closure_term(w_fine)
+            if noise is not None:
+                out["noise"] = self.filter(noise)
         return nxt, out
 
     def _forcing_hat(self, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -51,9 +51,14 @@ def _check_spec(law: Any, cond: Conditioning, latent: Tensor | None, out: Tensor
 
     if not hasattr(law, "spec"):
         return
+    from ..registry import name_of
+
     spec = law.spec()
+    # An unregistered class (defined in a script) cannot be named in a file; its spec's arguments
+    # must still rebuild it, so the class object itself stands in for the name.
+    target = spec if name_of("closure", type(law)) else {**spec, "type": type(law)}
     try:
-        rebuilt = resolve("closure", spec)
+        rebuilt = resolve("closure", target)
     except Exception as exc:  # noqa: BLE001 - reported as the contract violation
         raise AssertionError(f"the registry cannot rebuild the law from its spec {spec}: {type(exc).__name__}: "
                              f"{exc}") from exc

@@ -8,8 +8,9 @@ components, rollouts, training, HDF5, checkpoints, configuration files and the c
 (specs read from files, plugin name clashes, misspelt entry-point groups, forgotten init),
 ``cases_guards`` (input guards: half-precision conditions, generators, seeds, sizes too large for
 memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints), ``cases_closures``
-(physics closures, noise and residual laws), ``cases_samplers`` (sampler options, grids, starting
-points, non-finite solves).
+(physics closures, noise and residual laws), ``cases_da`` (assimilation experiment
+configurations), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts),
+``cases_samplers`` (sampler options, grids, starting points, non-finite solves).
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from .base import BadInput, Context, Outcome, run_case
 from .cases_assimilation import CASES as _ASSIMILATION
 from .cases_closures import CASES as _CLOSURES
 from .cases_core import CASES as _CORE
+from .cases_da import CASES as _DA
 from .cases_files import CASES as _FILES
 from .cases_guards import CASES as _GUARDS
 from .cases_learned import CASES as _LEARNED
 from .cases_plugins import CASES as _PLUGINS
+from .cases_rollout import CASES as _ROLLOUT
 from .cases_runs import CASES as _RUNS
 from .cases_samplers import CASES as _SAMPLERS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
-CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES, *_SAMPLERS]
+CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
+                         *_DA, *_ROLLOUT, *_SAMPLERS]

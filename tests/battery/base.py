@@ -193,7 +193,7 @@ def trainer(ctx: Context, target: torch.Tensor | None = None, **kw: Any) -> Any:
 
 
 def rollout(ctx: Context, state0: torch.Tensor, n_steps: int = 1, **kw: Any) -> Any:
-    from stochclosure.rollout import rollout
+    from stochclosure.rollouts import rollout
 
     return rollout(ctx.ns(), None, state0, n_steps, **kw)
 

@@ -104,7 +104,7 @@ CASES: list[BadInput] = [
     C("resample_zero", "rollout", "resample_every=0", E.ConfigError, "resample_every",
       lambda c: rollout(c, torch.randn(1, 16, 16), resample_every=0)),
     C("unkeyed_resume", "resumable_ensemble", "keyed=False (no per-member streams)", E.ConfigError, "keyed",
-      lambda c: __import__("stochclosure.rollout", fromlist=["x"]).resumable_ensemble(
+      lambda c: __import__("stochclosure.rollouts", fromlist=["x"]).resumable_ensemble(
           c.ns(), None, torch.randn(1, 16, 16), 1, 2, seed=0, checkpoint=c.folder / "r.ckpt", keyed=False)),
     # -- training ------------------------------------------------------------------------------------------------
     C("train_batch_zero", "Trainer", "batch_size=0", E.ConfigError, "batch_size", lambda c: trainer(c, batch_size=0)),

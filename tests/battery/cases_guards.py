@@ -99,6 +99,21 @@ L96 = "system: {K: 8, J: 16}\ntrajectories: 2\nbatch_size: 1\nrecords: 2\nspinup
 _L96_HUGE = L96.replace("trajectories: 2", f"trajectories: {2**31 - 1}").replace("batch_size: 1", f"batch_size: {2**31 - 1}")
 
 
+def _api_ensemble_huge(c: Context) -> Any:
+    import stochclosure as sc
+    from stochclosure.systems.linear import LinearRelaxation
+
+    system = LinearRelaxation(n=8)
+    return sc.ensemble(system, None, torch.zeros(1, 8, 8), 4, members=_HUGE)
+
+
+def _api_sample_huge(c: Context) -> Any:
+    import stochclosure as sc
+
+    model = sc.ClosureModel("vp", {"type": "gaussian", "sde": "vp", "std": 1.0}, {"type": "euler_maruyama", "steps": 2})
+    return model.sample(sc.Conditioning(), n=_HUGE, grid=(64, 64))
+
+
 def _generate_huge(c: Context, name: str) -> Any:
     from stochclosure.data.generate import generate, load_config
 
@@ -153,6 +168,13 @@ CASES: list[BadInput] = [
       E.ResourceError, "'members'", lambda c: _rollout_cli(c, "grm", members=_HUGE), cli=True),
     C("guards_cli_rollout_steps_huge", "stochclosure rollout", "n_steps: 10**12, every step recorded",
       E.ResourceError, "'n_steps'", lambda c: _rollout_cli(c, "grn", n_steps=_HUGE), cli=True),
+    C("guards_ensemble_members_huge", "ensemble", "members=10**12 from Python", E.ResourceError, "'members'",
+      _api_ensemble_huge),
+    C("guards_sample_n_huge", "ClosureModel.sample", "n=10**12 draws of a 64x64 field", E.ResourceError, "'n'",
+      _api_sample_huge),
+    C("guards_sample_integer_dtype", "ClosureModel.sample", "dtype=torch.int64", E.DTypeError, "'dtype'",
+      lambda c: __import__("stochclosure").ClosureModel("vp", {"type": "gaussian", "sde": "vp", "std": 1.0}).sample(
+          Conditioning(), n=1, grid=(8, 8), dtype=torch.int64)),
     C("guards_demo_members_huge", "run_demo", "members=10**12", E.ResourceError, "'members'",
       lambda c: _demo(c, "gdm", members=_HUGE)),
     C("guards_cli_demo_members_huge", "stochclosure demo", "--members 10**12", E.ResourceError, "'members'",

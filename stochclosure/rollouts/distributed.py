@@ -49,19 +49,19 @@ def _gather_members(x: Tensor, axis: int, sizes: list[int]) -> Tensor:
 
 def distributed_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, members: int, *, seed: int,
                          **kwargs: Any) -> RolloutResult:
-    """:func:`~stochclosure.rollout.ensemble` with the members sharded across ``torch.distributed`` ranks.
+    """:func:`~stochclosure.rollouts.ensemble` with the members sharded across ``torch.distributed`` ranks.
 
     Joins the process group from the ``torchrun`` environment when it is not initialised yet
     (gloo on CPU, NCCL for CUDA states); in a single process it is :func:`ensemble`.
 
     Args:
         system: The reduced solver.
-        closure: The closure (see :func:`~stochclosure.rollout.rollout`).
+        closure: The closure (see :func:`~stochclosure.rollouts.rollout`).
         state0: ``(C, *spatial)`` or ``(B, C, *spatial)`` initial state(s).
         n_steps: Solver steps.
         members: Ensemble size (at least the number of ranks).
         seed: Seeds the ensemble; the same seed gives the members of ``ensemble(..., seed=seed)``.
-        **kwargs: Other :func:`~stochclosure.rollout.rollout` arguments (``keyed`` must stay True).
+        **kwargs: Other :func:`~stochclosure.rollouts.rollout` arguments (``keyed`` must stay True).
 
     Returns:
         The whole ensemble on every rank (``trace`` is ``None``: each rank traced only its slice);
@@ -102,6 +102,22 @@ def distributed_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int
         closures = dict(zip(steps, stacked.unbind(0)))
     seconds = part.step_seconds.clone()
     dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    nonfinite_step, finite = _gather_nonfinite(part, axis - 1, sizes)
     return RolloutResult(states=states, times=part.times, steps=part.steps, step_seconds=seconds,
                          batch_dims=part.batch_dims, event_dims=part.event_dims, member_dim=part.member_dim,
-                         closures=closures, trace=None)
+                         closures=closures, trace=None, nonfinite_step=nonfinite_step, finite_members=finite)
+
+
+def _gather_nonfinite(part: RolloutResult, axis: int, sizes: list[int]) -> tuple[int | None, Tensor | None]:
+    """The earliest non-finite step over the ranks and the whole ensemble's finite mask (``on_nonfinite='mark'``)."""
+    import torch.distributed as dist
+
+    none = 2**62
+    step = torch.tensor([none if part.nonfinite_step is None else part.nonfinite_step], dtype=torch.int64,
+                        device=part.states.device)
+    dist.all_reduce(step, op=dist.ReduceOp.MIN)
+    if int(step[0]) == none:
+        return None, None
+    batch = tuple(part.states.shape[1:1 + len(part.batch_dims)])
+    mine = torch.ones(batch, dtype=torch.bool) if part.finite_members is None else part.finite_members
+    return int(step[0]), _gather_members(mine.to(torch.uint8).to(part.states.device), axis, sizes).bool()

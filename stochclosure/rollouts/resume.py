@@ -1,6 +1,6 @@
 """Checkpointed ensembles: a long rollout that survives a kill and resumes exactly.
 
-:func:`resumable_ensemble` runs :func:`~stochclosure.rollout.ensemble` and every
+:func:`resumable_ensemble` runs :func:`~stochclosure.rollouts.ensemble` and every
 ``checkpoint_every`` steps writes everything the rollout loop carries (state, the between-draws
 policy state, history, the member keys, the records and closures so far) to one safetensors file,
 atomically (temporary file, fsync, rename). A restarted call with the same arguments continues
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,15 @@ from torch import Tensor
 from .._io import preflight_output
 from ..checkpoint import load_tensors, save_tensors
 from ..errors import CheckpointError, ConfigError, format_error
+from .carry import PolicyState, RolloutCarry
 from .core import rollout
 from .result import RolloutResult
 
-__all__ = ["resumable_ensemble", "run_fingerprint", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["resumable_ensemble", "run_fingerprint", "carry_to_tensors", "carry_from_tensors", "FORMAT",
+           "FORMAT_VERSION"]
 
 FORMAT = "stochclosure.rollout-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _digest_tensor(h: Any, t: Tensor) -> None:
@@ -65,27 +68,60 @@ def run_fingerprint(system: Any, closure: Any, state0: Tensor, n_steps: int, mem
     return h.hexdigest()
 
 
-def _save(path: Path, carry: dict[str, Any], seeds: Tensor | None, fingerprint: str) -> None:
-    tensors: dict[str, Tensor] = {"state": carry["state"], "seconds": torch.tensor(carry["seconds"],
-                                                                                     dtype=torch.float64)}
+def carry_to_tensors(carry: RolloutCarry, prefix: str = "") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A carry as named tensors and JSON metadata (the one serialiser of :class:`RolloutCarry`).
+
+    Args:
+        carry: The carry.
+        prefix: Prefix of every tensor name (to store it beside other tensors).
+
+    Returns:
+        ``(tensors, meta)``; :func:`carry_from_tensors` inverts it.
+    """
+    t: dict[str, Tensor] = {"state": carry.state, "seconds": torch.tensor(carry.seconds, dtype=torch.float64)}
+    if carry.policy.held is not None:
+        t["held"] = carry.policy.held
+    memory = sorted(k for k, v in carry.policy.memory.items() if v is not None)
+    t.update({f"policy.{k}": carry.policy.memory[k] for k in memory})  # type: ignore[misc]
+    t.update({f"past.{i}": p for i, p in enumerate(carry.past)})
+    t.update({f"records.{i}": r for i, r in enumerate(carry.records)})
+    t.update({f"closures.{s}": u for s, u in carry.closures.items()})
+    if carry.finite is not None:
+        t["finite"] = carry.finite.to(torch.uint8)
+    meta = {"step": int(carry.step), "rec_steps": [int(r) for r in carry.rec_steps], "policy_memory": memory,
+            "closure_steps": sorted(int(s) for s in carry.closures), "n_past": len(carry.past),
+            "nonfinite_step": carry.nonfinite_step}
+    # one storage per entry: the state is often also the last record, the held draw a closure
+    return {prefix + k: v.detach().clone() for k, v in t.items()}, meta
+
+
+def carry_from_tensors(tensors: dict[str, Tensor], meta: dict[str, Any], prefix: str = "") -> RolloutCarry:
+    """The :class:`RolloutCarry` that :func:`carry_to_tensors` wrote."""
+    t = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        finite = t.get("finite")
+        return RolloutCarry(
+            step=int(meta["step"]), state=t["state"], past=deque(t[f"past.{i}"] for i in range(int(meta["n_past"]))),
+            policy=PolicyState(held=t.get("held"), memory={k: t[f"policy.{k}"] for k in meta["policy_memory"]}),
+            records=[t[f"records.{i}"] for i in range(len(meta["rec_steps"]))],
+            rec_steps=[int(r) for r in meta["rec_steps"]],
+            closures={int(s): t[f"closures.{s}"] for s in meta["closure_steps"]},
+            seconds=t["seconds"].tolist(), finite=None if finite is None else finite.bool(),
+            nonfinite_step=meta.get("nonfinite_step"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(format_error("checkpoint", "a complete rollout carry", f"missing or bad entry {exc}",
+                                           "delete the checkpoint to start over")) from None
+
+
+def _save(path: Path, carry: RolloutCarry, seeds: Tensor | None, fingerprint: str) -> None:
+    tensors, meta = carry_to_tensors(carry)
     if seeds is not None:
         tensors["seeds"] = seeds
-    for k in ("anchor", "e", "z"):
-        if carry[k] is not None:
-            tensors[k] = carry[k]
-    for i, p in enumerate(carry["past"]):
-        tensors[f"past.{i}"] = p
-    for i, r in enumerate(carry["records"]):
-        tensors[f"records.{i}"] = r
-    for s, u in carry["closures"].items():
-        tensors[f"closures.{s}"] = u
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
-            "step": int(carry["step"]), "rec_steps": [int(r) for r in carry["rec_steps"]],
-            "closure_steps": sorted(int(s) for s in carry["closures"]), "n_past": len(carry["past"])}
+    meta.update({"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint})
     save_tensors(path, tensors, {"stochclosure": json.dumps(meta)})
 
 
-def _load(path: Path, fingerprint: str) -> tuple[dict[str, Any], Tensor | None]:
+def _load(path: Path, fingerprint: str) -> tuple[RolloutCarry, Tensor | None]:
     from safetensors import safe_open
 
     try:
@@ -104,21 +140,17 @@ def _load(path: Path, fingerprint: str) -> tuple[dict[str, Any], Tensor | None]:
                                        "steps, members, seed and options)", f"{str(path)!r}, written by another run",
                                        "rerun with the original arguments, or delete the checkpoint"))
     t = load_tensors(path)
-    carry = {"step": meta["step"], "state": t["state"], "anchor": t.get("anchor"), "e": t.get("e"),
-             "z": t.get("z"), "past": [t[f"past.{i}"] for i in range(meta["n_past"])],
-             "records": [t[f"records.{i}"] for i in range(len(meta["rec_steps"]))], "rec_steps": meta["rec_steps"],
-             "closures": {s: t[f"closures.{s}"] for s in meta["closure_steps"]}, "seconds": t["seconds"].tolist()}
-    return carry, t.get("seeds")
+    return carry_from_tensors(t, meta), t.get("seeds")
 
 
 def resumable_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, members: int, *, seed: int,
                        checkpoint: str | os.PathLike[str], checkpoint_every: int = 50,
                        **kwargs: Any) -> RolloutResult:
-    """:func:`~stochclosure.rollout.ensemble` with periodic checkpoints; resumes after a kill.
+    """:func:`~stochclosure.rollouts.ensemble` with periodic checkpoints; resumes after a kill.
 
     Args:
         system: The reduced solver.
-        closure: The closure (see :func:`~stochclosure.rollout.rollout`).
+        closure: The closure (see :func:`~stochclosure.rollouts.rollout`).
         state0: ``(C, *spatial)`` or ``(B, C, *spatial)`` initial state(s).
         n_steps: Solver steps.
         members: Ensemble size.
@@ -126,10 +158,10 @@ def resumable_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, 
         checkpoint: Checkpoint file (``.safetensors``); continued from when it exists. A checkpoint
             of another run raises :class:`~stochclosure.errors.ConfigError`.
         checkpoint_every: Solver steps between checkpoints (one is also written at the end).
-        **kwargs: Other :func:`~stochclosure.rollout.rollout` arguments; ``keyed`` must stay True.
+        **kwargs: Other :func:`~stochclosure.rollouts.rollout` arguments; ``keyed`` must stay True.
 
     Returns:
-        The :class:`~stochclosure.rollout.RolloutResult` an uninterrupted
+        The :class:`~stochclosure.rollouts.RolloutResult` an uninterrupted
         ``ensemble(..., seed=seed)`` returns (same states and closures).
 
     Raises:
@@ -154,8 +186,8 @@ def resumable_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, 
     start, seeds = _load(path, fingerprint) if path.exists() else (None, None)
     got: dict[str, Tensor | None] = {"seeds": seeds}
 
-    def on_step(carry: dict[str, Any]) -> None:
-        if carry["step"] % checkpoint_every == 0 or carry["step"] == n_steps:
+    def on_step(carry: RolloutCarry) -> None:
+        if carry.step % checkpoint_every == 0 or carry.step == n_steps:
             _save(path, carry, got["seeds"], fingerprint)
 
     def program() -> RolloutResult:
@@ -172,7 +204,5 @@ def resumable_ensemble(system: Any, closure: Any, state0: Tensor, n_steps: int, 
     with _Grab():
         result = poutine.seed(run, rng_seed=seed)()
     if start is None and n_steps == 0:
-        _save(path, {"step": 0, "state": result.states[-1], "anchor": None, "e": None, "z": None, "past": [],
-                     "records": list(result.states), "rec_steps": result.steps.tolist(), "closures": {},
-                     "seconds": []}, got["seeds"], fingerprint)
+        _save(path, RolloutCarry.initial(result.states[-1]), got["seeds"], fingerprint)
     return result

@@ -27,6 +27,10 @@ class RolloutResult:
         member_dim: Name of the ensemble axis (a member of ``batch_dims``) or ``None``.
         closures: Closure terms drawn at each resampling step, ``{step: (*batch, *event)}``.
         trace: The pyro trace of the rollout's sites.
+        nonfinite_step: With ``on_nonfinite="mark"``: the first step after which some member was
+            non-finite (those members are frozen from there), else ``None``.
+        finite_members: With ``on_nonfinite="mark"`` and some member frozen: ``(*batch)`` bool,
+            ``True`` for members that stayed finite; ``None`` when all did.
     """
 
     states: Tensor
@@ -38,6 +42,8 @@ class RolloutResult:
     member_dim: str | None = None
     closures: dict[int, Tensor] = field(default_factory=dict)
     trace: Any = None
+    nonfinite_step: int | None = None
+    finite_members: Tensor | None = None
 
     @property
     def dims(self) -> tuple[str, ...]:

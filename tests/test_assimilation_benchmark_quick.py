@@ -1,0 +1,37 @@
+"""The assimilation benchmark runs end to end in its --quick mode, reports every forecast model and resumes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "assimilation.py"
+
+
+def test_quick_benchmark_end_to_end(tmp_path):
+    spec = importlib.util.spec_from_file_location("assimilation_bench", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "assimilation_quick.md"
+    res = bench.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out)])
+    text = out.read_text()
+    assert "Quick smoke run" in text and "Navier" in text and "diffusion closure is not in the table" in text
+    twin = json.loads(out.with_suffix(".json").read_text())
+    assert twin["quick"] is True
+    for variant in ("dense", "sparse"):
+        rows = twin["l96"][variant]
+        assert set(rows) == {"perfect model", "no closure", "cubic", "cubic + AR(1)"}
+        for name, r in rows.items():
+            assert r["cycles"] == 20 and r["inflation"] in (1.0, 1.2), name
+            assert math.isfinite(r["rmse_se"]) and r["analysis_fraction"] > 0, name
+        # observing X with std 1, the filter with the perfect model or the cubic closures beats the
+        # observations; the reduced model without closure is far off (its X climate is wrong)
+        for name in ("perfect model", "cubic", "cubic + AR(1)"):
+            assert rows[name]["rmse"] < 0.8 and rows[name]["divergences"] == 0, name
+        assert rows["no closure"]["rmse"] > 2 * rows["cubic"]["rmse"]
+    assert set(twin["ns"]) == {"no closure", "Smagorinsky"}
+    # a second call reads every cached run and gives the same numbers
+    again = bench.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert json.dumps(again["l96"]) == json.dumps(res["l96"]) and json.dumps(again["ns"]) == json.dumps(res["ns"])
