@@ -234,9 +234,11 @@ def test_x_init_keeps_its_dtype():
     op = GaussianScore(sde, mean=M, std=S)
     x0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for name in BUILT_IN:
-        out = sc.resolve("sampler", name).sample(lambda x, t: op(x, t), sde, (4, 2), steps=3, x_init=x0,
-                                                 dtype=torch.float32)
+        sampler = sc.resolve("sampler", name)
+        out = sampler.sample(lambda x, t: op(x, t), sde, (4, 2), steps=3, x_init=x0)
         assert out.dtype == torch.float64, name
+        cast = sampler.sample(lambda x, t: op(x, t), sde, (4, 2), steps=3, x_init=x0, dtype=torch.float32)
+        assert cast.dtype == torch.float32, name  # an explicit dtype casts the start
     assert EulerMaruyama(steps=3).sample(lambda x, t: op(x, t), sde, (4, 2)).dtype == torch.float32
 
 
@@ -358,7 +360,7 @@ def test_torchsde_plugin_shares_the_start_checks():
     sde = sc.resolve("sde", "vp")
     sampler = plugin.TorchSDESampler(steps=3, per_member_noise=False)
     x = torch.zeros(3, 2, dtype=torch.float64)
-    assert sampler.sample(lambda x, t: -x, sde, (3, 2), x_init=x, dtype=torch.float32).dtype == torch.float64
+    assert sampler.sample(lambda x, t: -x, sde, (3, 2), x_init=x).dtype == torch.float64
     x[1, 0] = float("inf")
     with pytest.raises(sc.NonFiniteError, match=r"'x_init'.*members \[1\]"):
         sampler.sample(lambda x, t: -x, sde, (3, 2), x_init=x)

@@ -406,8 +406,8 @@ class GridSampler(AbstractSampler):
                device: torch.device | str | None = None) -> Tensor:
         """Sample ``shape = (batch, *event)``; see :meth:`AbstractSampler.sample`.
 
-        ``dtype`` is the dtype of a prior draw (default float32); an ``x_init`` keeps its own
-        dtype (float64 in, float64 out) and is moved to ``device`` if one is given.
+        ``dtype`` is the dtype of the samples: by default float32 for a prior draw and ``x_init``'s
+        own dtype for a given start (float64 in, float64 out); an explicit ``dtype`` casts ``x_init``.
 
         Raises:
             NonFiniteError: ``x_init`` holds NaN/inf, or (with ``check_finite``) the solve produced them.
@@ -436,7 +436,7 @@ class GridSampler(AbstractSampler):
             return sde.prior_sample(shape, t=t0, data_std=self.data_std, generator=generator,
                                     dtype=torch.float32 if dtype is None else dtype, device=device)
         check_x_init(x_init, shape)
-        return x_init if device is None else x_init.to(device=device)
+        return x_init.to(dtype=x_init.dtype if dtype is None else dtype, device=device)
 
 
 def check_x_init(x_init: Any, shape: tuple[int, ...]) -> None:
