@@ -589,9 +589,10 @@ class Registry(Mapping[str, Any]):
             raise ConfigError(format_error(self.kind, "a name, class, instance or {'type': name, ...} dict",
                                            type(spec).__name__))
         kwargs.update(overrides)
+        # JSON forms first (a saved inf is {"__float__": "inf"}), so the type checks see the values themselves
+        kwargs = {k: from_jsonable(v) for k, v in kwargs.items()}
         if inspect.isclass(cls):
             check_config_keys(cls, kwargs, where=self.kind)
-        kwargs = {k: from_jsonable(v) for k, v in kwargs.items()}
         return _construct(self.kind, cls, kwargs, spec)
 
 

@@ -315,8 +315,10 @@ def test_warm_start_refusal_names_the_grid_parameters_to_forward():
     class Dropping(sc.samplers.GridSampler):
         """Drops the skeleton's parameters (the mistake the tutorial warns about)."""
 
-        solver = staticmethod(lambda score_fn, sde, x, ts, **kw: x)
         nfe_per_step = 1
+
+        def step(self, state, t_cur, t_next, score_fn, noise):
+            return state
 
         def __init__(self, steps: int | None = None) -> None:
             super().__init__(steps)

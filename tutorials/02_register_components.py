@@ -17,7 +17,7 @@
 # | kind | interface | you implement |
 # |---|---|---|
 # | `sde` | `stochclosure.sdes.AbstractSDE` | `marginal_coefficients`, `drift`, `diffusion` |
-# | `sampler` | `stochclosure.samplers.AbstractSampler` (or the `GridSampler` skeleton) | `sample`, `nfe` (or one `solver` function) |
+# | `sampler` | `stochclosure.samplers.AbstractSampler` (or the `GridSampler` skeleton) | `sample`, `nfe` (or one `step` method) |
 # | `encoder` | `stochclosure.encoders.AbstractConditioningEncoder` | `out_channels`, `forward(cond, grid)` |
 # | `score_operator` | `stochclosure.scores.AbstractScoreOperator` | `forward(x, t, cond)` |
 #
@@ -63,8 +63,7 @@ import stochclosure as sc  # noqa: E402
 from stochclosure import Conditioning  # noqa: E402
 from stochclosure.encoders import AbstractConditioningEncoder  # noqa: E402
 from stochclosure.fft import spectral_resample  # noqa: E402
-from stochclosure.samplers import GridSampler, NoiseSource, StepInfo  # noqa: E402
-from stochclosure.samplers.base import Callback  # noqa: E402
+from stochclosure.samplers import GridSampler, NoiseSource, SolverState  # noqa: E402
 from stochclosure.scores import AbstractScoreOperator, wavenumbers  # noqa: E402
 from stochclosure.sdes import AbstractSDE, expand_as_batch  # noqa: E402
 
@@ -142,68 +141,55 @@ class CosineVPSDE(AbstractSDE):
 # `eta = 0` is the deterministic DDIM, `eta = 1` the ancestral (DDPM) sampler. It works for any
 # SDE with a Gaussian kernel: VE, VP, ours.
 #
-# Rather than implementing `sample()` from scratch, subclass the `GridSampler` skeleton and give
-# it one *solver function* with the shared signature `solver(score_fn, sde, x, ts, *, noise,
-# callback, **options)`. The skeleton builds the decreasing time grid `ts` `(steps + 1,)`, draws
-# the starting point, counts network evaluations and finishes with Tweedie's denoising step. It
-# also lets rollouts control the starting noise per ensemble member (reproducible members,
-# `NoiseAR1`, `deterministic=`), which a sampler written directly against
-# `AbstractSampler` does not offer (such a sampler works in rollouts with `keyed=False`).
-# Random numbers come from `noise` (a `NoiseSource`), never from the global generator, so the
-# same seed gives the same samples.
-#
-# Keep the skeleton's own parameters (`t_start`, `t_end`, `rho`, `data_std`, `denoise`) in your
-# `__init__` and pass them on to `GridSampler.__init__`: the recorded spec (checkpoints,
-# `WarmStart`, which restarts the sampler from a chosen `t_start`) holds exactly the parameters
-# your `__init__` names, so a sampler that drops them cannot be warm-started or restored as
-# configured. Only the solver's own options (`eta` here) go in as extra keywords.
+# Rather than implementing `sample()` from scratch, subclass `GridSampler`, the driver every
+# built-in sampler uses, and write one `step(state, t_cur, t_next, score_fn, noise) -> state`
+# that moves `state.x` from `t_cur` to `t_next < t_cur`. The driver builds the time grid (`grid=`
+# a name such as `"log_snr"`, or explicit `{"times": [...]}` / `{"sigmas": [...]}`), draws the
+# starting point, counts network evaluations, calls callbacks, finishes with Tweedie's denoising
+# step and checks the result is finite. `__init__` declares only the sampler's own options,
+# keyword-only, and forwards `**common` (`grid`, `t_start`, `t_end`, `rho`, `denoise`,
+# `data_std`, `check_finite`) to the driver, which shows them all in the merged signature, so a
+# configuration or checkpoint can set any of them and rollouts can control the starting noise
+# per ensemble member (reproducible members, `NoiseAR1`, `WarmStart`), which a sampler written
+# directly against `AbstractSampler` does not offer (such a sampler works in rollouts with
+# `keyed=False`). Random numbers come from `noise` (a `NoiseSource`), never from the global
+# generator, so the same seed gives the same samples.
 
 
 # %%
-def ddim(score_fn: Any, sde: AbstractSDE, x: Tensor, ts: Tensor, *, noise: NoiseSource,
-         callback: Callback | None = None, eta: float = 1.0) -> Tensor:
-    """DDIM steps over the decreasing grid ``ts`` ``(steps + 1,)``; ``x`` is ``(batch, *event)``."""
-    n = len(ts) - 1
-    for i in range(n):
-        t = torch.full((x.shape[0],), float(ts[i]), dtype=x.dtype, device=x.device)
-        t_next = torch.full_like(t, float(ts[i + 1]))
-        (a, s), (a_n, s_n) = sde.marginal_coefficients(t), sde.marginal_coefficients(t_next)
-        a, s, a_n, s_n = (expand_as_batch(v, x) for v in (a, s, a_n, s_n))
-        score = score_fn(x, t)
-        x0, eps = (x + s**2 * score) / a, -s * score
-        c = eta * s_n * torch.sqrt((1.0 - (a * s_n) ** 2 / (a_n * s) ** 2).clamp(min=0.0))
-        x = a_n * x0 + torch.sqrt((s_n**2 - c**2).clamp(min=0.0)) * eps
-        if eta > 0:
-            x = x + c * noise.normal(x)
-        if callback is not None:
-            callback(StepInfo(i, n, float(ts[i]), float(ts[i + 1]), x, i + 1))
-    return x
-
-
 class DDIM(GridSampler):
     """DDIM (Song, Meng & Ermon 2021); ``eta = 0`` deterministic, ``eta = 1`` ancestral sampling.
 
+    One network evaluation per step; ``x`` is ``(batch, *event)``. Also takes the common
+    arguments of ``GridSampler`` (default 50 steps on the ``"log_snr"`` grid).
+
     Args:
-        steps: Default number of steps (one network evaluation each).
-        grid: Time grid, ``"log_snr"`` by default.
+        steps: Default number of steps.
         eta: Stochasticity in ``[0, 1]``.
-        t_start: First (largest) diffusion time of the grid (``None``: the SDE's ``T``); a
-            warm-started rollout (``WarmStart``) sets it.
-        t_end: Last time of the grid (``None``: the SDE's ``eps``).
-        rho: Exponent of the ``karras_sigma`` grid.
-        denoise: Finish with Tweedie's denoising step.
-        data_std: Std of the data, for a start from ``N(0, sigma^2 + data_std^2)``.
     """
 
-    solver = staticmethod(ddim)
     nfe_per_step: ClassVar[int] = 1
     default_steps: ClassVar[int] = 50
+    default_grid: ClassVar[str] = "log_snr"
 
-    def __init__(self, steps: int | None = None, grid: str = "log_snr", eta: float = 1.0,
-                 t_start: float | None = None, t_end: float | None = None, rho: float = 7.0,
-                 denoise: bool = True, data_std: float = 0.0) -> None:
-        super().__init__(steps, grid, t_start=t_start, t_end=t_end, rho=rho, denoise=denoise,
-                         data_std=data_std, eta=float(eta))
+    def __init__(self, steps: int | None = None, *, eta: float = 1.0, **common: Any) -> None:
+        if not 0.0 <= eta <= 1.0:
+            raise sc.ConfigError(sc.errors.format_error("eta", "a float in [0, 1]", repr(eta)))
+        super().__init__(steps, **common)
+        self.eta = float(eta)
+
+    def step(self, state: SolverState, t_cur: float, t_next: float, score_fn: Any,
+             noise: NoiseSource) -> SolverState:
+        x, sde = state.x, state.sde
+        t = torch.full((x.shape[0],), t_cur, dtype=x.dtype, device=x.device)
+        (a, s), (a_n, s_n) = sde.marginal_coefficients(t), sde.marginal_coefficients(torch.full_like(t, t_next))
+        a, s, a_n, s_n = (expand_as_batch(v, x) for v in (a, s, a_n, s_n))
+        score = score_fn(x, t)
+        x0, eps = (x + s**2 * score) / a, -s * score
+        c = self.eta * s_n * torch.sqrt((1.0 - (a * s_n) ** 2 / (a_n * s) ** 2).clamp(min=0.0))
+        x = a_n * x0 + torch.sqrt((s_n**2 - c**2).clamp(min=0.0)) * eps
+        state.x = x + c * noise.normal(x) if self.eta > 0 else x
+        return state
 
 
 # %% [markdown]
@@ -465,12 +451,11 @@ import stochclosure as sc
 from stochclosure import Conditioning
 from stochclosure.encoders import AbstractConditioningEncoder
 from stochclosure.fft import spectral_resample
-from stochclosure.samplers import GridSampler, NoiseSource, StepInfo
-from stochclosure.samplers.base import Callback
+from stochclosure.samplers import GridSampler, NoiseSource, SolverState
 from stochclosure.scores import AbstractScoreOperator, wavenumbers
 from stochclosure.sdes import AbstractSDE, expand_as_batch
 '''
-body = "\n\n".join(inspect.getsource(obj) for obj in (CosineVPSDE, ddim, DDIM, LaplacianEncoder, EncodedGaussianScore))
+body = "\n\n".join(inspect.getsource(obj) for obj in (CosineVPSDE, DDIM, LaplacianEncoder, EncodedGaussianScore))
 (pkg / "__init__.py").write_text(HEADER + "\n\n" + body)
 (src / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n')
 (src / "setup.cfg").write_text(textwrap.dedent("""\

@@ -1,9 +1,10 @@
-"""Samplers: the interface, time grids, noise sources and the built-in algorithms."""
+"""Samplers: the interface, the shared grid-sampler driver, time grids, noise sources, the built-in algorithms."""
 
 from . import grids
-from .base import AbstractSampler, CountingScore, GaussianNoise, GridSampler, NoiseSource, StepInfo
+from .base import AbstractSampler, CountingScore, GaussianNoise, GridSampler, NoiseSource, SolverState, StepInfo
 from .brownian import BrownianNoise
 from .consistency import ConsistencySampler, consistency_sampling
+from .denoiser import DenoiserScore
 from .dpm_solver import DPMSolverPP2M, dpm_solver_pp_2m
 from .edm import EDMHeun, edm_heun
 from .euler_maruyama import EulerMaruyama, TruncatedKarrasEM, euler_maruyama
@@ -14,6 +15,8 @@ __all__ = [
     "AbstractSampler",
     "GridSampler",
     "StepInfo",
+    "SolverState",
+    "DenoiserScore",
     "NoiseSource",
     "GaussianNoise",
     "CountingScore",

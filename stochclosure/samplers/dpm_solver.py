@@ -12,89 +12,93 @@ replacing it by a linear extrapolation through the previous evaluation (ratio ``
     ``D = (1 + 1 / (2 r)) x0_hat_i - 1 / (2 r) x0_hat_{i-1}``
 
 gives the second-order multistep rule, one evaluation per step. Only ``alpha_t`` and ``sigma_t``
-enter, so VE (``alpha = 1``), VP and sub-VP are all covered.
+enter, so VE (``alpha = 1``), VP and sub-VP are all covered. The step's coefficients are Python
+floats computed in float64 (``math.expm1``), so a float64 solve is float64 throughout.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from .._types import ScoreFn
+from ..errors import ConfigError, format_error
 from ..sdes.base import AbstractSDE
-from .base import Callback, GridSampler, NoiseSource, StepInfo
+from .base import Callback, GaussianNoise, GridSampler, NoiseSource, SolverState
 
 __all__ = ["dpm_solver_pp_2m", "DPMSolverPP2M"]
 
 
-def dpm_solver_pp_2m(score_fn: ScoreFn, sde: AbstractSDE, x: Tensor, ts: Tensor, *, noise: NoiseSource,
+class DPMSolverPP2M(GridSampler):
+    """DPM-Solver++(2M) (Lu et al. 2022): one evaluation per step, second order, any VE/VP/sub-VP SDE.
+
+    ``nfe = steps + denoise``. Also takes the common arguments of
+    :class:`~stochclosure.samplers.base.GridSampler` (default 20 steps on the ``"log_snr"`` grid,
+    uniform in ``log(alpha_t / sigma_t)``; ``"karras_sigma"`` also works well). With
+    ``grid={"sigmas": [..., 0]}`` and ``lower_order_final=False`` it is k-diffusion's
+    ``sample_dpmpp_2m`` (whose step to noise level 0 is the denoising step).
+
+    Args:
+        steps: Default number of steps.
+        lower_order_final: Take the last step with the first-order rule. The second-order
+            correction extrapolates the denoiser over the largest log-SNR step, which is
+            unstable at few steps; the first-order last step keeps global order 2.
+    """
+
+    nfe_per_step: ClassVar[int] = 1
+    default_steps: ClassVar[int] = 20
+    default_grid: ClassVar[str] = "log_snr"
+    stochastic: ClassVar[bool] = False
+    accepts_noise: ClassVar[bool] = False
+
+    def __init__(self, steps: int | None = None, *, lower_order_final: bool = True, **common: Any) -> None:
+        if not isinstance(lower_order_final, bool):
+            raise ConfigError(format_error("lower_order_final", "true or false", repr(lower_order_final)))
+        super().__init__(steps, **common)
+        self.lower_order_final = lower_order_final
+
+    def init(self, state: SolverState, times: list[float]) -> SolverState:
+        """``alpha``, ``sigma`` and ``lambda = log(alpha / sigma)`` on the whole grid, as float64 Python floats."""
+        alpha, sigma = state.sde.marginal_coefficients(torch.tensor(times, dtype=torch.float64))
+        lam = torch.log(alpha) - torch.log(sigma)
+        state.memory.update(alpha=alpha.tolist(), sigma=sigma.tolist(), lam=lam.tolist(), prev_x0=None, h_prev=0.0)
+        return state
+
+    def step(self, state: SolverState, t_cur: float, t_next: float, score_fn: ScoreFn,
+             noise: NoiseSource) -> SolverState:
+        x, i, mem = state.x, state.index, state.memory
+        tb = torch.full((x.shape[0],), t_cur, dtype=x.dtype, device=x.device)
+        x0 = state.sde.denoise(x, tb, score_fn(x, tb))
+        h = mem["lam"][i + 1] - mem["lam"][i]
+        if mem["prev_x0"] is None or (self.lower_order_final and i == state.n_steps - 1):
+            d = x0
+        else:
+            r = mem["h_prev"] / h
+            d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * mem["prev_x0"]
+        state.x = (mem["sigma"][i + 1] / mem["sigma"][i]) * x - (mem["alpha"][i + 1] * math.expm1(-h)) * d
+        mem["prev_x0"], mem["h_prev"] = x0, h
+        return state
+
+
+def dpm_solver_pp_2m(score_fn: ScoreFn, sde: AbstractSDE, x: Tensor, ts: Tensor, *, noise: NoiseSource | None = None,
                      callback: Callback | None = None, lower_order_final: bool = True) -> Tensor:
-    """Integrate the probability-flow ODE over ``ts`` with DPM-Solver++(2M).
+    """Integrate the probability-flow ODE over ``ts`` with DPM-Solver++(2M) (the shared driver, no denoising).
 
     Args:
         score_fn: ``score_fn(x, t)``.
         sde: Forward SDE.
         x: ``(batch, *event)`` state at ``ts[0]``.
         ts: ``(steps + 1,)`` decreasing times (``"log_snr"`` grids are the paper's choice).
-        noise: Unused (deterministic); part of the shared signature.
+        noise: Unused (deterministic).
         callback: Called after each step.
-        lower_order_final: Take the last step with the first-order rule. The second-order
-            correction extrapolates the denoiser over the largest log-SNR step, which is
-            unstable at few steps; the first-order last step keeps global order 2.
+        lower_order_final: First-order final step (see :class:`DPMSolverPP2M`).
 
     Returns:
         ``(batch, *event)`` state at ``ts[-1]``.
     """
-    n = len(ts) - 1
-    ts64 = ts.detach().to(device="cpu", dtype=torch.float64)
-    alpha, sigma = sde.marginal_coefficients(ts64)
-    lam = torch.log(alpha) - torch.log(sigma)
-    prev_x0: Tensor | None = None
-    h_prev = 0.0
-    for i in range(n):
-        t_cur, t_next = float(ts64[i]), float(ts64[i + 1])
-        tb = torch.full((x.shape[0],), t_cur, dtype=x.dtype, device=x.device)
-        x0 = sde.denoise(x, tb, score_fn(x, tb))
-        h = float(lam[i + 1] - lam[i])
-        first_order = prev_x0 is None or (lower_order_final and i == n - 1)
-        if first_order:
-            d = x0
-        else:
-            r = h_prev / h
-            d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * prev_x0
-        x = float(sigma[i + 1] / sigma[i]) * x - float(alpha[i + 1]) * float(torch.expm1(torch.tensor(-h))) * d
-        prev_x0, h_prev = x0, h
-        if callback is not None:
-            callback(StepInfo(i, n, t_cur, t_next, x, i + 1))
-    return x
-
-
-class DPMSolverPP2M(GridSampler):
-    """DPM-Solver++(2M) (Lu et al. 2022): one evaluation per step, second order, any VE/VP/sub-VP SDE.
-
-    ``nfe = steps + denoise``.
-
-    Args:
-        steps: Default number of steps.
-        grid: Time grid (default ``"log_snr"``, uniform in ``log(alpha_t / sigma_t)``;
-            ``"karras_sigma"`` also works well).
-        t_start: Start time (default ``sde.T``).
-        t_end: End time (default ``sde.eps``).
-        rho: Karras-grid exponent.
-        denoise: Finish with Tweedie's denoising step (one more evaluation).
-        data_std: Std of the data assumed by the starting law.
-        lower_order_final: First-order final step (see :func:`dpm_solver_pp_2m`).
-    """
-
-    solver = staticmethod(dpm_solver_pp_2m)
-    nfe_per_step: ClassVar[int] = 1
-    default_steps: ClassVar[int] = 20
-    stochastic: ClassVar[bool] = False
-    accepts_noise: ClassVar[bool] = False
-
-    def __init__(self, steps: int | None = None, grid: str = "log_snr", t_start: float | None = None,
-                 t_end: float | None = None, rho: float = 7.0, denoise: bool = True, data_std: float = 0.0,
-                 lower_order_final: bool = True) -> None:
-        super().__init__(steps, grid, t_start, t_end, rho, denoise, data_std, lower_order_final=bool(lower_order_final))
+    sampler = DPMSolverPP2M(steps=len(ts) - 1, lower_order_final=lower_order_final, denoise=False)
+    return sampler.integrate(score_fn, sde, x, ts, noise=GaussianNoise() if noise is None else noise,
+                             callback=callback)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -10,7 +10,7 @@ from torch import Tensor
 from .._types import ScoreFn
 from ..errors import ConfigError, format_error
 from ..sdes.base import AbstractSDE, expand_as_batch
-from .base import Callback, GridSampler, NoiseSource, StepInfo
+from .base import Callback, GaussianNoise, GridSampler, NoiseSource, SolverState
 
 __all__ = ["langevin_corrector", "predictor_corrector", "PredictorCorrector"]
 
@@ -32,16 +32,55 @@ def langevin_corrector(score_fn: ScoreFn, x: Tensor, tb: Tensor, *, snr: float, 
     return x + eps * s + torch.sqrt(2.0 * eps) * z
 
 
-def predictor_corrector(score_fn: ScoreFn, sde: AbstractSDE, x: Tensor, ts: Tensor, *, noise: NoiseSource,
-                        callback: Callback | None = None, snr: float = 0.16, n_corrector: int = 1) -> Tensor:
-    """At each grid time: ``n_corrector`` Langevin steps, then one Euler–Maruyama predictor step.
+class PredictorCorrector(GridSampler):
+    """Reverse-SDE Euler–Maruyama predictor with a Langevin corrector.
+
+    At each grid time: ``n_corrector`` Langevin steps, then one Euler–Maruyama predictor step;
+    ``nfe = steps (1 + n_corrector) + denoise``. Also takes the common arguments of
+    :class:`~stochclosure.samplers.base.GridSampler` (default 500 steps, uniform grid).
+
+    Args:
+        steps: Default number of predictor steps.
+        snr: Langevin signal-to-noise ratio (0.16 in Song et al. for VE on CIFAR-10).
+        n_corrector: Corrector steps per predictor step.
+    """
+
+    default_steps: ClassVar[int] = 500
+
+    def __init__(self, steps: int | None = None, *, snr: float = 0.16, n_corrector: int = 1, **common: Any) -> None:
+        if not (isinstance(snr, (int, float)) and not isinstance(snr, bool) and 0 < snr < float("inf")):
+            raise ConfigError(format_error("snr", "a positive finite float", repr(snr)))
+        if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
+            raise ConfigError(format_error("n_corrector", "an integer >= 0", repr(n_corrector)))
+        super().__init__(steps, **common)
+        self.snr, self.n_corrector = float(snr), n_corrector
+
+    def nfe(self, steps: int | None = None) -> int:
+        return self._steps(steps) * (1 + self.n_corrector) + int(self.denoise)
+
+    def step(self, state: SolverState, t_cur: float, t_next: float, score_fn: ScoreFn,
+             noise: NoiseSource) -> SolverState:
+        x, sde = state.x, state.sde
+        tb = torch.full((x.shape[0],), t_cur, dtype=x.dtype, device=x.device)
+        for _ in range(self.n_corrector):
+            x = langevin_corrector(score_fn, x, tb, snr=self.snr, noise=noise)
+        drift = sde.reverse_drift(x, tb, score_fn(x, tb))
+        g = expand_as_batch(sde.diffusion(tb), x)
+        state.x = x + drift * (t_next - t_cur) + g * noise.increment(t_cur, t_next, x)
+        return state
+
+
+def predictor_corrector(score_fn: ScoreFn, sde: AbstractSDE, x: Tensor, ts: Tensor, *,
+                        noise: NoiseSource | None = None, callback: Callback | None = None, snr: float = 0.16,
+                        n_corrector: int = 1) -> Tensor:
+    """Predictor–corrector steps over ``ts`` (the shared driver, no denoising).
 
     Args:
         score_fn: ``score_fn(x, t)``.
         sde: Forward SDE.
         x: ``(batch, *event)`` state at ``ts[0]``.
         ts: ``(steps + 1,)`` decreasing times.
-        noise: Source of randomness.
+        noise: Source of randomness (default: torch's global generator).
         callback: Called after each step.
         snr: Langevin signal-to-noise ratio.
         n_corrector: Corrector steps per grid time.
@@ -49,50 +88,6 @@ def predictor_corrector(score_fn: ScoreFn, sde: AbstractSDE, x: Tensor, ts: Tens
     Returns:
         ``(batch, *event)`` state at ``ts[-1]``.
     """
-    n = len(ts) - 1
-    nfe = 0
-    for i in range(n):
-        t_cur, t_next = float(ts[i]), float(ts[i + 1])
-        tb = torch.full((x.shape[0],), t_cur, dtype=x.dtype, device=x.device)
-        for _ in range(n_corrector):
-            x = langevin_corrector(score_fn, x, tb, snr=snr, noise=noise)
-            nfe += 1
-        drift = sde.reverse_drift(x, tb, score_fn(x, tb))
-        nfe += 1
-        g = expand_as_batch(sde.diffusion(tb), x)
-        x = x + drift * (t_next - t_cur) + g * noise.increment(t_cur, t_next, x)
-        if callback is not None:
-            callback(StepInfo(i, n, t_cur, t_next, x, nfe))
-    return x
-
-
-class PredictorCorrector(GridSampler):
-    """Reverse-SDE Euler–Maruyama predictor with a Langevin corrector.
-
-    Args:
-        steps: Default number of predictor steps.
-        snr: Langevin signal-to-noise ratio (0.16 in Song et al. for VE on CIFAR-10).
-        n_corrector: Corrector steps per predictor step.
-        grid: Time grid.
-        t_start: Start time.
-        t_end: End time.
-        rho: Karras-grid exponent.
-        denoise: Finish with Tweedie's denoising step.
-        data_std: Std of the data assumed by the starting law.
-    """
-
-    solver = staticmethod(predictor_corrector)
-    default_steps: ClassVar[int] = 500
-
-    def __init__(self, steps: int | None = None, snr: float = 0.16, n_corrector: int = 1, grid: str = "uniform",
-                 t_start: float | None = None, t_end: float | None = None, rho: float = 7.0, denoise: bool = True,
-                 data_std: float = 0.0) -> None:
-        if not snr > 0:
-            raise ConfigError(format_error("snr", "a positive float", repr(snr)))
-        if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
-            raise ConfigError(format_error("n_corrector", "an integer >= 0", repr(n_corrector)))
-        super().__init__(steps, grid, t_start, t_end, rho, denoise, data_std, snr=float(snr), n_corrector=n_corrector)
-
-    def nfe(self, steps: int | None = None) -> int:
-        n = self.steps if steps is None else steps
-        return n * (1 + self.options["n_corrector"]) + int(self.denoise)
+    sampler = PredictorCorrector(steps=len(ts) - 1, snr=snr, n_corrector=n_corrector, denoise=False)
+    return sampler.integrate(score_fn, sde, x, ts, noise=GaussianNoise() if noise is None else noise,
+                             callback=callback)

@@ -10,7 +10,8 @@ components, rollouts, training, HDF5, checkpoints, configuration files and the c
 memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints), ``cases_closures``
 (physics closures, noise and residual laws), ``cases_da`` (assimilation experiment
 configurations), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts),
-``cases_layers`` (the command line's config schemas and their path rule).
+``cases_layers`` (the command line's config schemas and their path rule), ``cases_samplers`` (sampler
+options, grids, starting points, non-finite solves).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from .cases_learned import CASES as _LEARNED
 from .cases_plugins import CASES as _PLUGINS
 from .cases_rollout import CASES as _ROLLOUT
 from .cases_runs import CASES as _RUNS
+from .cases_samplers import CASES as _SAMPLERS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
 CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
-                         *_DA, *_ROLLOUT, *_LAYERS]
+                         *_DA, *_ROLLOUT, *_LAYERS, *_SAMPLERS]

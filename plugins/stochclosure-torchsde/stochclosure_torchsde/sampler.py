@@ -12,7 +12,7 @@ from torch import Tensor
 
 from stochclosure._types import ScoreFn
 from stochclosure.errors import ConfigError, ShapeError, format_error
-from stochclosure.samplers.base import AbstractSampler, Callback, NoiseSource, StepInfo, check_steps
+from stochclosure.samplers.base import AbstractSampler, Callback, NoiseSource, StepInfo, check_steps, check_x_init
 from stochclosure.sdes.base import AbstractSDE
 
 from .brownian import MemberBrownian, member_entropies
@@ -160,7 +160,7 @@ class TorchSDESampler(AbstractSampler):
 
     def sample(self, score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], *, steps: int | None = None,
                generator: torch.Generator | None = None, noise: NoiseSource | None = None,
-               callback: Callback | None = None, x_init: Tensor | None = None, dtype: torch.dtype = torch.float32,
+               callback: Callback | None = None, x_init: Tensor | None = None, dtype: torch.dtype | None = None,
                device: torch.device | str | None = None) -> Tensor:
         if noise is not None:
             raise ConfigError(format_error("noise", "None (torchsde draws its own Brownian motion)",
@@ -174,11 +174,11 @@ class TorchSDESampler(AbstractSampler):
         # The Brownian seed is drawn first, so member i's noise does not depend on the batch size.
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         if x_init is None:
-            x = sde.prior_sample(shape, t=t0, data_std=self.data_std, generator=generator, dtype=dtype, device=device)
+            x = sde.prior_sample(shape, t=t0, data_std=self.data_std, generator=generator,
+                                 dtype=torch.float32 if dtype is None else dtype, device=device)
         else:
-            if tuple(x_init.shape) != shape:
-                raise ShapeError(format_error("x_init", f"shape {shape}", f"shape {tuple(x_init.shape)}"))
-            x = x_init.to(dtype=dtype, device=device)
+            check_x_init(x_init, shape)
+            x = x_init.to(dtype=x_init.dtype if dtype is None else dtype, device=device)  # dtype=None keeps its own
         batch, state, span = shape[0], math.prod(shape[1:]), t0 - t1
         rsde = self.reverse_sde(score_fn, sde, shape[1:])
         bm = self._brownian(batch, state, span, n, seed, x)
