@@ -43,7 +43,8 @@ class ClosureModel(AbstractClosureLaw):
 
     Dtypes: the score network runs in the dtype of the model's parameters; a condition in
     another floating dtype (e.g. a float64 state with a float32 model) is cast to it for the
-    score, and samples come back in the ``dtype`` asked of :meth:`sample` (default float32).
+    score, and samples come back in the ``dtype`` asked of :meth:`sample` (default: ``x_init``'s
+    dtype when given, else float32).
 
     Args:
         sde: Forward SDE (name, spec dict or instance).
@@ -148,7 +149,7 @@ class ClosureModel(AbstractClosureLaw):
     def sample(self, cond: Conditioning | None, n: int = 1, *, sampler: Any = None,
                steps: int | None = None, generator: torch.Generator | None = None, noise: NoiseSource | None = None,
                callback: Callback | None = None, grid: tuple[int, ...] | None = None,
-               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                x_init: Tensor | None = None) -> Tensor:
         """Draw closure terms ``U ~ p(U | cond)`` in one batched solve.
 
@@ -161,7 +162,7 @@ class ClosureModel(AbstractClosureLaw):
             noise: Noise source for stochastic samplers.
             callback: Called after every sampler step.
             grid: Spatial shape; defaults to the condition's grid.
-            dtype: Sample dtype.
+            dtype: Sample dtype (default: the dtype of ``x_init`` when given, else float32).
             device: Sample device (defaults to the condition's).
             x_init: The sampler's starting point in normalised units, ``(n, B, C, *grid)`` (or
                 flattened ``(n * B, C, *grid)``) instead of a prior draw; lets callers control
@@ -196,6 +197,8 @@ class ClosureModel(AbstractClosureLaw):
                                            f"move the condition with cond.to('{own}') or the model with "
                                            f"model.to('{device}')"))
         _check_normalisation(self.target_mean, self.target_std)
+        if dtype is None:
+            dtype = x_init.dtype if isinstance(x_init, Tensor) else torch.float32
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise DTypeError(format_error("dtype", "a floating dtype (torch.float32 or torch.float64)", repr(dtype),
                                           "pass dtype=torch.float32"))

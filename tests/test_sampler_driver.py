@@ -377,10 +377,23 @@ def test_every_sampler_spec_survives_json_and_rebuilds(name):
 
 
 def test_an_explicit_grid_reports_the_range_it_visits():
-    from stochclosure.train import default_t_range
+    from stochclosure.training.trainer import default_t_range
 
     s = sc.resolve("sampler", {"type": "truncated_karras_em", "grid": {"times": [0.3, 0.1, 0.02]}})
     assert (s.t_start, s.t_end, s.steps) == (0.3, 0.02, 2)
     model = sc.ClosureModel("vp", {"type": "gaussian", "sde": "vp", "std": 1.0}, s)
     assert default_t_range(model) == (0.02, 0.3)
     assert EDMHeun(grid={"sigmas": [50.0, 1.0, 0.0]}).t_start is None  # needs the SDE: the trainer uses [eps, T]
+
+
+def test_closure_model_keeps_the_dtype_of_x_init():
+    """``ClosureModel.sample(x_init=float64)`` returns float64 unless a dtype is asked for."""
+    import stochclosure as sc
+
+    model = sc.ClosureModel("vp", {"type": "gaussian", "sde": "vp", "std": 1.0}, {"type": "euler_maruyama", "steps": 3})
+    x0 = torch.randn(2, 1, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    assert model.sample(sc.Conditioning(), n=2, grid=(4, 4), x_init=x0, generator=g).dtype == torch.float64
+    out = model.sample(sc.Conditioning(), n=2, grid=(4, 4), x_init=x0, generator=g, dtype=torch.float32)
+    assert out.dtype == torch.float32
+    assert model.sample(sc.Conditioning(), n=2, grid=(4, 4), generator=g).dtype == torch.float32
