@@ -325,7 +325,7 @@ def test_warm_start_refusal_names_the_grid_parameters_to_forward():
 
     sc.register("sampler", "dropping_frictions", Dropping, overwrite=True)
     try:
-        with pytest.raises(sc.ConfigError, match=r"t_start, t_end, rho and data_std.*GridSampler.__init__"):
+        with pytest.raises(sc.ConfigError, match=r"t_start, t_end, rho, data_std.*super\(\).__init__\(steps, \*\*common\)"):
             WarmStart(t_start=0.2).sampler_for(SimpleNamespace(sampler=Dropping(steps=3)))
     finally:
         registry.get_registry("sampler").unregister("dropping_frictions")

@@ -479,8 +479,9 @@ class WarmStart(BetweenDrawPolicy):
         if "t_start" not in spec:
             raise ConfigError(format_error(
                 "sampler", "a sampler with a t_start option (a grid sampler)", f"{spec.get('type')!r}",
-                "use e.g. dpm_solver_pp_2m or consistency; a custom GridSampler must pass t_start, t_end, rho "
-                "and data_std on to GridSampler.__init__ so that spec() lists them"))
+                "use e.g. dpm_solver_pp_2m or consistency; a custom GridSampler must forward the common grid "
+                "arguments (t_start, t_end, rho, data_std, grid: take **common and call "
+                "super().__init__(steps, **common), as tutorial 02 does) so that spec() lists them"))
         return resolve("sampler", {**spec, "t_start": float(self.t_start)})
 
     def init(self, ctx: DrawContext) -> PolicyState:
