@@ -34,7 +34,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from ._types import Conditioning
+from ._types import Conditioning, _map_tensors
 from .errors import IncompatibleComponentsError, ShapeError, StochClosureError, format_error
 from .samplers.base import GaussianNoise, NoiseSource
 from .scores.base import bind_score
@@ -587,26 +587,35 @@ class ClosureLawDistribution(pdist.TorchDistribution):
         return torch.randn((n_b, *self.latent_event), generator=inner).to(self.dtype), inner
 
     def sample(self, sample_shape: Any = torch.Size()) -> Tensor:
-        """One draw per element, ``batch_shape + event_shape`` (``sample_shape`` must be empty)."""
+        """One draw per element, ``batch_shape + event_shape`` (``sample_shape`` must be empty).
+
+        A law with floating parameters sees the condition and latent in its parameters' dtype
+        (a float64 rollout with a float32 network); the draw comes back in ``dtype``.
+        """
         if tuple(sample_shape):
             raise ShapeError(format_error("sample_shape", "() (one draw per element)", repr(tuple(sample_shape))))
         n_b = max(math.prod(tuple(self.batch_shape)), 1)
         cond = self.cond.expand_batch(n_b) if self.cond.batch_size == 1 and n_b > 1 else self.cond
+        own = _parameter_dtype(self.law)
+        if own is not None:
+            cond = _map_tensors(cond, lambda k, v: v if k == "obs_points" or not v.is_floating_point() else v.to(own))
         if self.frozen_seed is not None:
-            u = self._frozen(cond, n_b)
+            u = self._frozen(cond, n_b, own)
         else:
             latent, inner = self._latent(n_b)
+            latent = latent if latent is None or own is None else latent.to(own)
             u = self.law.draw(cond, latent, grid=self.grid, generator=inner)
         return u.to(self.dtype).reshape(tuple(self.batch_shape) + tuple(self.event_shape))
 
-    def _frozen(self, cond: Conditioning, n_b: int) -> Tensor:
+    def _frozen(self, cond: Conditioning, n_b: int, own: torch.dtype | None = None) -> Tensor:
         """The mean of ``average`` draws whose latents (and inner noise) are the same for every element."""
         gen = torch.Generator().manual_seed(int(self.frozen_seed))  # type: ignore[arg-type]
         total = None
         for _ in range(self.average):
             latent = None
             if not self.is_dirac:
-                latent = torch.randn(self.latent_event, generator=gen).to(self.dtype).expand(n_b, *self.latent_event)
+                latent = torch.randn(self.latent_event, generator=gen).to(own or self.dtype).expand(
+                    n_b, *self.latent_event)
             u = self.law.draw(cond, latent, grid=self.grid, generator=gen)
             total = u if total is None else total + u
         assert total is not None
@@ -620,3 +629,9 @@ class ClosureLawDistribution(pdist.TorchDistribution):
         v = value.reshape(-1, n_b, *self.event_shape) if lead else value.reshape(1, n_b, *self.event_shape)
         lp = self.law.log_prob(v, self.cond)
         return lp.reshape(lead if lead else batch)
+
+
+def _parameter_dtype(law: Any) -> torch.dtype | None:
+    """The dtype of a law's first floating parameter (``None`` for a law without any)."""
+    params = law.parameters() if hasattr(law, "parameters") else ()
+    return next((p.dtype for p in params if p.is_floating_point()), None)

@@ -133,3 +133,25 @@ def test_the_deterministic_closure_works_for_any_law_with_a_latent(setup):
     assert_close(a.closures[0][0], law.a * v0 + law.s * z, rtol=1e-6, what="mean of 4 frozen draws")
     with pytest.raises(IncompatibleComponentsError, match="'deterministic'"):
         rollout(system, DiracLaw(), v0, 2, deterministic=2)
+
+
+class _ConvLaw(AbstractClosureLaw):
+    """A law whose network (one float32 convolution) does not cast its inputs itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
+
+    def latent_shape(self, cond, grid):
+        return (1, *grid)
+
+    def draw(self, cond, latent, *, grid=None, generator=None):
+        return self.conv(cond.fields) + 0.01 * latent
+
+
+def test_a_float32_law_closes_a_float64_rollout():
+    """A law with float32 parameters sees the condition in float32; the draw comes back in the state's dtype."""
+    system = sc.resolve("system", {"type": "navier_stokes_2d", "n": 16, "closure": "G"})
+    state0 = system.initial_state(1, generator=torch.Generator().manual_seed(0))[0].double()
+    res = ensemble(system, _ConvLaw(), state0, 2, members=2, seed=0)
+    assert res.members.dtype == torch.float64 and bool(torch.isfinite(res.members).all())

@@ -146,6 +146,9 @@ def test_07_custom_closure_law(tmp_path):
     st = res["stencil_relative"]  # the diffusion part of G: a discrete Laplacian
     assert all(0.15 < v < 0.5 for v in (st[0][1], st[1][0], st[1][2], st[2][1]))
     assert all(abs(v) < 0.2 for v in (st[0][0], st[0][2], st[2][0], st[2][2]))  # measured: 0.31-0.36 and |corners| <= 0.10
+    roll = res["rollouts"]  # the reloaded user law in ensemble, Predictive and `stochclosure rollout`
+    assert roll["finite"] and roll["cli_exit"] == 0 and roll["final_spread"] > 0
+    assert roll["ensemble_shape"][1:] == [8, 1, 16, 16] and roll["predictive_closure_shape"] == [4, 1, 16, 16]
 
 
 EXPECTED = ["01_quickstart", "02_register_components", "03_uncertainty_quantification", "04_ensemble_rollouts",
