@@ -34,13 +34,14 @@ import os
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from pyro import poutine
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .. import metrics
 from .._io import exclusive_lock, preflight_output
@@ -219,19 +220,7 @@ def assimilate(system: Any, closure: Any, truth_state0: Any, *, observation: Abs
         raise ShapeError(format_error("truth_state0", f"one state {tuple(event)} (the observation's event)",
                                       f"reduced truth of shape {tuple(truth_r.shape)}"))
     rms_std = float(op.std_vector(event).pow(2).mean().sqrt())
-    if initial_ensemble is None:
-        spread0 = rms_std if init_spread is None else float(init_spread)
-        if not (math.isfinite(spread0) and spread0 >= 0):
-            raise ConfigError(format_error("init_spread", "a non-negative std", repr(init_spread)))
-        noise = torch.randn((members, *truth_r.shape), generator=_generator(seed, "init", 0), dtype=torch.float64)
-        ens0 = (truth_r.double() + spread0 * noise).to(truth_r.dtype)
-    elif isinstance(initial_ensemble, Tensor) and tuple(initial_ensemble.shape) == (members, *truth_r.shape):
-        ens0 = initial_ensemble
-    else:
-        got = f"shape {tuple(initial_ensemble.shape)}" if isinstance(initial_ensemble, Tensor) else \
-            type(initial_ensemble).__name__
-        raise ShapeError(format_error("initial_ensemble", f"a tensor {(members, *truth_r.shape)} (members, C, *grid)",
-                                      got))
+    ens0 = _initial_ensemble(truth_r, members, initial_ensemble, init_spread, rms_std, seed)
     threshold = 5.0 * rms_std if divergence_rmse is None else float(divergence_rmse)
     flt.analyse(ens0[:2], op.apply(truth_r), op, generator=torch.Generator().manual_seed(0))  # probe: shapes, locations
     keys = torch.randint(0, 2**62, (members,), generator=_generator(seed, "member-keys", 0), dtype=torch.int64)
@@ -243,6 +232,8 @@ def assimilate(system: Any, closure: Any, truth_state0: Any, *, observation: Abs
     identity = json.dumps({**config, "truth_state0": describe(truth_state0), "initial_ensemble": describe(ens0)},
                           sort_keys=True, default=str)
     fingerprint = hashlib.sha256(identity.encode()).hexdigest()
+    run = _Run(system, closure, twin, op, flt, infl, members, steps_per_cycle, dt, seed, keys, threshold,
+               rollout_kwargs)
 
     # -- the loop, fresh or from the checkpoint --
     ens, carry, records, done, stopped = ens0, None, Records(record_fields), 0, False
@@ -252,49 +243,89 @@ def assimilate(system: Any, closure: Any, truth_state0: Any, *, observation: Abs
     with exclusive_lock(path, "checkpoint") if path is not None else contextlib.nullcontext():
         if path is not None and path.exists():
             done, stopped, ens, tstate, records, carry = _restore(path, fingerprint, cycles, record_fields, infl)
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=cycles, initial=done, disable=not progress, desc="assimilate", leave=False)
         while done < cycles and not stopped:
-            c = done
-            tic = time.perf_counter()
-            forecast, carry = _forecast(system, closure, ens, carry, c, steps_per_cycle, dt, keys, seed,
-                                        rollout_kwargs)
-            scores = {"forecast_seconds": time.perf_counter() - tic, "times": (c + 1) * steps_per_cycle * dt}
-            tstate = twin.advance(tstate, steps_per_cycle * dt, _generator(seed, "truth", c))
-            truth_r = twin.reduced(tstate)
-            y = op.sample(truth_r, _generator(seed, "observation", c))
-            if not bool(torch.isfinite(forecast).all()):                 # the forecast blew up: record and stop
-                stopped, analysis, ranks = True, forecast, torch.zeros(members + 1, dtype=torch.int64)
-                fmean = amean = forecast.double().mean(0)
-                scores.update({k: math.nan for k in SCORES if k not in scores}, inflation=infl.factor,
-                              analysis_seconds=0.0)
-                diverged = True
-            else:
-                fmean, scores["forecast_rmse"], scores["forecast_spread"], scores["forecast_crps"] = \
-                    _scores(forecast, truth_r)
-                hx = op.apply(forecast.double())
-                ranks = metrics.rank_histogram(hx, op.apply(truth_r.double()), generator=_generator(seed, "ranks", c))
-                tic = time.perf_counter()
-                with torch.no_grad():
-                    inflated = infl.apply(forecast, y, op, generator=_generator(seed, "inflation", c))
-                    analysis = flt.analyse(inflated, y, op, generator=_generator(seed, "analysis", c))
-                scores["analysis_seconds"] = time.perf_counter() - tic
-                amean, scores["analysis_rmse"], scores["analysis_spread"], scores["analysis_crps"] = \
-                    _scores(analysis, truth_r)
-                scores.update(inflation=infl.factor,
-                              innovation_rms=float((y.double() - hx.mean(0)).pow(2).mean().sqrt()))
-                diverged = not (math.isfinite(scores["analysis_rmse"]) and scores["analysis_rmse"] <= threshold)
-            records.append(scores, diverged, ranks, y,
-                           {"truth": truth_r, "forecast_mean": fmean.to(truth_r.dtype),
-                            "analysis_mean": amean.to(truth_r.dtype)})
-            ens, done = analysis, c + 1
+            ens, tstate, carry, scores, diverged, stopped = run.cycle(done, ens, tstate, carry, records)
+            done += 1
             if path is not None:
                 _save(path, fingerprint, done, stopped, ens, keys, tstate, records, carry, infl)
             bar.update(1)
             if on_cycle is not None:
-                on_cycle(c, {**scores, "diverged": diverged})
+                on_cycle(done - 1, {**scores, "diverged": diverged})
         bar.close()
         if path is not None and not path.exists():
             _save(path, fingerprint, done, stopped, ens, keys, tstate, records, carry, infl)
     return records.result(done, members, spinup, op.n_obs(event), ens, stopped, config)
+
+
+def _initial_ensemble(truth_r: Tensor, members: int, initial_ensemble: Tensor | None, init_spread: float | None,
+                      rms_std: float, seed: int) -> Tensor:
+    """The given ``(M, C, *grid)`` ensemble, or the reduced truth plus ``init_spread`` standard normal noise."""
+    if initial_ensemble is None:
+        spread0 = rms_std if init_spread is None else float(init_spread)
+        if not (math.isfinite(spread0) and spread0 >= 0):
+            raise ConfigError(format_error("init_spread", "a non-negative std", repr(init_spread)))
+        noise = torch.randn((members, *truth_r.shape), generator=_generator(seed, "init", 0), dtype=torch.float64)
+        return (truth_r.double() + spread0 * noise).to(truth_r.dtype)
+    if isinstance(initial_ensemble, Tensor) and tuple(initial_ensemble.shape) == (members, *truth_r.shape):
+        return initial_ensemble
+    got = f"shape {tuple(initial_ensemble.shape)}" if isinstance(initial_ensemble, Tensor) else \
+        type(initial_ensemble).__name__
+    raise ShapeError(format_error("initial_ensemble", f"a tensor {(members, *truth_r.shape)} (members, C, *grid)", got))
+
+
+@dataclass
+class _Run:
+    """The fixed parts of one twin experiment; :meth:`cycle` runs one forecast/analysis cycle."""
+
+    system: Any
+    closure: Any
+    twin: AbstractTwin
+    op: AbstractObservation
+    flt: AbstractEnsembleFilter
+    infl: AbstractInflation
+    members: int
+    steps_per_cycle: int
+    dt: float
+    seed: int
+    keys: Tensor
+    threshold: float
+    rollout_kwargs: dict[str, Any]
+
+    def cycle(self, c: int, ens: Tensor, tstate: Any, carry: Any, records: Records
+              ) -> tuple[Tensor, Any, Any, dict[str, Any], bool, bool]:
+        """Cycle ``c``: forecast, advance the truth, observe, analyse, record; returns the new
+        ``(ensemble, truth state, carry, scores, diverged, stopped)``."""
+        seed, op = self.seed, self.op
+        tic = time.perf_counter()
+        forecast, carry = _forecast(self.system, self.closure, ens, carry, c, self.steps_per_cycle, self.dt, self.keys,
+                                    seed, self.rollout_kwargs)
+        scores = {"forecast_seconds": time.perf_counter() - tic, "times": (c + 1) * self.steps_per_cycle * self.dt}
+        tstate = self.twin.advance(tstate, self.steps_per_cycle * self.dt, _generator(seed, "truth", c))
+        truth_r = self.twin.reduced(tstate)
+        y = op.sample(truth_r, _generator(seed, "observation", c))
+        stopped = not bool(torch.isfinite(forecast).all())
+        if stopped:                                                  # the forecast blew up: record and stop
+            analysis, ranks = forecast, torch.zeros(self.members + 1, dtype=torch.int64)
+            fmean = amean = forecast.double().mean(0)
+            scores.update({k: math.nan for k in SCORES if k not in scores}, inflation=self.infl.factor,
+                          analysis_seconds=0.0)
+            diverged = True
+        else:
+            fmean, scores["forecast_rmse"], scores["forecast_spread"], scores["forecast_crps"] = \
+                _scores(forecast, truth_r)
+            hx = op.apply(forecast.double())
+            ranks = metrics.rank_histogram(hx, op.apply(truth_r.double()), generator=_generator(seed, "ranks", c))
+            tic = time.perf_counter()
+            with torch.no_grad():
+                inflated = self.infl.apply(forecast, y, op, generator=_generator(seed, "inflation", c))
+                analysis = self.flt.analyse(inflated, y, op, generator=_generator(seed, "analysis", c))
+            scores["analysis_seconds"] = time.perf_counter() - tic
+            amean, scores["analysis_rmse"], scores["analysis_spread"], scores["analysis_crps"] = \
+                _scores(analysis, truth_r)
+            scores.update(inflation=self.infl.factor,
+                          innovation_rms=float((y.double() - hx.mean(0)).pow(2).mean().sqrt()))
+            diverged = not (math.isfinite(scores["analysis_rmse"]) and scores["analysis_rmse"] <= self.threshold)
+        records.append(scores, diverged, ranks, y, {"truth": truth_r, "forecast_mean": fmean.to(truth_r.dtype),
+                                                    "analysis_mean": amean.to(truth_r.dtype)})
+        return analysis, tstate, carry, scores, diverged, stopped
