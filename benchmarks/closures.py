@@ -1,0 +1,549 @@
+"""Learned closures against the strongest classical closures of the 2-D subgrid term, with calibration.
+
+``python benchmarks/closures.py`` (about 20 minutes on one core) writes ``benchmarks/results/closures.md``
+and ``.json``; every stage is cached in ``benchmarks/work/closures/`` (ignored by git) so an
+interrupted run resumes where it stopped (``--fresh`` discards the cache). ``--quick`` is a smoke
+run on a tiny DNS (seconds) that writes ``closures_quick.*``.
+
+Setting: the DNS of ``benchmarks/physics_closures.py`` (128², ``nu = 2e-4``, ``dt = 2.5e-4``, no
+stochastic forcing), filtered to 32² in two ways: Gaussian filter of width ``2/n`` with the coarse
+solver's 2/3-rule nonlinear term (the main setting, where the closure is almost a function of the
+coarse field) and sharp spectral cut-off with the exact coarse nonlinear term (the genuinely
+stochastic setting: the closure is the true subgrid term only). 32 independent trajectories,
+split by trajectory: 20 train, 4 validation, 8 test; each spun up 0.25 time units, then recorded
+every 0.02 (16 records for train / validation, 31 for test). The whole configuration (sizes, seeds,
+steps, architectures) was fixed before any test score was computed; only the spread inflation is
+tuned, on the validation split.
+
+Closures, each fitted or trained on the training split and scored on the test split in one run: no
+closure; Smagorinsky with ``c_s`` fitted by least squares; ADM of order 10; the gradient model;
+ADM + white / coloured Gaussian noise with the amplitude (and spectrum) fitted on the training
+residuals ``U - ADM``; the coloured one with a post-hoc spread inflation fitted on the validation
+split (offline: the factor that makes the validation spread-skill 1; online: the same on
+validation rollouts); a deterministic FNO (modes up to the grid's Nyquist, D4 augmentation, ADM
+as an input channel, mean squared error); and the heteroscedastic Gaussian residual law
+``U = ADM + r``, ``r ~ N(mu(y), sigma(y)^2)`` coloured in space, ADM as an input channel, trained
+by the Gaussian CRPS or the NLL through ``ResidualLaw.loss``. No diffusion closure is trained here.
+
+Offline scores on the test snapshots, with standard errors over the 8 test trajectories: R² of the
+ensemble mean, fair CRPS, energy score, spread-skill, 80 % interval coverage (16 draws), the
+spectrum error (mean over radial wavenumbers ``1..n/2`` of ``|log10(S_draws / S_true)|``) and
+network evaluations per draw. Online (Gaussian filter): 16 held-out cases (the 8 test trajectories
+from 0 and from 0.1 time units after spin-up), 8 members for the stochastic laws, the closure drawn
+at every coarse step (``dt = 1e-3``, four DNS steps), compared with the filtered DNS at t = 0.1,
+0.24 and 0.5: relative error of the ensemble mean, fair CRPS and spread-skill, with standard errors
+over the 8 trajectories, and the share of finite runs. The noise laws are drawn every step either
+afresh (white in time) or with an AR(1) in their latent whose memory is the fitted memory of
+the training residual ``U - ADM``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from physics_closures import FINE, QUICK_FINE, atomic_write_text  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+WORK = ROOT / "work" / "closures"
+
+SETTINGS = [("gaussian", "two_thirds"), ("spectral", "exact")]
+CONFIG: dict[str, Any] = {
+    "fine": FINE, "n": 32, "seed": 11, "spinup_steps": 1000, "record_every": 80,
+    "trajectories": {"train": 20, "val": 4, "test": 8}, "records": {"train": 16, "val": 16, "test": 31},
+    "coarse_every": 4, "adm_order": 10, "draws": 16,
+    "backbone": {"type": "fno", "sde": "vp", "encoder": {"type": "field"}, "width": 24, "modes": 16, "layers": 4},
+    "train": {"batch_size": 16, "max_steps": 600, "lr": 3e-3, "warmup_steps": 20, "ema_rel_std": 0.05,
+              "augment": "d4", "val_every": 300, "seed": 0},
+    "online": {"starts": [0, 5], "members": 8, "times": [0.1, 0.24, 0.5], "val_time": 0.24, "seed": 3},
+}
+QUICK: dict[str, Any] = {
+    **CONFIG, "fine": QUICK_FINE, "n": 16, "spinup_steps": 20, "record_every": 10,
+    "trajectories": {"train": 3, "val": 1, "test": 2}, "records": {"train": 3, "val": 3, "test": 6},
+    "coarse_every": 2, "adm_order": 10, "draws": 4,
+    "backbone": {"type": "fno", "sde": "vp", "encoder": {"type": "field"}, "width": 8, "modes": 4, "layers": 2},
+    "train": {**CONFIG["train"], "batch_size": 4, "max_steps": 6, "warmup_steps": 0, "val_every": 6},
+    "online": {"starts": [0, 1], "members": 3, "times": [0.02, 0.04], "val_time": 0.02, "seed": 3},
+}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- the work folder ------------------------------------------------------------------------------------
+def _save(path: Path, obj: Any) -> None:
+    from stochclosure.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def cached(work: Path, name: str, make: Callable[[], Any]) -> Any:
+    """``make()``, stored as ``work/name.pt`` and read back on the next run."""
+    path = work / f"{name}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    value = make()
+    _save(path, value)
+    return value
+
+
+# -- data --------------------------------------------------------------------------------------------------
+def system_of(cfg: dict[str, Any], setting: tuple[str, str]) -> Any:
+    from stochclosure.systems.subgrid import NavierStokes2DSubgrid
+
+    return NavierStokes2DSubgrid(n=cfg["n"], filter=setting[0], coarse_nonlinear=setting[1], **cfg["fine"])
+
+
+def dns_split(cfg: dict[str, Any], split: str) -> dict[str, Tensor]:
+    """Filtered fields and closures of one split, ``(trajectories, records, 1, n, n)`` float32, per setting."""
+    systems = [system_of(cfg, s) for s in SETTINGS]
+    fine = systems[0]
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + ["train", "val", "test"].index(split))
+    w = fine.fine_initial_state(cfg["trajectories"][split], generator=gen, dtype=torch.float64)
+    w = fine.fine.simulate(w, cfg["spinup_steps"], generator=gen)
+    out: dict[str, list[Tensor]] = {}
+    for r in range(cfg["records"][split]):
+        if r:
+            w = fine.fine.simulate(w, cfg["record_every"], generator=gen)
+        for s, sysm in zip(SETTINGS, systems):
+            key = "/".join(s)
+            out.setdefault(f"{key}:w", []).append(sysm.filter(w).float())
+            out.setdefault(f"{key}:u", []).append(sysm.closure_term(w).float())
+    steps = cfg["spinup_steps"] + (cfg["records"][split] - 1) * cfg["record_every"]
+    cost = (time.perf_counter() - t0) / (cfg["trajectories"][split] * steps * cfg["fine"]["dt"])
+    return {**{k: torch.stack(v, 1) for k, v in out.items()}, "dns_seconds_per_time_unit": torch.tensor(cost)}
+
+
+def flat(x: Tensor) -> Tensor:
+    """``(T, R, 1, n, n) -> (T * R, 1, n, n)``."""
+    return x.flatten(0, 1)
+
+
+# -- closures ------------------------------------------------------------------------------------------------
+class Inflated:
+    """``physics.mean + alpha * remainder draw`` of a physics + remainder law (post-hoc spread inflation)."""
+
+    def __init__(self, law: Any, alpha: float) -> None:
+        self.law, self.alpha = law, float(alpha)
+        self.physics, self.residual = law.physics, law.residual
+        self.nfe_per_draw = law.nfe_per_draw
+
+    def sample(self, cond: Any, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        m = self.physics.mean(cond)
+        return m + self.alpha * (self.law.sample(cond, n, generator=generator) - m)
+
+
+def physics_laws(system: Any, cfg: dict[str, Any], train: tuple[Tensor, Tensor]) -> dict[str, Any]:
+    from stochclosure._types import Conditioning
+    from stochclosure.closures import ADM, GradientModel, PhysicsPlusNoise, Smagorinsky
+
+    w, u = train
+    adm = ADM.from_system(system, order=cfg["adm_order"])
+    smag = Smagorinsky.fit(Conditioning(fields=w), u, filter=system.filter_kind, filter_width=system.filter_width,
+                           coarse_nonlinear=system.coarse_nonlinear)
+    out = {"Smagorinsky, fitted c_s": smag, f"ADM order {cfg['adm_order']}": adm,
+           "gradient": GradientModel.from_system(system)}
+    for noise in ("white", "coloured"):
+        law = PhysicsPlusNoise(ADM.from_system(system, order=cfg["adm_order"]), noise)
+        out[f"ADM + {noise} noise"] = law.fit(Conditioning(fields=w), u)
+    return out
+
+
+def learned_law(kind: str, system: Any, cfg: dict[str, Any]) -> Any:
+    from stochclosure.closures import ADM, DeterministicClosure, GaussianClosure, ResidualLaw
+
+    backbone = {**cfg["backbone"], "encoder": {"type": "field", "channels": 2}}
+    inputs = [ADM.from_system(system, order=cfg["adm_order"])]
+    if kind == "deterministic":
+        return DeterministicClosure(backbone, inputs=inputs)
+    remainder = GaussianClosure(backbone, loss=kind, noise="coloured", spectrum_bins=cfg["n"], inputs=inputs)
+    return ResidualLaw(ADM.from_system(system, order=cfg["adm_order"]), remainder)
+
+
+def train_law(kind: str, system: Any, cfg: dict[str, Any], data: dict[str, tuple[Tensor, Tensor]],
+              work: Path, key: str) -> tuple[Any, dict[str, Any]]:
+    """Train (or load) the learned law ``kind`` on the training split; returns it and its history."""
+    from stochclosure._types import Conditioning
+    from stochclosure.data import TensorClosureDataset
+    from stochclosure.train import Trainer
+
+    torch.manual_seed(cfg["train"]["seed"])
+    law = learned_law(kind, system, cfg)
+    (w, u), (wv, uv) = data["train"], data["val"]
+    if kind != "deterministic":
+        law.fit_normalisation(Conditioning(fields=w), u)
+
+    def fit() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        opts = {k: v for k, v in cfg["train"].items() if k != "seed"}
+        trainer = Trainer(law, TensorClosureDataset(u, fields=w), TensorClosureDataset(uv, fields=wv),
+                          seed=cfg["train"]["seed"], val_draws=0 if kind == "deterministic" else 4,
+                          progress=False, normalise_targets=kind == "deterministic", **opts)
+        result = trainer.fit()
+        return {"state": law.state_dict(), "seconds": time.perf_counter() - t0,
+                "history": [dict(h) for h in getattr(result, "history", [])][-2:]}
+
+    stored = cached(work, f"law-{key}-{kind}", fit)
+    law.load_state_dict(stored["state"])
+    law.eval()
+    return law, {"seconds": stored["seconds"], "history": stored["history"]}
+
+
+# -- offline scores -------------------------------------------------------------------------------------------
+def spectrum_error(draws: Tensor, truth: Tensor) -> float:
+    """Mean over radial wavenumbers ``1..n/2`` of ``|log10(S_draws / S_true)|`` (``draws (M, N, 1, n, n)``)."""
+    from stochclosure.closures.learned import isotropic_spectrum
+
+    n = truth.shape[-1]
+    sd = isotropic_spectrum(draws.flatten(0, 1), n // 2 + 1)[0, 1:].double()
+    st = isotropic_spectrum(truth, n // 2 + 1)[0, 1:].double()
+    return float((sd.clamp_min(1e-300) / st.clamp_min(1e-300)).log10().abs().mean())
+
+
+def scorecard(draws: Tensor, truth: Tensor) -> dict[str, float]:
+    """Offline scores of draws ``(M, N, 1, n, n)`` against ``truth (N, 1, n, n)``."""
+    from stochclosure.metrics import offline_scores
+
+    out = offline_scores(draws, truth) if draws.shape[0] > 1 else {
+        **offline_scores(draws.repeat(2, 1, 1, 1, 1), truth), "spread_skill": 0.0}
+    out["spectrum"] = spectrum_error(draws, truth)
+    return out
+
+
+def with_errors(per_group: list[dict[str, float]], pooled: dict[str, float]) -> dict[str, Any]:
+    """Pooled values with standard errors over groups (trajectories): ``{name: [value, se]}``."""
+    out = {}
+    for k, v in pooled.items():
+        vals = torch.tensor([g[k] for g in per_group], dtype=torch.float64)
+        se = float(vals.std() / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
+        out[k] = [float(v), se]
+    return out
+
+
+def offline(law: Any, w: Tensor, u: Tensor, draws: int, seed: int) -> dict[str, Any]:
+    """Scores of ``law`` on test snapshots ``w, u`` ``(T, R, 1, n, n)``, pooled and per trajectory."""
+    from stochclosure._types import Conditioning
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if law is None:
+            d = torch.zeros(1, *flat(u).shape)
+        elif _is_dirac(law):
+            d = law.mean(Conditioning(fields=flat(w))).unsqueeze(0)
+        else:
+            d = law.sample(Conditioning(fields=flat(w)), draws, generator=gen)
+    d = d.reshape(d.shape[0], *u.shape)
+    per = [scorecard(d[:, i], u[i]) for i in range(u.shape[0])]
+    out = with_errors(per, scorecard(d.flatten(1, 2), flat(u)))
+    out["nfe_per_draw"] = float(getattr(law, "nfe_per_draw", 0.0)) if law is not None else 0.0
+    return out
+
+
+def _is_dirac(law: Any) -> bool:
+    from stochclosure.closures import DeterministicClosure, PhysicsClosure
+
+    return isinstance(law, (PhysicsClosure, DeterministicClosure))
+
+
+def inflation_offline(law: Any, wv: Tensor, uv: Tensor, draws: int) -> float:
+    """The factor that makes the validation spread-skill of ``law``'s remainder 1."""
+    from stochclosure._types import Conditioning
+    from stochclosure.metrics import spread_skill_ratio
+
+    cond = Conditioning(fields=flat(wv))
+    with torch.no_grad():
+        ssr = float(spread_skill_ratio(law.sample(cond, draws, generator=torch.Generator().manual_seed(1)), flat(uv)))
+    return 1.0 / ssr
+
+
+# -- online -----------------------------------------------------------------------------------------------------
+def drawer(law: Any, rho: float, alpha: float = 1.0) -> Callable[[Tensor, torch.Generator, dict[str, Any]], Tensor]:
+    """A closure callable ``(state, generator, memory) -> U``.
+
+    Dirac laws give their mean; physics + remainder laws give ``physics.mean + alpha * remainder.draw(z)``
+    with the latent ``z`` an AR(1) in time, ``z <- rho z + sqrt(1 - rho^2) xi`` (``rho = 0``: a
+    fresh draw every step), kept in ``memory``.
+    """
+    from stochclosure._types import Conditioning
+
+    def call(w: Tensor, gen: torch.Generator, memory: dict[str, Any]) -> Tensor:
+        cond = Conditioning(fields=w)
+        if law is None:
+            return torch.zeros_like(w)
+        if _is_dirac(law):
+            return law.mean(cond)
+        shape = (w.shape[0], *law.residual.latent_shape(cond, tuple(w.shape[2:])))
+        xi = torch.randn(shape, generator=gen)
+        z = memory.get("z")
+        z = xi if z is None else rho * z + math.sqrt(1 - rho**2) * xi
+        memory["z"] = z
+        return law.physics.mean(cond) + alpha * law.residual.draw(cond, z, grid=tuple(w.shape[2:]))
+    return call
+
+
+def run_ensemble(system: Any, call: Callable[..., Tensor], w0: Tensor, members: int, steps: list[int], dt: float,
+                 seed: int) -> Tensor:
+    """Coarse ensemble from ``w0 (cases, 1, n, n)``; states at ``steps``, ``(len(steps), members, cases, 1, n, n)``."""
+    gen = torch.Generator().manual_seed(seed)
+    w = w0.repeat(members, 1, 1, 1)
+    memory: dict[str, Any] = {}
+    out = []
+    with torch.no_grad():
+        for s in range(1, max(steps) + 1):
+            w = system.step(w, call(w, gen, memory), dt=dt)
+            if not bool(torch.isfinite(w).all()):
+                w = torch.nan_to_num(w, nan=float("inf"))
+            if s in steps:
+                out.append(w.reshape(members, *w0.shape))
+    return torch.stack(out)
+
+
+def online_scores(states: Tensor, truth: Tensor, groups: Tensor) -> list[dict[str, Any]]:
+    """Per time: ensemble-mean relative error, fair CRPS, spread-skill (pooled, SE over ``groups``), finite share."""
+    from stochclosure.metrics import crps_ensemble, spread_skill_ratio
+
+    out = []
+    for ens, ref in zip(states, truth):  # (M, cases, 1, n, n), (cases, 1, n, n)
+        finite = torch.isfinite(ens).flatten(2).all(-1).all(0).all(-1)
+        ens = torch.where(torch.isfinite(ens), ens, torch.zeros_like(ens).fill_(1e6)).double()
+        ref = ref.double()
+        err = (ens.mean(0) - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
+        m = ens.shape[0]
+        crps = crps_ensemble(ens, ref, fair=m > 1).flatten(1).mean(1) if m > 1 else (ens[0] - ref).abs().flatten(1).mean(1)
+        per = []
+        for g in groups.unique():
+            sel = groups == g
+            ssr = float(spread_skill_ratio(ens[:, sel], ref[sel])) if m > 1 else 0.0
+            per.append({"error": float(err[sel].mean()), "crps": float(crps[sel].mean()), "spread_skill": ssr})
+        pooled = {"error": float(err.mean()), "crps": float(crps.mean()),
+                  "spread_skill": float(spread_skill_ratio(ens, ref)) if m > 1 else 0.0}
+        row = with_errors(per, pooled)
+        row["finite"] = float(finite.double().mean())
+        out.append(row)
+    return out
+
+
+# -- the study --------------------------------------------------------------------------------------------------
+ONLINE_DIRAC = ("no closure", "Smagorinsky, fitted c_s", "ADM order 10", "gradient", "deterministic FNO (ADM input)")
+
+
+def residual_memory(system: Any, cfg: dict[str, Any], w: Tensor, u: Tensor) -> dict[str, float]:
+    """AR(1) fit of the training residual ``U - ADM`` in time and the count of decorrelated snapshots."""
+    from stochclosure._types import Conditioning
+    from stochclosure.closures import ADM, fit_ar1
+
+    interval = cfg["record_every"] * cfg["fine"]["dt"]
+    with torch.no_grad():
+        r = flat(u) - ADM.from_system(system, order=cfg["adm_order"]).mean(Conditioning(fields=flat(w)))
+    fit = fit_ar1(r.reshape(u.shape).transpose(0, 1).double(), dt=interval)
+    rho, t, k = float(fit.rho), u.shape[0], u.shape[1]
+    return {"rho": rho, "tau": float(fit.tau), "sigma": float(fit.sigma), "interval": interval,
+            "snapshots": t * k, "decorrelated": t * k * (1 - rho) / (1 + rho)}
+
+
+def all_laws(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, key: str,
+             info: dict[str, Any]) -> dict[str, Any]:
+    """Every closure of the comparison, fitted / trained on the training split."""
+    train = (flat(data["train"][0]), flat(data["train"][1]))
+    laws: dict[str, Any] = {"no closure": None, **physics_laws(system, cfg, train)}
+    split = {s: (flat(data[s][0]), flat(data[s][1])) for s in ("train", "val")}
+    for kind, name in (("deterministic", "deterministic FNO (ADM input)"), ("crps", "ADM + Gaussian residual (CRPS)"),
+                       ("nll", "ADM + Gaussian residual (NLL)")):
+        _log(f"{key}: training {name}")
+        laws[name], info[name] = train_law(kind, system, cfg, split, work, key.replace("/", "-"))
+    alpha = inflation_offline(laws["ADM + coloured noise"], *data["val"], cfg["draws"])
+    info["offline inflation"] = alpha
+    laws["ADM + coloured noise, inflated (val)"] = Inflated(laws["ADM + coloured noise"], alpha)
+    return laws
+
+
+def online_study(system: Any, cfg: dict[str, Any], data: dict[str, Any], laws: dict[str, Any],
+                 rho: float) -> dict[str, Any]:
+    """Online ensembles of every closure from the held-out cases, plus the validation-fitted inflation."""
+    oc = cfg["online"]
+    dt = cfg["coarse_every"] * system.dt
+    interval = cfg["record_every"] * cfg["fine"]["dt"]
+    recs = [round(t / interval) for t in oc["times"]]
+    steps = [round(t / dt) for t in oc["times"]]
+    wt = data["test"][0]
+    w0 = torch.cat([wt[:, s] for s in oc["starts"]])
+    truth = torch.stack([torch.cat([wt[:, s + r] for s in oc["starts"]]) for r in recs]).double()
+    groups = torch.arange(wt.shape[0]).repeat(len(oc["starts"]))
+    coloured = laws["ADM + coloured noise"]
+    # post-hoc inflation of the AR(1) coloured noise: two fixed-point steps on validation rollouts
+    wv = data["val"][0]
+    vrec, vstep = round(oc["val_time"] / interval), round(oc["val_time"] / dt)
+    alphas, alpha = [], 1.0
+    for _ in range(2):
+        ens = run_ensemble(system, drawer(coloured, rho, alpha), wv[:, 0], oc["members"], [vstep], dt, oc["seed"] + 7)
+        ssr = online_scores(ens, wv[:, vrec].double()[None], torch.arange(wv.shape[0]))[0]["spread_skill"][0]
+        alphas.append({"alpha": alpha, "val_spread_skill": ssr})
+        alpha = alpha / max(ssr, 1e-3)
+    runs: dict[str, tuple[Any, float, float, int]] = {n: (laws[n], 0.0, 1.0, 1) for n in ONLINE_DIRAC}
+    m = oc["members"]
+    runs.update({
+        "ADM + coloured noise, white in time": (coloured, 0.0, 1.0, m),
+        "ADM + coloured noise, AR(1)": (coloured, rho, 1.0, m),
+        "ADM + coloured noise, AR(1), inflated (val)": (coloured, rho, alpha, m),
+        "ADM + Gaussian residual (CRPS), AR(1)": (laws["ADM + Gaussian residual (CRPS)"], rho, 1.0, m),
+        "ADM + Gaussian residual (CRPS), white in time": (laws["ADM + Gaussian residual (CRPS)"], 0.0, 1.0, m),
+    })
+    out: dict[str, Any] = {"times": oc["times"], "dt": dt, "cases": int(w0.shape[0]), "rho_per_step": rho,
+                           "inflation": alphas, "alpha": alpha, "laws": {}}
+    for name, (law, r, a, members) in runs.items():
+        t0 = time.perf_counter()
+        ens = run_ensemble(system, drawer(law, r, a), w0, members, steps, dt, oc["seed"])
+        sec = time.perf_counter() - t0
+        nfe = float(getattr(law, "nfe_per_draw", 0.0)) if law is not None else 0.0
+        out["laws"][name] = {"members": members, "scores": online_scores(ens, truth, groups), "nfe_per_step": nfe,
+                             "seconds_per_member_time_unit": sec / (members * w0.shape[0] * max(oc["times"]))}
+        _log(f"online {name}: error {[round(s['error'][0], 4) for s in out['laws'][name]['scores']]}")
+    return out
+
+
+def evaluate(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The whole study: data, laws, offline and online scores, per setting."""
+    t0 = time.perf_counter()
+    raw = {s: cached(work, f"dns-{s}", lambda s=s: dns_split(cfg, s)) for s in ("train", "val", "test")}
+    dns_seconds = time.perf_counter() - t0
+    _log(f"DNS ready ({dns_seconds:.0f} s)")
+    results: dict[str, Any] = {}
+    for setting in SETTINGS:
+        key = "/".join(setting)
+        system = system_of(cfg, setting)
+        data = {s: (raw[s][f"{key}:w"], raw[s][f"{key}:u"]) for s in raw}
+        info: dict[str, Any] = {"memory": residual_memory(system, cfg, *data["train"]),
+                                "dns_seconds_per_time_unit": float(raw["test"]["dns_seconds_per_time_unit"])}
+        laws = all_laws(system, cfg, data, work, key, info)
+        info["fitted c_s"] = float(laws["Smagorinsky, fitted c_s"].cs)
+        info["rms U"] = float(data["test"][1].pow(2).mean().sqrt())
+        info["offline"] = cached(work, f"offline-{key.replace('/', '-')}", lambda: {
+            name: offline(law, *data["test"], cfg["draws"], seed=5) for name, law in laws.items()})
+        _log(f"{key}: offline R2 " + ", ".join(f"{k}: {v['r2'][0]:.3f}" for k, v in info["offline"].items()))
+        if setting[0] == "gaussian":
+            rho = math.exp(-cfg["coarse_every"] * system.dt / info["memory"]["tau"])
+            info["online"] = cached(work, f"online-{key.replace('/', '-')}",
+                                    lambda: online_study(system, cfg, data, laws, rho))
+        results[f"{setting[0]} / {setting[1]}"] = info
+    return results
+
+
+# -- the report -------------------------------------------------------------------------------------------------
+def _pm(v: list[float], fmt: str = ".3g") -> str:
+    if v[0] == 0 and v[1] == 0:
+        return "-"
+    return f"{v[0]:{fmt}} ± {v[1]:.2g}" if math.isfinite(v[1]) else f"{v[0]:{fmt}}"
+
+
+def _paragraph(i: int) -> str:
+    return (__doc__ or "").split("\n\n")[i].replace("\n", " ").replace("``", "`")
+
+
+def offline_table(info: dict[str, Any]) -> list[str]:
+    lines = ["| closure | R² of mean | CRPS (fair) | energy score | spread-skill | 80 % coverage | spectrum error "
+             "| NFE / draw |", "|---|---|---|---|---|---|---|---|"]
+    for name, sc in info["offline"].items():
+        lines.append(f"| {name} | {_pm(sc['r2'], '.4f')} | {_pm(sc['crps'])} | {_pm(sc['energy'], '.4g')} | "
+                     f"{_pm(sc['spread_skill'])} | {_pm(sc['coverage'])} | {_pm(sc['spectrum'])} | "
+                     f"{sc['nfe_per_draw']:g} |")
+    return lines
+
+
+def online_table(on: dict[str, Any], metric: str) -> list[str]:
+    times = on["times"]
+    lines = ["| closure | members | " + " | ".join(f"t = {t:g}" for t in times) + " | finite at t = "
+             f"{times[-1]:g} |", "|---|---|" + "---|" * (len(times) + 1)]
+    for name, row in on["laws"].items():
+        if metric == "spread_skill" and row["members"] == 1:
+            continue
+        vals = " | ".join(_pm(s[metric]) for s in row["scores"])
+        lines.append(f"| {name} | {row['members']} | {vals} | {row['scores'][-1]['finite']:.2f} |")
+    return lines
+
+
+def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any], cfg: dict[str, Any]) -> None:
+    lines = ["# Learned closures against the strongest classical closures, with calibration", "",
+             f"`python benchmarks/closures.py` ({meta['platform']}, torch {meta['torch']}, 1 thread, "
+             f"{meta['minutes']:.1f} min).", "", _paragraph(2), "", _paragraph(3), "", _paragraph(4), "",
+             f"Learned laws: backbone `{json.dumps(cfg['backbone'])}` with two field channels (the coarse vorticity "
+             f"and ADM's closure), trained by `stochclosure.Trainer` with `{json.dumps(cfg['train'])}`.", ""]
+    for key, info in results.items():
+        mem = info["memory"]
+        lines += [f"## {key}", "",
+                  f"rms U = {info['rms U']:.3g}; fitted c_s = {info['fitted c_s']:.3g}. Residual U - ADM on the "
+                  f"training split: AR(1) rho = {mem['rho']:.3f} per {mem['interval']:g} time units, memory "
+                  f"{mem['tau']:.3g}, rms {mem['sigma']:.3g}; {mem['snapshots']} training snapshots count as "
+                  f"{mem['decorrelated']:.0f} decorrelated ones (n (1 - rho) / (1 + rho) per trajectory). "
+                  f"Offline spread inflation fitted on validation: {info['offline inflation']:.3f}.", "",
+                  "### Offline (test snapshots; ± standard error over test trajectories)", "", *offline_table(info), ""]
+        for name in ("deterministic FNO (ADM input)", "ADM + Gaussian residual (CRPS)", "ADM + Gaussian residual (NLL)"):
+            h = info[name]["history"]
+            lines.append(f"- {name}: trained in {info[name]['seconds']:.0f} s; last log {json.dumps(h[-1]) if h else '-'}")
+        lines.append("")
+        if "online" in info:
+            on = info["online"]
+            lines += [f"### Online ({on['cases']} held-out cases, coarse dt = {on['dt']:g}, AR(1) rho per step "
+                      f"{on['rho_per_step']:.4f})", "",
+                      "Inflation of the AR(1) coloured noise fitted on validation rollouts at t = "
+                      f"{cfg['online']['val_time']:g}: " + "; ".join(
+                          f"alpha {a['alpha']:.3f} gave spread-skill {a['val_spread_skill']:.3f}" for a in on["inflation"])
+                      + f"; used alpha = {on['alpha']:.3f}.", "",
+                      "Relative error of the ensemble mean against the filtered DNS:", "", *online_table(on, "error"), "",
+                      "Fair CRPS (vorticity units, mean over pixels; one member: mean absolute error):", "",
+                      *online_table(on, "crps"), "", "Spread-skill:", "", *online_table(on, "spread_skill"), "",
+                      "Cost: network evaluations per coarse step and seconds per member per simulated time unit "
+                      f"(the DNS: {info['dns_seconds_per_time_unit']:.3g} s per trajectory per time unit):", "",
+                      "| closure | NFE / step | s / member / time unit | x cheaper than the DNS |", "|---|---|---|---|"]
+            for name, row in on["laws"].items():
+                sec = row["seconds_per_member_time_unit"]
+                lines.append(f"| {name} | {row['nfe_per_step']:g} | {sec:.3g} | "
+                             f"{info['dns_seconds_per_time_unit'] / sec:.3g} |")
+            lines.append("")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run on a tiny DNS")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--work", type=Path, default=None, help="work folder (default benchmarks/work/closures)")
+    parser.add_argument("--fresh", action="store_true", help="discard the cached stages in the work folder")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = QUICK if args.quick else CONFIG
+    work = args.work or (WORK / ("quick" if args.quick else "full"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        for f in work.glob("*.pt"):
+            f.unlink()
+    t0 = time.time()
+    results = evaluate(cfg, work)
+    out = args.out or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "closures_quick" if args.quick else "closures"
+    meta = {"platform": f"{platform.machine()}, {platform.python_version()}", "torch": torch.__version__,
+            "minutes": (time.time() - t0) / 60}
+    atomic_write_text(out / f"{stem}.json", json.dumps({"meta": meta, "config": cfg, "results": results}, indent=1))
+    write_markdown(results, out / f"{stem}.md", meta, cfg)
+    _log(f"wrote {out / stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
