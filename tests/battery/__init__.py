@@ -8,7 +8,7 @@ components, rollouts, training, HDF5, checkpoints, configuration files and the c
 (specs read from files, plugin name clashes, misspelt entry-point groups, forgotten init),
 ``cases_guards`` (input guards: half-precision conditions, generators, seeds, sizes too large for
 memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints), ``cases_closures``
-(physics closures, noise and residual laws).
+(physics closures, noise and residual laws), ``cases_residual_training`` (training a residual law).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from .cases_files import CASES as _FILES
 from .cases_guards import CASES as _GUARDS
 from .cases_learned import CASES as _LEARNED
 from .cases_plugins import CASES as _PLUGINS
+from .cases_residual_training import CASES as _RESIDUAL_TRAINING
 from .cases_runs import CASES as _RUNS
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
-CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES]
+CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
+                        *_RESIDUAL_TRAINING]
