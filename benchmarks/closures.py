@@ -98,6 +98,9 @@ def _save(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+COMPUTED: list[str] = []
+
+
 def cached(work: Path, name: str, make: Callable[[], Any]) -> Any:
     """``make()``, stored as ``work/name.pt`` and read back on the next run."""
     path = work / f"{name}.pt"
@@ -105,7 +108,17 @@ def cached(work: Path, name: str, make: Callable[[], Any]) -> Any:
         return torch.load(path, weights_only=False)
     value = make()
     _save(path, value)
+    COMPUTED.append(name)
     return value
+
+
+def record_invocation(work: Path, minutes: float) -> list[dict[str, Any]]:
+    """Append this invocation (minutes, stages computed) to ``work/runs.json``; returns every invocation."""
+    path = work / "runs.json"
+    runs = json.loads(path.read_text()) if path.exists() else []
+    runs.append({"minutes": round(minutes, 2), "computed": list(COMPUTED)})
+    atomic_write_text(path, json.dumps(runs, indent=1))
+    return runs
 
 
 # -- data --------------------------------------------------------------------------------------------------
@@ -642,7 +655,8 @@ def goals(results: dict[str, Any]) -> list[str]:
 def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any], cfg: dict[str, Any]) -> None:
     lines = ["# Learned closures against the strongest classical closures, with calibration", "",
              f"`python benchmarks/closures.py` ({meta['platform']}, torch {meta['torch']}, 1 thread, "
-             f"{meta['minutes']:.1f} min).", "", _paragraph(2), "", _paragraph(3), "", _paragraph(4), "",
+             f"{meta['minutes']:.1f} min of compute over {len(meta['invocations'])} invocation(s) resuming from the "
+             "work folder).", "", _paragraph(2), "", _paragraph(3), "", _paragraph(4), "",
              f"Learned laws: backbone `{json.dumps(cfg['backbone'])}` with two field channels (the coarse vorticity "
              f"and ADM's closure), trained by `stochclosure.Trainer` with `{json.dumps(cfg['train'])}`.", "",
              *goals(results)]
@@ -695,15 +709,16 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or (WORK / ("quick" if args.quick else "full"))
     work.mkdir(parents=True, exist_ok=True)
     if args.fresh:
-        for f in work.glob("*.pt"):
+        for f in [*work.glob("*.pt"), *work.glob("runs.json")]:
             f.unlink()
     t0 = time.time()
     results = evaluate(cfg, work)
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
     stem = "closures_quick" if args.quick else "closures"
+    runs = record_invocation(work, (time.time() - t0) / 60)
     meta = {"platform": f"{platform.machine()}, {platform.python_version()}", "torch": torch.__version__,
-            "minutes": (time.time() - t0) / 60}
+            "minutes": sum(r["minutes"] for r in runs), "invocations": runs}
     atomic_write_text(out / f"{stem}.json", json.dumps({"meta": meta, "config": cfg, "results": results}, indent=1))
     write_markdown(results, out / f"{stem}.md", meta, cfg)
     _log(f"wrote {out / stem}.md")
