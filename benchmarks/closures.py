@@ -232,6 +232,8 @@ def spectrum_error(draws: Tensor, truth: Tensor) -> float:
     n = truth.shape[-1]
     sd = isotropic_spectrum(draws.flatten(0, 1), n // 2 + 1)[0, 1:].double()
     st = isotropic_spectrum(truth, n // 2 + 1)[0, 1:].double()
+    if not bool((sd > 0).all()):
+        return float("inf")  # a closure that is zero at some wavenumber (no closure)
     return float((sd.clamp_min(1e-300) / st.clamp_min(1e-300)).log10().abs().mean())
 
 
@@ -453,9 +455,26 @@ def all_laws(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path,
     return laws
 
 
-def online_study(system: Any, cfg: dict[str, Any], data: dict[str, Any], laws: dict[str, Any],
-                 rho: float) -> dict[str, Any]:
-    """Online ensembles of every closure from the held-out cases, plus the validation-fitted inflation."""
+def online_inflation(system: Any, cfg: dict[str, Any], data: dict[str, Any], law: Any, rho: float
+                     ) -> tuple[float, list[dict[str, float]]]:
+    """Post-hoc inflation of ``law``'s AR(1) remainder: two fixed-point steps on validation rollouts."""
+    oc = cfg["online"]
+    dt = cfg["coarse_every"] * system.dt
+    interval = cfg["record_every"] * cfg["fine"]["dt"]
+    wv = data["val"][0]
+    vrec, vstep = round(oc["val_time"] / interval), round(oc["val_time"] / dt)
+    alphas, alpha = [], 1.0
+    for _ in range(2):
+        ens = run_ensemble(system, drawer(law, rho, alpha), wv[:, 0], oc["members"], [vstep], dt, oc["seed"] + 7)
+        ssr = online_scores(ens, wv[:, vrec].double()[None], torch.arange(wv.shape[0]))[0]["spread_skill"][0]
+        alphas.append({"alpha": alpha, "val_spread_skill": ssr})
+        alpha = alpha / max(ssr, 1e-3)
+    return alpha, alphas
+
+
+def online_runs(system: Any, cfg: dict[str, Any], data: dict[str, Any],
+                runs: dict[str, tuple[Any, float, float, int]]) -> dict[str, Any]:
+    """Scores of the online ensembles ``{name: (law, rho, alpha, members)}`` from the held-out cases."""
     oc = cfg["online"]
     dt = cfg["coarse_every"] * system.dt
     interval = cfg["record_every"] * cfg["fine"]["dt"]
@@ -465,16 +484,24 @@ def online_study(system: Any, cfg: dict[str, Any], data: dict[str, Any], laws: d
     w0 = torch.cat([wt[:, s] for s in oc["starts"]])
     truth = torch.stack([torch.cat([wt[:, s + r] for s in oc["starts"]]) for r in recs]).double()
     groups = torch.arange(wt.shape[0]).repeat(len(oc["starts"]))
+    out = {}
+    for name, (law, r, a, members) in runs.items():
+        t0 = time.perf_counter()
+        ens = run_ensemble(system, drawer(law, r, a), w0, members, steps, dt, oc["seed"])
+        sec = time.perf_counter() - t0
+        nfe = float(getattr(law, "nfe_per_draw", 0.0)) if law is not None else 0.0
+        out[name] = {"members": members, "scores": online_scores(ens, truth, groups), "nfe_per_step": nfe,
+                     "seconds_per_member_time_unit": sec / (members * w0.shape[0] * max(oc["times"]))}
+        _log(f"online {name}: error {[round(v['error'][0], 4) for v in out[name]['scores']]}")
+    return out
+
+
+def online_study(system: Any, cfg: dict[str, Any], data: dict[str, Any], laws: dict[str, Any],
+                 rho: float) -> dict[str, Any]:
+    """Online ensembles of every closure from the held-out cases, plus the validation-fitted inflation."""
+    oc = cfg["online"]
     coloured = laws["ADM + coloured noise"]
-    # post-hoc inflation of the AR(1) coloured noise: two fixed-point steps on validation rollouts
-    wv = data["val"][0]
-    vrec, vstep = round(oc["val_time"] / interval), round(oc["val_time"] / dt)
-    alphas, alpha = [], 1.0
-    for _ in range(2):
-        ens = run_ensemble(system, drawer(coloured, rho, alpha), wv[:, 0], oc["members"], [vstep], dt, oc["seed"] + 7)
-        ssr = online_scores(ens, wv[:, vrec].double()[None], torch.arange(wv.shape[0]))[0]["spread_skill"][0]
-        alphas.append({"alpha": alpha, "val_spread_skill": ssr})
-        alpha = alpha / max(ssr, 1e-3)
+    alpha, alphas = online_inflation(system, cfg, data, coloured, rho)
     runs: dict[str, tuple[Any, float, float, int]] = {n: (laws[n], 0.0, 1.0, 1) for n in ONLINE_DIRAC}
     m = oc["members"]
     runs.update({
@@ -483,17 +510,18 @@ def online_study(system: Any, cfg: dict[str, Any], data: dict[str, Any], laws: d
         "ADM + coloured noise, AR(1), inflated (val)": (coloured, rho, alpha, m),
         "ADM + Gaussian residual (CRPS), AR(1)": (laws["ADM + Gaussian residual (CRPS)"], rho, 1.0, m),
     })
-    out: dict[str, Any] = {"times": oc["times"], "dt": dt, "cases": int(w0.shape[0]), "rho_per_step": rho,
-                           "inflation": alphas, "alpha": alpha, "laws": {}}
-    for name, (law, r, a, members) in runs.items():
-        t0 = time.perf_counter()
-        ens = run_ensemble(system, drawer(law, r, a), w0, members, steps, dt, oc["seed"])
-        sec = time.perf_counter() - t0
-        nfe = float(getattr(law, "nfe_per_draw", 0.0)) if law is not None else 0.0
-        out["laws"][name] = {"members": members, "scores": online_scores(ens, truth, groups), "nfe_per_step": nfe,
-                             "seconds_per_member_time_unit": sec / (members * w0.shape[0] * max(oc["times"]))}
-        _log(f"online {name}: error {[round(s['error'][0], 4) for s in out['laws'][name]['scores']]}")
-    return out
+    return {"times": oc["times"], "dt": cfg["coarse_every"] * system.dt,
+            "cases": data["test"][0].shape[0] * len(oc["starts"]), "rho_per_step": rho, "inflation": alphas,
+            "alpha": alpha, "laws": online_runs(system, cfg, data, runs)}
+
+
+def online_extra(system: Any, cfg: dict[str, Any], data: dict[str, Any], laws: dict[str, Any],
+                 rho: float) -> dict[str, Any]:
+    """Added after the first look at the test scores: the Gaussian residual law with the same validation inflation."""
+    law = laws["ADM + Gaussian residual (CRPS)"]
+    alpha, alphas = online_inflation(system, cfg, data, law, rho)
+    runs = {"ADM + Gaussian residual (CRPS), AR(1), inflated (val)": (law, rho, alpha, cfg["online"]["members"])}
+    return {"inflation": alphas, "alpha": alpha, "laws": online_runs(system, cfg, data, runs)}
 
 
 def evaluate(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -519,6 +547,8 @@ def evaluate(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
             rho = math.exp(-cfg["coarse_every"] * system.dt / info["memory"]["tau"])
             info["online"] = cached(work, f"online-{key.replace('/', '-')}",
                                     lambda: online_study(system, cfg, data, laws, rho))
+            info["online extra"] = cached(work, f"online-extra-{key.replace('/', '-')}",
+                                          lambda: online_extra(system, cfg, data, laws, rho))
         if cfg.get("diffusion"):
             _log(f"{key}: diffusion residual")
             info["diffusion"], info["diffusion training"] = cached(
@@ -542,17 +572,18 @@ def offline_table(info: dict[str, Any]) -> list[str]:
     lines = ["| closure | R² of mean | CRPS (fair) | energy score | spread-skill | 80 % coverage | spectrum error "
              "| NFE / draw |", "|---|---|---|---|---|---|---|---|"]
     for name, sc in {**info["offline"], **info.get("diffusion", {})}.items():
+        spec = _pm(sc["spectrum"]) if math.isfinite(sc["spectrum"][0]) and sc["spectrum"][0] < 100 else "- (zero)"
         lines.append(f"| {name} | {_pm(sc['r2'], '.4f')} | {_pm(sc['crps'])} | {_pm(sc['energy'], '.4g')} | "
-                     f"{_pm(sc['spread_skill'])} | {_pm(sc['coverage'])} | {_pm(sc['spectrum'])} | "
+                     f"{_pm(sc['spread_skill'])} | {_pm(sc['coverage'])} | {spec} | "
                      f"{sc['nfe_per_draw']:g} |")
     return lines
 
 
-def online_table(on: dict[str, Any], metric: str) -> list[str]:
-    times = on["times"]
+def online_table(info: dict[str, Any], metric: str) -> list[str]:
+    times = info["online"]["times"]
     lines = ["| closure | members | " + " | ".join(f"t = {t:g}" for t in times) + " | finite at t = "
              f"{times[-1]:g} |", "|---|---|" + "---|" * (len(times) + 1)]
-    for name, row in on["laws"].items():
+    for name, row in online_laws(info).items():
         if metric == "spread_skill" and row["members"] == 1:
             continue
         vals = " | ".join(_pm(s[metric]) for s in row["scores"])
@@ -588,11 +619,27 @@ def goals_offline(info: dict[str, Any]) -> list[str]:
     return rows
 
 
+LATE = " †"
+
+
+def online_laws(info: dict[str, Any]) -> dict[str, Any]:
+    """Every online run; those added after the first look at the test scores are marked with a dagger."""
+    extra = info.get("online extra", {}).get("laws", {})
+    return {**info["online"]["laws"], **{k + LATE: v for k, v in extra.items()}}
+
+
 def goals_online(info: dict[str, Any]) -> list[str]:
-    """The online goals of the Gaussian-filter setting."""
-    on = info["online"]["laws"]
+    """The online goals of the Gaussian-filter setting, for the learned law and its inflated variant."""
+    on = online_laws(info)
+    rows: list[str] = []
+    for name in (f"{LEARNED}, AR(1)", f"{LEARNED}, AR(1), inflated (val){LATE}"):
+        if name in on:
+            rows += goals_online_of(info, on, name)
+    return rows
+
+
+def goals_online_of(info: dict[str, Any], on: dict[str, Any], name: str) -> list[str]:
     times = info["online"]["times"]
-    name = f"{LEARNED}, AR(1)"
     law, adm = on[name]["scores"], on["ADM order 10"]["scores"]
     rows = []
     worse = [f"t = {t:g}: {a['error'][0]:.3g} vs {b['error'][0]:.3g}" for t, a, b in zip(times, law, adm)
@@ -652,6 +699,16 @@ def goals(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def late_note(info: dict[str, Any]) -> list[str]:
+    extra = info.get("online extra")
+    if not extra:
+        return []
+    return [f"{LATE.strip()} Added after the first look at the test scores (the learned law was under-dispersed "
+            "online): the same post-hoc inflation, fitted on validation rollouts only, applied to the Gaussian "
+            "residual law: " + "; ".join(f"alpha {a['alpha']:.3f} gave spread-skill {a['val_spread_skill']:.3f}"
+                                         for a in extra["inflation"]) + f"; used alpha = {extra['alpha']:.3f}.", ""]
+
+
 def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any], cfg: dict[str, Any]) -> None:
     lines = ["# Learned closures against the strongest classical closures, with calibration", "",
              f"`python benchmarks/closures.py` ({meta['platform']}, torch {meta['torch']}, 1 thread, "
@@ -683,13 +740,14 @@ def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any], cf
                       f"{cfg['online']['val_time']:g}: " + "; ".join(
                           f"alpha {a['alpha']:.3f} gave spread-skill {a['val_spread_skill']:.3f}" for a in on["inflation"])
                       + f"; used alpha = {on['alpha']:.3f}.", "",
-                      "Relative error of the ensemble mean against the filtered DNS:", "", *online_table(on, "error"), "",
-                      "Fair CRPS (vorticity units, mean over pixels; one member: mean absolute error):", "",
-                      *online_table(on, "crps"), "", "Spread-skill:", "", *online_table(on, "spread_skill"), "",
+                      *late_note(info),
+                      "Relative error of the ensemble mean against the filtered DNS:", "", *online_table(info, "error"),
+                      "", "Fair CRPS (vorticity units, mean over pixels; one member: mean absolute error):", "",
+                      *online_table(info, "crps"), "", "Spread-skill:", "", *online_table(info, "spread_skill"), "",
                       "Cost: network evaluations per coarse step and seconds per member per simulated time unit "
                       f"(the DNS: {info['dns_seconds_per_time_unit']:.3g} s per trajectory per time unit):", "",
                       "| closure | NFE / step | s / member / time unit | x cheaper than the DNS |", "|---|---|---|---|"]
-            for name, row in on["laws"].items():
+            for name, row in online_laws(info).items():
                 sec = row["seconds_per_member_time_unit"]
                 lines.append(f"| {name} | {row['nfe_per_step']:g} | {sec:.3g} | "
                              f"{info['dns_seconds_per_time_unit'] / sec:.3g} |")
