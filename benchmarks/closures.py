@@ -50,8 +50,9 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -528,33 +529,33 @@ def evaluate(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     """The whole study: data, laws, offline and online scores, per setting."""
     t0 = time.perf_counter()
     raw = {s: cached(work, f"dns-{s}", lambda s=s: dns_split(cfg, s)) for s in ("train", "val", "test")}
-    dns_seconds = time.perf_counter() - t0
-    _log(f"DNS ready ({dns_seconds:.0f} s)")
-    results: dict[str, Any] = {}
-    for setting in SETTINGS:
-        key = "/".join(setting)
-        system = system_of(cfg, setting)
-        data = {s: (raw[s][f"{key}:w"], raw[s][f"{key}:u"]) for s in raw}
-        info: dict[str, Any] = {"memory": residual_memory(system, cfg, *data["train"]),
-                                "dns_seconds_per_time_unit": float(raw["test"]["dns_seconds_per_time_unit"])}
-        laws = all_laws(system, cfg, data, work, key, info)
-        info["fitted c_s"] = float(laws["Smagorinsky, fitted c_s"].cs)
-        info["rms U"] = float(data["test"][1].pow(2).mean().sqrt())
-        info["offline"] = cached(work, f"offline-{key.replace('/', '-')}", lambda: {
-            name: offline(law, *data["test"], cfg["draws"], seed=5) for name, law in laws.items()})
-        _log(f"{key}: offline R2 " + ", ".join(f"{k}: {v['r2'][0]:.3f}" for k, v in info["offline"].items()))
-        if setting[0] == "gaussian":
-            rho = math.exp(-cfg["coarse_every"] * system.dt / info["memory"]["tau"])
-            info["online"] = cached(work, f"online-{key.replace('/', '-')}",
-                                    lambda: online_study(system, cfg, data, laws, rho))
-            info["online extra"] = cached(work, f"online-extra-{key.replace('/', '-')}",
-                                          lambda: online_extra(system, cfg, data, laws, rho))
-        if cfg.get("diffusion"):
-            _log(f"{key}: diffusion residual")
-            info["diffusion"], info["diffusion training"] = cached(
-                work, f"diffusion-{key.replace('/', '-')}", lambda: diffusion_residual(system, cfg, data, work, key))
-        results[f"{setting[0]} / {setting[1]}"] = info
-    return results
+    _log(f"DNS ready ({time.perf_counter() - t0:.0f} s)")
+    return {f"{setting[0]} / {setting[1]}": evaluate_setting(cfg, work, raw, setting) for setting in SETTINGS}
+
+
+def evaluate_setting(cfg: dict[str, Any], work: Path, raw: dict[str, Any], setting: tuple[str, str]) -> dict[str, Any]:
+    """Laws, offline and (Gaussian filter) online scores of one filter setting."""
+    key = "/".join(setting)
+    stem = key.replace("/", "-")
+    system = system_of(cfg, setting)
+    data = {s: (raw[s][f"{key}:w"], raw[s][f"{key}:u"]) for s in raw}
+    info: dict[str, Any] = {"memory": residual_memory(system, cfg, *data["train"]),
+                            "dns_seconds_per_time_unit": float(raw["test"]["dns_seconds_per_time_unit"])}
+    laws = all_laws(system, cfg, data, work, key, info)
+    info["fitted c_s"] = float(laws["Smagorinsky, fitted c_s"].cs)
+    info["rms U"] = float(data["test"][1].pow(2).mean().sqrt())
+    info["offline"] = cached(work, f"offline-{stem}", lambda: {
+        name: offline(law, *data["test"], cfg["draws"], seed=5) for name, law in laws.items()})
+    _log(f"{key}: offline R2 " + ", ".join(f"{k}: {v['r2'][0]:.3f}" for k, v in info["offline"].items()))
+    if setting[0] == "gaussian":
+        rho = math.exp(-cfg["coarse_every"] * system.dt / info["memory"]["tau"])
+        info["online"] = cached(work, f"online-{stem}", lambda: online_study(system, cfg, data, laws, rho))
+        info["online extra"] = cached(work, f"online-extra-{stem}", lambda: online_extra(system, cfg, data, laws, rho))
+    if cfg.get("diffusion"):
+        _log(f"{key}: diffusion residual")
+        info["diffusion"], info["diffusion training"] = cached(
+            work, f"diffusion-{stem}", lambda: diffusion_residual(system, cfg, data, work, key))
+    return info
 
 
 # -- the report -------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from stochclosure import errors as E
 from stochclosure._types import Conditioning
 
-from .base import BadInput, Context
+from .base import BadInput
 
 
 def _residual(remainder: Any) -> Any:
