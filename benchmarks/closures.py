@@ -1,9 +1,10 @@
 """Learned closures against the strongest classical closures of the 2-D subgrid term, with calibration.
 
-``python benchmarks/closures.py`` (about 20 minutes on one core) writes ``benchmarks/results/closures.md``
-and ``.json``; every stage is cached in ``benchmarks/work/closures/`` (ignored by git) so an
-interrupted run resumes where it stopped (``--fresh`` discards the cache). ``--quick`` is a smoke
-run on a tiny DNS (seconds) that writes ``closures_quick.*``.
+``python benchmarks/closures.py`` (about 30 minutes on one core, most of it the DNS, the training and
+the diffusion draws) writes ``benchmarks/results/closures.md`` and ``.json``; every stage is cached
+in ``benchmarks/work/closures/`` (ignored by git) so an interrupted run resumes where it stopped
+(``--fresh`` discards the cache). ``--quick`` is a smoke run on a tiny DNS (seconds) that writes
+``closures_quick.*``.
 
 Setting: the DNS of ``benchmarks/physics_closures.py`` (128², ``nu = 2e-4``, ``dt = 2.5e-4``, no
 stochastic forcing), filtered to 32² in two ways: Gaussian filter of width ``2/n`` with the coarse
