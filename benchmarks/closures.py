@@ -782,6 +782,9 @@ def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any], cf
                 continue
             h = info[name]["history"]
             lines.append(f"- {name}: trained in {info[name]['seconds']:.0f} s; last log {json.dumps(h[-1]) if h else '-'}")
+        if "diffusion training" in info:
+            lines.append(f"- ADM + diffusion residual: trained in {info['diffusion training']['seconds']:.0f} s "
+                         "(the same steps and schedule, log-normal noise levels)")
         lines.append("")
         if "online" in info:
             on = info["online"]
