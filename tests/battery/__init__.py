@@ -11,7 +11,8 @@ memory, devices), ``cases_learned`` (learned closure laws, their training and ch
 (physics closures, noise and residual laws), ``cases_da`` (assimilation experiment
 configurations), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts),
 ``cases_layers`` (the command line's config schemas and their path rule), ``cases_samplers`` (sampler
-options, grids, starting points, non-finite solves).
+options, grids, starting points, non-finite solves), ``cases_residual_training``
+(training a residual law).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .cases_guards import CASES as _GUARDS
 from .cases_layers import CASES as _LAYERS
 from .cases_learned import CASES as _LEARNED
 from .cases_plugins import CASES as _PLUGINS
+from .cases_residual_training import CASES as _RESIDUAL_TRAINING
 from .cases_rollout import CASES as _ROLLOUT
 from .cases_runs import CASES as _RUNS
 from .cases_samplers import CASES as _SAMPLERS
@@ -33,4 +35,4 @@ from .cases_samplers import CASES as _SAMPLERS
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
 CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
-                         *_DA, *_ROLLOUT, *_LAYERS, *_SAMPLERS]
+                         *_DA, *_ROLLOUT, *_LAYERS, *_SAMPLERS, *_RESIDUAL_TRAINING]
