@@ -3,7 +3,7 @@
 * ``residual``: ``U = m(y) + r`` with ``m`` the (closed-form) mean of a physics closure and ``r``
   drawn from any closure law (learned, Gaussian, noise); the latent is ``r``'s. It trains like its
   remainder: :meth:`ResidualLaw.loss` is the remainder's loss of ``U - m(y)``, so the
-  :class:`~stochclosure.train.Trainer` fits a learned remainder on the residual targets (the
+  :class:`~stochclosure.training.Trainer` fits a learned remainder on the residual targets (the
   remainder's normalisation is set from them by :meth:`ResidualLaw.fit_normalisation`).
 * ``physics_plus_noise``: the same with ``r`` a white or coloured Gaussian noise fitted on training
   residuals ``U - m(y)`` by :meth:`PhysicsPlusNoise.fit`.
@@ -40,7 +40,7 @@ class ResidualLaw(Configurable, AbstractClosureLaw):
     residual's at ``u - physics.mean(y)``; the time memory and network evaluations are the
     residual's (plus the physics closure's).
 
-    Training: the :class:`~stochclosure.train.Trainer` calls :meth:`loss`, which needs a learned
+    Training: the :class:`~stochclosure.training.Trainer` calls :meth:`loss`, which needs a learned
     remainder (a law with a ``loss``). The Trainer normalises the targets of laws with a
     ``target_mean`` buffer; this law has none of its own (the statistics of ``U`` are not those of
     the residual), so call :meth:`fit_normalisation` with the training pairs first. A remainder with
