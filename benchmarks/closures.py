@@ -107,7 +107,7 @@ def cached(work: Path, name: str, make: Callable[[], Any]) -> Any:
     """``make()``, stored as ``work/name.pt`` and read back on the next run."""
     path = work / f"{name}.pt"
     if path.exists():
-        return torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)  # tensors, numbers, strings and containers only
     value = make()
     _save(path, value)
     COMPUTED.append(name)
