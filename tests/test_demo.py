@@ -14,7 +14,7 @@ from stochclosure.testing import assert_close
 
 
 def test_demo_writes_report_and_beats_no_closure(tmp_path):
-    r = run_demo(tmp_path, members=16, horizon=0.3, resample_every=10, sampler_steps=3, record_every=100,
+    r = run_demo(tmp_path, members=16, horizon=0.3, record_every=100,
                  progress=False)
     for name in ("report.md", "metrics.json", "error_vs_baseline.png", "closure_fields.png", "closure_spectra.png",
                  "closure_rank_histogram.png", "closure_error_spread.png"):

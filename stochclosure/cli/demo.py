@@ -37,12 +37,21 @@ __all__ = ["run_demo", "check_demo_options", "forcing_policy", "run", "add_argum
 
 #: Size of the fresh forcing added to the held closure at every solver step, in units of the
 #: system's own forcing ``2 sigma dW`` (see :func:`forcing_policy`). Fitted so that the demo's
-#: spread-skill ratio is about 1 on the validation seeds 1, 2 and 3 (never on the demo's seed 0);
+#: spread-skill ratio is about 1 with its default draw interval (5 steps; the hold error, and so
+#: the fitted size, grows with the interval) on the validation seeds 1, 2 and 3, never on the
+#: demo's seed 0;
 #: the numbers are in :data:`VALIDATION` and every report.
-FORCING_SCALE = 3.0
+FORCING_SCALE = 2.5
 
-#: The validation runs behind :data:`FORCING_SCALE` (default settings, seeds other than 0).
-VALIDATION: tuple[dict[str, float], ...] = ()
+#: The validation runs behind :data:`FORCING_SCALE`: the demo's defaults (16 members, horizon 2,
+#: a fresh draw every 5 steps with 2 sampler steps) on seeds other than 0; ``err_end`` is the
+#: ensemble-mean relative error at the horizon, ``err_end_hold`` that of the previous default
+#: (a draw every 10 steps with 5 sampler steps, the same network evaluations, held unchanged).
+VALIDATION: tuple[dict[str, float], ...] = (
+    {"seed": 1, "scale": 2.5, "ratio": 1.197, "err_end": 0.00175, "err_end_hold": 0.00222},
+    {"seed": 2, "scale": 2.5, "ratio": 0.966, "err_end": 0.00217, "err_end_hold": 0.00329},
+    {"seed": 3, "scale": 2.5, "ratio": 1.034, "err_end": 0.00236, "err_end_hold": 0.00305},
+)
 
 
 def check_demo_options(members: Any, horizon: Any, resample_every: Any, sampler_steps: Any, record_every: Any,
@@ -148,7 +157,7 @@ def _physics_ensemble(coarse: NavierStokes2D, v0: torch.Tensor, n_steps: int, me
 
 
 def run_demo(out_dir: str | Path = "demo_output", members: int = 16, horizon: float = 2.0,
-             resample_every: int = 10, sampler_steps: int = 5, record_every: int = 100, seed: int = 0,
+             resample_every: int = 5, sampler_steps: int = 2, record_every: int = 100, seed: int = 0,
              progress: bool = True, forcing_scale: float = FORCING_SCALE, references: bool = True) -> dict[str, Any]:
     """Run the demo and write the report.
 
@@ -338,11 +347,17 @@ def _perturbation_lines(r: dict[str, Any]) -> list[str]:
         "(same spatial spectrum) to the held draw.",
     ]
     if r["forcing_scale"] == FORCING_SCALE:
+        seeds = [int(v["seed"]) for v in VALIDATION]
+        shown = (f"this seed, {r['seed']}, is one of them" if r["seed"] in seeds
+                 else f"never on the seed shown here, {r['seed']}")
         lines[0] += (f" Its size {FORCING_SCALE:g} was fitted for spread-skill ratio 1 on the validation seeds "
-                     f"{', '.join(str(v['seed']) for v in VALIDATION)} (never on the seed shown here, {r['seed']}); "
-                     "measured there over the default settings:")
-        lines += ["", "| validation seed | scale | spread-skill | ensemble-mean error at the end |", "|---|---|---|---|"]
-        lines += [f"| {v['seed']} | {v['scale']:g} | {v['ratio']:.2f} | {v['err_end']:.4f} |" for v in VALIDATION]
+                     f"{', '.join(map(str, seeds))} ({shown}), with the default options (16 members, horizon 2, "
+                     "a draw every 5 steps with 2 sampler steps); other options change the hold error it "
+                     "matches. Measured on the validation seeds:")
+        lines += ["", "| validation seed | scale | spread-skill | ensemble-mean error after 2 time units | same, a draw every "
+                      "10 steps (5 sampler steps), held |", "|---|---|---|---|---|"]
+        lines += [f"| {v['seed']} | {v['scale']:g} | {v['ratio']:.2f} | {v['err_end']:.4f} | {v['err_end_hold']:.4f} |"
+                  for v in VALIDATION]
     return lines
 
 
@@ -395,8 +410,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_output", help="report folder")
     p.add_argument("--members", type=int, default=16)
     p.add_argument("--horizon", type=float, default=2.0, help="forecast length in time units")
-    p.add_argument("--resample-every", type=int, default=10, help="solver steps between closure draws")
-    p.add_argument("--sampler-steps", type=int, default=5, help="DPM-Solver++(2M) steps per draw")
+    p.add_argument("--resample-every", type=int, default=5, help="solver steps between closure draws")
+    p.add_argument("--sampler-steps", type=int, default=2, help="DPM-Solver++(2M) steps per draw")
     p.add_argument("--forcing-scale", type=float, default=FORCING_SCALE,
                    help="fresh forcing per step on the held draw, in units of 2 sigma dW (0: hold the draw)")
     p.add_argument("--no-references", action="store_true",
