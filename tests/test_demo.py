@@ -27,7 +27,7 @@ def test_demo_writes_report_and_beats_no_closure(tmp_path):
     for e_cl, e_base in zip(r["rel_error_ensemble_mean"][1:], r["rel_error_no_closure"][1:]):
         assert e_cl < 0.5 * e_base
     # spread from the per-step forcing: 0.98 measured on this run (fixed seed 0); held draws
-    # without it give 0.04 here, so the bound separates the two by a wide margin. Calibration
+    # without it (a draw every 10 steps) gave 0.04 here, so the bound separates the two widely. Calibration
     # itself is measured on full-length runs (VALIDATION), not on this short one.
     assert r["spread_skill_ratio"] > 0.4
     refs = saved["references"]
