@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._memory import check_allocation
 from ._types import Conditioning, _map_tensors
-from .closures.base import AbstractClosureLaw
+from .closures.base import AbstractClosureLaw, NormalisedTarget
 from .errors import (
     ConfigError,
     DeviceError,
@@ -33,7 +33,7 @@ from .training.losses import dsm_loss
 __all__ = ["ClosureModel"]
 
 
-class ClosureModel(AbstractClosureLaw):
+class ClosureModel(NormalisedTarget, AbstractClosureLaw):
     """A conditional generative model of a closure term (the diffusion closure law).
 
     As a :class:`~stochclosure.closures.AbstractClosureLaw` its latent is the sampler's
@@ -135,15 +135,6 @@ class ClosureModel(AbstractClosureLaw):
         dtype = torch.float32 if latent is None else latent.dtype
         return self.sample(cond, n=1, generator=generator, grid=grid, x_init=x_init, dtype=dtype)[0]
 
-    def normalise(self, u: Tensor) -> Tensor:
-        """Physical closure ``(batch, C, *grid)`` -> the score's normalised units."""
-        shape = (1, self.channels) + (1,) * (u.dim() - 2)
-        return (u - self.target_mean.view(shape).to(u)) / self.target_std.view(shape).to(u)
-
-    def denormalise(self, x: Tensor) -> Tensor:
-        """Normalised sample ``(batch, C, *grid)`` -> physical units."""
-        shape = (1, self.channels) + (1,) * (x.dim() - 2)
-        return x * self.target_std.view(shape).to(x) + self.target_mean.view(shape).to(x)
 
     @torch.no_grad()
     def sample(self, cond: Conditioning | None, n: int = 1, *, sampler: Any = None,

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .._types import Conditioning
 from ..errors import ShapeError, StochClosureError, format_error
 
-__all__ = ["AbstractClosureLaw", "LikelihoodUnavailable", "TimeMemory"]
+__all__ = ["AbstractClosureLaw", "LikelihoodUnavailable", "NormalisedTarget", "TimeMemory"]
 
 TimeMemory = Literal["none", "latent"]
 """What a law declares about memory in time: ``"none"`` (draws are independent given ``y``) or
@@ -117,6 +117,27 @@ class AbstractClosureLaw(nn.Module, abc.ABC):
         raise LikelihoodUnavailable(format_error(
             "log_prob", f"a tractable density of {type(self).__name__}", "none implemented",
             "score draws with stochclosure.metrics (CRPS, energy score) instead"))
+
+
+class NormalisedTarget:
+    """Per-channel target normalisation ``(U - mean) / std`` for a law whose network works in normalised units.
+
+    The law holds ``channels`` and the buffers ``target_mean`` and ``target_std`` of shape ``(C,)``.
+    """
+
+    channels: int
+    target_mean: Tensor
+    target_std: Tensor
+
+    def normalise(self, u: Tensor) -> Tensor:
+        """Physical closure ``(B, C, *grid)`` -> normalised units."""
+        shape = (1, self.channels) + (1,) * (u.dim() - 2)
+        return (u - self.target_mean.view(shape).to(u)) / self.target_std.view(shape).to(u)
+
+    def denormalise(self, x: Tensor) -> Tensor:
+        """Normalised ``(B, C, *grid)`` -> physical units."""
+        shape = (1, self.channels) + (1,) * (x.dim() - 2)
+        return x * self.target_std.view(shape).to(x) + self.target_mean.view(shape).to(x)
 
 
 def _grid(cond: Conditioning, grid: tuple[int, ...] | None) -> tuple[int, ...]:

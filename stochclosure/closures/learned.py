@@ -38,7 +38,7 @@ from .._types import Conditioning, check_finite
 from ..config import Configurable
 from ..errors import ConfigError, NonFiniteError, ShapeError, format_error
 from ..registry import get, resolve
-from .base import AbstractClosureLaw, LikelihoodUnavailable, TimeMemory, _grid
+from .base import AbstractClosureLaw, LikelihoodUnavailable, NormalisedTarget, TimeMemory, _grid
 
 __all__ = ["LearnedClosureLaw", "DeterministicClosure", "GaussianClosure", "GAUSSIAN_LOSSES", "NOISES",
            "gaussian_crps", "gaussian_nll", "isotropic_spectrum", "colour_noise"]
@@ -111,7 +111,7 @@ def colour_noise(z: Tensor, spectrum: Tensor) -> Tensor:
     return torch.fft.irfftn(torch.fft.rfftn(z, dim=dims, norm="ortho") * half.sqrt(), s=grid, dim=dims, norm="ortho")
 
 
-class LearnedClosureLaw(Configurable, AbstractClosureLaw):
+class LearnedClosureLaw(Configurable, NormalisedTarget, AbstractClosureLaw):
     """Base of closure laws whose parameters are a backbone network, with target normalisation.
 
     Subclasses set :attr:`heads` (output channels per closure channel) and implement
@@ -171,17 +171,6 @@ class LearnedClosureLaw(Configurable, AbstractClosureLaw):
     def nfe_per_draw(self) -> float:
         """One backbone evaluation per draw."""
         return 1.0
-
-    # -- units --------------------------------------------------------------------------------------
-    def normalise(self, u: Tensor) -> Tensor:
-        """Physical closure ``(B, C, *grid)`` -> normalised units."""
-        shape = (1, self.channels) + (1,) * (u.dim() - 2)
-        return (u - self.target_mean.view(shape).to(u)) / self.target_std.view(shape).to(u)
-
-    def denormalise(self, x: Tensor) -> Tensor:
-        """Normalised ``(B, C, *grid)`` -> physical units."""
-        shape = (1, self.channels) + (1,) * (x.dim() - 2)
-        return x * self.target_std.view(shape).to(x) + self.target_mean.view(shape).to(x)
 
     # -- the network ----------------------------------------------------------------------------------
     def network(self, cond: Conditioning | None, grid: tuple[int, ...], batch: int) -> Tensor:
