@@ -76,3 +76,12 @@ def test_too_few_states_for_the_records_is_refused(tmp_path, capsys):
     path.write_text(yaml.safe_dump({**cfg, "finetune": {**cfg["finetune"], "records": 5}}))
     assert main(["finetune", "--config", str(path), "--no-progress"]) == 2
     assert "finetune.records" in capsys.readouterr().err
+
+
+def test_the_example_config_passes_the_schema():
+    from pathlib import Path
+
+    from stochclosure.cli.finetune import load_finetune_config
+
+    cfg = load_finetune_config(Path(__file__).resolve().parents[1] / "configs" / "closures" / "finetune.yaml")
+    assert cfg["finetune"]["records"] == 3 and cfg["data"]["record_every"] == 2
