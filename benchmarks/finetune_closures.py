@@ -39,8 +39,20 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from closures import (CONFIG, SETTINGS, WORK, atomic_write_text, cached, drawer, online_inflation,  # noqa: E402
-                      online_scores, residual_memory, run_ensemble, system_of, train_law)
+from closures import (  # noqa: E402
+    CONFIG,
+    SETTINGS,
+    WORK,
+    atomic_write_text,
+    cached,
+    drawer,
+    online_inflation,
+    online_scores,
+    residual_memory,
+    run_ensemble,
+    system_of,
+    train_law,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAW = "ADM + Gaussian residual (CRPS)"
@@ -53,6 +65,14 @@ EVAL = {"times": [0.24, 0.3], "members": 8, "seed": 3}
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stored_stage(work: Path, name: str) -> Any:
+    """A stage the closures study has written (``python benchmarks/closures.py --work WORK`` makes it)."""
+    path = work / f"{name}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: run benchmarks/closures.py with --work {work} first")
+    return torch.load(path, weights_only=True)
 
 
 def windows_of(w: Tensor, records: int, record_every: int, starts: list[int] | None = None) -> Any:
@@ -106,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     work, key = args.work, "/".join(SETTINGS[0])
-    raw = {s: cached(work, f"dns-{s}", lambda: (_ for _ in ()).throw(FileNotFoundError(f"dns-{s}.pt")))
-           for s in ("train", "val")}
+    raw = {s: stored_stage(work, f"dns-{s}") for s in ("train", "val")}
     system = system_of(CONFIG, SETTINGS[0])
     data = {s: (raw[s][f"{key}:w"].flatten(0, 1), raw[s][f"{key}:u"].flatten(0, 1)) for s in raw}
     data["train_traj"], data["val_traj"] = raw["train"][f"{key}:w"], raw["val"][f"{key}:w"]

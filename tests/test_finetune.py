@@ -23,8 +23,7 @@ from stochclosure.closures.base import AbstractClosureLaw
 from stochclosure.errors import ConfigError, IncompatibleComponentsError
 from stochclosure.systems.subgrid import NavierStokes2DSubgrid
 from stochclosure.testing import assert_close
-from stochclosure.training.finetune import (FinetuneConfig, FinetuneWindows, ensemble_rollout, finetune,
-                                            rollout_score)
+from stochclosure.training.finetune import FinetuneConfig, FinetuneWindows, ensemble_rollout, finetune, rollout_score
 
 DT = 1e-3
 TRUE_SCALE = 40.0
