@@ -368,6 +368,13 @@ def _check_inputs(law: Any, windows: FinetuneWindows, val: FinetuneWindows | Non
                                        repr(cfg.windows_per_step)))
 
 
+def _device_of(law: Any) -> torch.device:
+    """The device of the law's first parameter or buffer (the CPU for a law with neither)."""
+    for t in (*law.parameters(), *law.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def _step_generator(cfg: FinetuneConfig, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
 
@@ -378,7 +385,7 @@ def _validate(law: Any, system: Any, val: FinetuneWindows, cfg: FinetuneConfig, 
     law.eval()
     gen = torch.Generator().manual_seed(cfg.seed + _VAL_SEED_OFFSET)
     with torch.no_grad():
-        ens = ensemble_rollout(law, system, val.w0, members=cfg.members, records=cfg.records,
+        ens = ensemble_rollout(law, system, val.w0.to(_device_of(law)), members=cfg.members, records=cfg.records,
                                record_every=val.record_every, dt=dt, hold=cfg.hold, rho=cfg.rho, generator=gen,
                                condition=condition)
         truth = val.truth[:, :cfg.records].to(ens)
@@ -393,10 +400,11 @@ def _train_step(law: Any, system: Any, windows: FinetuneWindows, cfg: FinetuneCo
                 condition: Callable[[Tensor], Conditioning] | None) -> float:
     gen = _step_generator(cfg, step)
     idx = torch.randperm(len(windows), generator=gen)[:cfg.windows_per_step]
-    ens = ensemble_rollout(law, system, windows.w0[idx], members=cfg.members, records=cfg.records,
+    device = _device_of(law)
+    ens = ensemble_rollout(law, system, windows.w0[idx].to(device), members=cfg.members, records=cfg.records,
                            record_every=windows.record_every, dt=dt, hold=cfg.hold, rho=cfg.rho, generator=gen,
                            condition=condition)
-    loss = rollout_score(ens, windows.truth[idx, :cfg.records], cfg.score)
+    loss = rollout_score(ens, windows.truth[idx, :cfg.records].to(device), cfg.score)
     if not bool(torch.isfinite(loss)):
         raise NonFiniteError(format_error("rollout score", "a finite score", f"{float(loss)} at step {step}",
                                           "lower lr or records; check that the base law is stable online"))
