@@ -85,3 +85,21 @@ def test_the_example_config_passes_the_schema():
 
     cfg = load_finetune_config(Path(__file__).resolve().parents[1] / "configs" / "closures" / "finetune.yaml")
     assert cfg["finetune"]["records"] == 3 and cfg["data"]["record_every"] == 2
+
+
+def test_generate_style_hdf5_trajectories_are_split_by_their_labels(tmp_path):
+    import h5py
+    import numpy as np
+
+    from stochclosure.cli.finetune import read_trajectories, trajectory_windows
+
+    w = np.random.default_rng(0).standard_normal((4, 5, 1, 16, 16)).astype(np.float32)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["res_16/state"] = w
+        f["split"] = np.array([0, 1, 0, 2], dtype=np.int8)
+    data = {"path": str(tmp_path / "d.h5"), "record_every": 3, "resolution": None, "val_trajectories": 1}
+    train, val, every = read_trajectories(data, 16)
+    assert every == 3 and torch.equal(train, torch.from_numpy(w[[0, 2]])) and torch.equal(val, torch.from_numpy(w[[1]]))
+    win = trajectory_windows(train, records=2, record_every=every)
+    assert tuple(win.truth.shape) == (2 * 3, 2, 1, 16, 16)
+    assert torch.equal(win.truth[1, 0], train[1, 1])  # window (start 0, trajectory 1): its first record
