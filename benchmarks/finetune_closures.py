@@ -12,7 +12,9 @@ after it; records every 0.02 = 20 coarse steps of ``dt = 1e-3``); each optimiser
 the closure drawn every coarse step, its latent an AR(1) with the study's ``rho`` per coarse step,
 and minimises the fair CRPS against the filtered DNS (:func:`stochclosure.training.finetune.finetune`).
 The state kept is the one with the best score on VALIDATION windows. Two variants: every parameter,
-or only the log-variance rows of the network's last layer.
+or only the log-variance rows of the network's last layer; and every parameter on longer windows
+(5 records, 100 coarse steps) with a larger learning rate (``all-r5``, added after the first two had
+been scored on validation).
 
 Scores: VALIDATION only (the test split is never touched here). The 4 validation trajectories from
 their first record, 8 members, closure drawn every coarse step with the AR(1) latent: relative error
@@ -58,7 +60,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LAW = "ADM + Gaussian residual (CRPS)"
 FT = {"steps": 20, "members": 4, "windows_per_step": 2, "records": 3, "hold": 1, "score": "crps",
       "clip": 1.0, "val_every": 5, "seed": 0}
-VARIANTS = {"all": {"params": "all", "lr": 3e-4}, "variance": {"params": "variance", "lr": 1e-2}}
+VARIANTS = {"all": {"params": "all", "lr": 3e-4}, "variance": {"params": "variance", "lr": 1e-2},
+            "all-r5": {"params": "all", "lr": 5e-4, "records": 5}}
 VAL_STARTS = [0, 6]
 EVAL = {"times": [0.24, 0.3], "members": 8, "seed": 3}
 
@@ -91,7 +94,7 @@ def finetuned(name: str, system: Any, data: dict[str, Any], work: Path, rho: flo
     from stochclosure.training.finetune import FinetuneConfig, finetune
 
     law, _ = train_law("crps", system, CONFIG, data, work, "gaussian-two_thirds")
-    cfg = FinetuneConfig(**FT, **VARIANTS[name], rho=rho)
+    cfg = FinetuneConfig(**{**FT, **VARIANTS[name]}, rho=rho)
 
     def run() -> dict[str, Any]:
         t0 = time.perf_counter()
