@@ -11,7 +11,7 @@ after it; records every 0.02 = 20 coarse steps of ``dt = 1e-3``); each optimiser
 ``members`` copies of ``windows_per_step`` windows through the differentiable coarse solver with
 the closure drawn every coarse step, its latent an AR(1) with the study's ``rho`` per coarse step,
 and minimises the fair CRPS against the filtered DNS (:func:`stochclosure.training.finetune.finetune`).
-The state kept is the one with the best score on VALIDATION windows. Two variants: every parameter,
+The state kept is the one with the best score on VALIDATION windows. Variants: every parameter,
 or only the log-variance rows of the network's last layer; and every parameter on longer windows
 (5 records, 100 coarse steps) with a larger learning rate (``all-r5``, added after the first two had
 been scored on validation).
@@ -174,7 +174,8 @@ def write(out: Path, rows: dict[str, Any], runs: dict[str, Any], rho: float, alp
     times = EVAL["times"]
     lines = ["# A-posteriori fine-tuning of the Gaussian residual law (validation split)", "",
              f"`python benchmarks/finetune_closures.py` ({meta['platform']}, torch {meta['torch']}, 1 thread, "
-             f"{minutes:.1f} min in the last invocation).", "", (__doc__ or "").split("\n\n", 2)[2].strip(), "",
+             f"{minutes:.1f} min in the last invocation, which reads the stages cached by earlier ones; the fine-tuning "
+             "times below are wall times on a shared, loaded machine).", "", (__doc__ or "").split("\n\n", 2)[2].strip(), "",
              f"Fine-tuning: `{json.dumps(FT)}`, AR(1) rho per coarse step {rho:.4f}; variants "
              f"`{json.dumps(VARIANTS)}`. Post-hoc inflation alpha = {alpha:.3f} (fitted on validation rollouts "
              f"at t = 0.24).", "",
