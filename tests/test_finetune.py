@@ -3,9 +3,11 @@
 The recovery test makes a synthetic truth with the coarse 16^2 Navier-Stokes solver itself, forced
 by the known closure ``U = s * xi`` (white Gaussian noise of std ``s``, fresh every step), and starts
 a law ``U = exp(log_scale) * z`` at ``0.3 s``: fine-tuning by the fair CRPS of 4-member rollouts
-must bring the scale within 15 % of ``s`` (measured: 3 % off, ``0.97 s``, with these seeds; the
-energy score gives ``0.98 s``). The CRPS is proper, so the true law minimises its expectation and
-the tolerance covers the sampling noise of 40 steps of 4 windows of 256 pixels.
+must bring the scale within 15 % of ``s`` (measured with these seeds: ``1.05 s`` by the CRPS,
+``1.05 s`` by the fair energy score, validation spread-skill from 0.32 to 0.9-1.0). Both scores are
+proper, so the true law minimises their expectation; the tolerance covers the sampling noise of 40
+steps of 4 windows of 256 pixels and of the validation selection on 4 windows. (The plain energy
+score, with the ``1/M^2`` pair weight, stops at ``0.62 s`` with 4 members: the fair weight matters.)
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def test_finetuning_recovers_the_noise_scale(score):
                          score=score,
                          params="log_scale", clip=0.0, val_every=10, seed=0)
     res = finetune(law, system(), train, cfg, dt=DT, val=val, progress=False)
-    scale = float(torch.exp(res.law.log_scale))
+    scale = float(torch.exp(res.law.log_scale.detach()))
     assert_close(torch.tensor(scale), torch.tensor(TRUE_SCALE), rtol=0.15, what=f"fitted scale ({score})")
     assert [h["step"] for h in res.history] == [0, 10, 20, 30, 40]
     assert res.history[-1]["val_crps"] < res.history[0]["val_crps"]
