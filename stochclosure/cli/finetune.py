@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._io import preflight_output
+from .._io import exclusive_lock, preflight_output
 from ..config import load_yaml_mapping
 from ..errors import ConfigError, format_error
 from .schemas import FinetuneFileConfig, parse, to_dict
@@ -141,8 +141,9 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     law = load_model(cfg["law"])
     train, val, every = read_trajectories(cfg["data"], getattr(system, "n", None))
     dt = float(cfg["dt"] if cfg["dt"] is not None else system.dt)
-    result = finetune(law, system, trajectory_windows(train, ft.records, every), ft, dt=dt,
-                      val=trajectory_windows(val, ft.records, every), out=out, progress=progress)
+    with exclusive_lock(out / "finetune-state.pt", "out"):  # one job per run folder
+        result = finetune(law, system, trajectory_windows(train, ft.records, every), ft, dt=dt,
+                          val=trajectory_windows(val, ft.records, every), out=out, progress=progress)
     path = save_model(result.law, out / "law.safetensors", extra={"finetune": {**ft.to_dict(), "dt": dt,
                                                                                 "best_step": result.best_step}})
     from ..checkpoint import atomic_write_bytes
