@@ -23,7 +23,8 @@ Closures (``closure:``):
   (``phi``, ``sigma`` given);
 * ``checkpoint``: a trained :class:`~stochclosure.ClosureModel` (``path:``), optionally with its
   sampler's starting noise correlated in time (``noise_rho:``, :class:`~stochclosure.rollouts.NoiseAR1`);
-* any other ``type``: a closure registered under the ``closure`` kind.
+* any other ``type``: a closure law registered under the ``closure`` kind, built with ``options:``
+  (e.g. ``{type: adm, options: {filter: spectral}}``), optionally with ``noise_rho:``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ CLOSURE_KINDS = ("none", "cubic", "smagorinsky", "checkpoint")
 _TOP_KEYS = ("system", "dt", "truth", "observation", "every", "closure", "filter", "inflation", "members", "cycles",
              "spinup_cycles", "seed", "init_spread", "out", "root", "title")
 _CLOSURE_KEYS = ("type", "coefficients", "noise", "phi", "sigma", "fit_time", "fit_seed", "cs", "path", "noise_rho",
-                 "sampler_steps", "resample_every")
+                 "sampler_steps", "resample_every", "options")
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
@@ -100,6 +101,8 @@ class ClosureSpec:
         noise_rho: Correlation of successive sampler starting noises of a checkpoint closure (``None``: white).
         sampler_steps: Sampler steps of a checkpoint closure (``None``: its default).
         resample_every: Forecast steps between fresh draws of a checkpoint closure.
+        options: Keyword arguments of a registered closure law (any other ``type``), e.g. the
+            filter of a physics closure: ``{filter: spectral}``.
     """
 
     type: str = "none"
@@ -114,6 +117,7 @@ class ClosureSpec:
     noise_rho: float | None = None
     sampler_steps: int | None = None
     resample_every: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_raw(cls, raw: Any, config_path: str | os.PathLike[str] | None = None,
@@ -152,14 +156,22 @@ class ClosureSpec:
             spec.sampler_steps = check_number(d["sampler_steps"], "closure.sampler_steps", integer=True, minimum=1)
         spec.resample_every = check_number(d.get("resample_every", 1), "closure.resample_every", integer=True,
                                            minimum=1)
+        opts = d.get("options", {}) or {}
+        if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
+            raise ConfigError(format_error("closure.options", "a mapping of keyword arguments", repr(opts)))
+        if opts and spec.type in CLOSURE_KINDS:
+            raise ConfigError(format_error("closure.options", f"only with a registered closure law, not {spec.type!r}",
+                                           repr(opts), "use the closure's own keys (cs, coefficients, path, ...)"))
+        spec.options = dict(opts)
         if spec.type == "checkpoint":
             if d.get("path") is None:
                 raise ConfigError(format_error("closure.path", "the checkpoint of a trained closure model", "missing",
                                                "add path: model.pt (relative to the config file)"))
             spec.path = resolve_config_path(d["path"], "closure.path", config_path, root) if config_path is not None \
                 else str(Path(d["path"]).expanduser().resolve())
-            if not Path(spec.path).is_file():
-                raise ConfigError(format_error("closure.path", "an existing checkpoint file", repr(spec.path)))
+            if not Path(spec.path).exists():
+                raise ConfigError(format_error("closure.path", "an existing checkpoint (file or directory)",
+                                               repr(spec.path)))
         return spec
 
 
@@ -382,7 +394,10 @@ def build_forecast(cfg: ExperimentConfig, system: Any, cache: Path | None = None
         return system, model, kw, {"path": spec.path}
     from ..registry import resolve
 
-    return system, resolve("closure", {"type": spec.type}), {"resample_every": spec.resample_every}, {}
+    kw = {"resample_every": spec.resample_every}
+    if spec.noise_rho is not None:
+        kw["between"] = NoiseAR1(rho=spec.noise_rho)
+    return system, resolve("closure", {"type": spec.type, **spec.options}), kw, dict(spec.options)
 
 
 # -- truth ---------------------------------------------------------------------------------------------------

@@ -221,8 +221,9 @@ class LETKF(AbstractEnsembleFilter):
         gram: How the local ``M x M`` Gram matrices are formed: ``"dense"`` (one matrix product
             over all observations, fast when a point sees a good part of them), ``"local"``
             (gathering each point's observations inside the taper's support, for many observations
-            and a short radius) or ``"auto"`` (dense when a point sees at least 1/8 of them). Both
-            give the same analysis to round-off.
+            and a short radius, or fewer local observations than members: its eigenproblems are
+            ``L x L``) or ``"auto"`` (dense when a point sees at least 1/8 of them and at least ``M``).
+            Both give the same analysis to round-off.
     """
 
     registry_name: ClassVar[str | None] = "letkf"
@@ -283,8 +284,11 @@ class LETKF(AbstractEnsembleFilter):
         p = rho.shape[1]
         block = self.block or max(1, (2**22) // (m * max(n_local, m, c)))
         eye = torch.eye(m, dtype=hx.dtype, device=hx.device)
-        # many local observations: Z Z^T = sum_o (rho_o / r_o) y_o y_o^T / (M - 1) for all points in one GEMM
-        dense = self.gram == "dense" or (self.gram == "auto" and 8 * n_local >= p and p * m * m <= 2**24)
+        # many local observations: Z Z^T = sum_o (rho_o / r_o) y_o y_o^T / (M - 1) for all points in one GEMM;
+        # fewer local observations than members: the L x L eigenproblems of the local path are the cheaper ones
+        # (the batched eigh dominates the cost: ~3x faster for L = 18, M = 32)
+        dense = self.gram == "dense" or (self.gram == "auto" and n_local >= m and 8 * n_local >= p
+                                         and p * m * m <= 2**24)
         outer = (yb.T[:, :, None] * yb.T[:, None, :]).reshape(p, m * m) if dense else None
 
         def transforms(lo: int, hi: int) -> Tensor:                              # K = W + 1 w^T, (b, M, M)

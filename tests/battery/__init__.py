@@ -9,7 +9,7 @@ components, rollouts, training, HDF5, checkpoints, configuration files and the c
 ``cases_guards`` (input guards: half-precision conditions, generators, seeds, sizes too large for
 memory, devices), ``cases_learned`` (learned closure laws, their training and checkpoints), ``cases_closures``
 (physics closures, noise and residual laws), ``cases_da`` (assimilation experiment
-configurations), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts),
+configurations), ``cases_da_learned`` (learned and registered closures in them), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts),
 ``cases_layers`` (the command line's config schemas and their path rule), ``cases_samplers`` (sampler
 options, grids, starting points, non-finite solves), ``cases_residual_training``
 (training a residual law), ``cases_demo`` (the demo's spread perturbation), ``cases_finetune`` (a-posteriori fine-tuning).
@@ -22,6 +22,7 @@ from .cases_assimilation import CASES as _ASSIMILATION
 from .cases_closures import CASES as _CLOSURES
 from .cases_core import CASES as _CORE
 from .cases_da import CASES as _DA
+from .cases_da_learned import CASES as _DA_LEARNED
 from .cases_demo import CASES as _DEMO
 from .cases_files import CASES as _FILES
 from .cases_finetune import CASES as _FINETUNE
@@ -37,5 +38,5 @@ from .cases_samplers import CASES as _SAMPLERS
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
 CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
-                         *_DA, *_ROLLOUT, *_LAYERS, *_SAMPLERS, *_RESIDUAL_TRAINING, *_DEMO,
+                         *_DA, *_DA_LEARNED, *_ROLLOUT, *_LAYERS, *_SAMPLERS, *_RESIDUAL_TRAINING, *_DEMO,
                          *_FINETUNE]
