@@ -248,6 +248,44 @@ CALIBRATED = {"resample_every": 5, "sampler_steps": 2}
 TRIAL_SCALE = 2.5  # the demo's value (a 2-time-unit horizon); the fit rescales it for 10 time units
 
 
+#: A parameter-free alternative, fixed before any test run: the learned draw at the draw steps
+#: (every 5 steps, 3 evaluations) and, at the steps between, the physics closure of G with the
+#: system's own forcing law, ``nu Lap w + 2 sigma dW`` (fresh dW, scale 1).
+PHYSICS_BETWEEN = {**CALIBRATED, "forcing_scale": 1.0, "between": "physics"}
+
+
+def physics_between_draws(coarse: Any, scale: float = 1.0) -> Any:
+    """A between-draw policy: the learned draw at the draw steps; between them the physics closure
+    ``nu Lap w + scale * 2 sigma dW`` of the current state with fresh ``dW`` of the system's law.
+
+    The closure ``G = nu Lap w + 2 sigma dW`` of a held draw repeats its forcing realisation; here
+    each step between draws gets its own, unknown to the measurements of the draw step, so the
+    draw contributes the measured forcing of its own step only.
+    """
+    from dataclasses import dataclass
+
+    from stochclosure.cli.demo import forcing_policy
+    from stochclosure.rollouts.carry import PolicyState
+    from stochclosure.rollouts.policies import ClosureAR1
+
+    @dataclass(frozen=True)
+    class PhysicsBetweenDraws(ClosureAR1):
+        system: Any = None
+
+        def closure(self, ctx: Any, carry: Any, step: int) -> tuple[torch.Tensor, Any]:
+            held = carry.policy.held
+            if ctx.draws_at(step, held):
+                held = ctx.draw(step, ctx.condition(carry, step))
+                return held, PolicyState(held=held)
+            w = carry.state
+            xi = self._innovation(ctx, step, tuple(w.shape[len(ctx.batch):]))
+            drift = self.system.closure_terms(w.reshape(-1, *w.shape[-3:]))["G"].reshape(w.shape)
+            return (drift + self.sigma * xi).to(held.dtype), PolicyState(held=held)
+
+    white = forcing_policy(coarse, scale)
+    return PhysicsBetweenDraws(phi=0.0, sigma=white.sigma, spectrum=white.spectrum, system=coarse)
+
+
 def generate_starts(data_cfg: Path, work: Path, starts: tuple[int, ...]) -> dict[str, Any]:
     """Fine-grid states of the validation and test trajectories of ``data_cfg`` at records ``starts``.
 
@@ -325,7 +363,8 @@ def _learned_run(model: Any, coarse: Any, v0: torch.Tensor, truth: dict[str, tor
     t0 = time.perf_counter()
     with torch.inference_mode():
         ens = ensemble(coarse, model, v0, n_steps, members, seed=seed, resample_every=policy["resample_every"],
-                       between=forcing_policy(coarse, policy["forcing_scale"]),
+                       between=(physics_between_draws(coarse, policy["forcing_scale"])
+                                if policy.get("between") == "physics" else forcing_policy(coarse, policy["forcing_scale"])),
                        observations=StreamedObservations(truth["obs"][:, 0], points),
                        sampler={"type": "dpm_solver_pp_2m", "steps": policy["sampler_steps"]},
                        record_every=rec, t0=t_start)
@@ -436,7 +475,8 @@ def evaluate_online_cases(work: Path, data_cfg: Path, quick: bool, pretrained: s
     cal = _calibration(folder, len(val), wait="calibrated" in wanted or "confirm" in wanted)
     fitted = None if cal is None else {**CALIBRATED, "forcing_scale": cal["forcing_scale"]}
     for i, case in enumerate(test):
-        runs: dict[str, Any] = {k: v for k, v in (("held", HELD), ("references", None)) if k in wanted}
+        runs: dict[str, Any] = {k: v for k, v in (("held", HELD), ("references", None),
+                                                  ("physics_between", PHYSICS_BETWEEN)) if k in wanted}
         if fitted is not None and "calibrated" in wanted:
             runs["calibrated"] = fitted
         if i in pick["test"]:
@@ -519,6 +559,7 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 RUN_LABELS = {
     "held": "learned G, fresh draw every 10 steps (6 NFE), held",
     "calibrated": "learned G, draw every 5 steps (3 NFE) + fresh forcing per step (calibrated)",
+    "physics_between": "learned G drawn every 5 steps (3 NFE), physics nu Lap w + 2 sigma dW between draws",
     "physics": "physics closure nu Lap w + 2 sigma dW (no learning, no measurements)",
     "no closure": "no closure",
     "true G held 10 steps": "true G held 10 steps (floor of the held policy)",
