@@ -50,6 +50,9 @@ COMMANDS: dict[str, Command] = {
                     "ensemble forecast with the shipped pretrained closure vs no closure; writes a report"),
     "distill": Command("stochclosure.cli.distill",
                        "distil a trained closure model into a 1-2 evaluation consistency model (resumable)"),
+    "finetune": Command("stochclosure.cli.finetune",
+                        "fine-tune a closure law by the CRPS of short ensemble rollouts through the coarse solver "
+                        "(resumable)"),
     "generate": Command("stochclosure.cli.generate", "simulate a system and write a resumable HDF5 closure dataset"),
     "plugins": Command("stochclosure.cli.plugins", "list every registered component by kind, with its distribution"),
     "rollout": Command("stochclosure.cli.rollout",

@@ -34,7 +34,7 @@ from ..errors import ConfigError, format_error
 from ..training.distill import check_levels
 
 __all__ = ["ConfigPath", "DataBlock", "ModelBlock", "TrainConfig", "TrainLawConfig", "StudentBlock", "DistillConfig", "RolloutConfig",
-           "GenerateConfig", "parse", "to_dict", "spec"]
+           "GenerateConfig", "FinetuneDataBlock", "FinetuneFileConfig", "parse", "to_dict", "spec"]
 
 ConfigPath = NewType("ConfigPath", str)
 """A path written in a config file, resolved by the config-path rule (absolute after :func:`parse`)."""
@@ -202,6 +202,37 @@ class GenerateConfig:
     device: str = spec("a device name such as 'cpu' or 'cuda:0'", default="cpu")
     compression: str | int | None = spec("null, an h5py filter name ('gzip', 'lzf') or number", default="gzip")
     compression_level: int | None = spec("null or an integer from 0 to 9 (gzip level)", default=4)
+
+
+@dataclass
+class FinetuneDataBlock:
+    """``data:`` of ``finetune``: filtered-truth coarse trajectories and their record spacing."""
+
+    path: ConfigPath = spec()
+    record_every: int | None = spec("null (the file's) or a positive integer (coarse steps between states)",
+                                    default=None, minimum=1)
+    resolution: int | None = spec("null (the system's n) or a stored grid size", default=None, minimum=1)
+    val_trajectories: int = spec("a positive integer (the last trajectories of a tensor file)", default=1, minimum=1)
+
+
+@dataclass
+class FinetuneFileConfig:
+    """A ``stochclosure finetune`` file. ``finetune`` holds :class:`~stochclosure.training.finetune.FinetuneConfig` fields."""
+
+    law: ConfigPath = spec()
+    system: str | dict = spec("a system name or {type: NAME, ...}")
+    data: FinetuneDataBlock = spec()
+    out: ConfigPath = spec()
+    finetune: dict = spec("a mapping of FinetuneConfig fields", default={})
+    dt: float | None = spec("null (the system's dt) or a positive number", default=None,
+                            check=lambda v, k: _positive_or_none(v, k))
+    root: str | None = spec("a folder (path string) or null", default=None)
+
+
+def _positive_or_none(value: Any, key: str) -> Any:
+    if value is not None and not value > 0:
+        raise ConfigError(format_error(key, "null or a positive number", repr(value)))
+    return value
 
 
 # -- the checker -------------------------------------------------------------------------------------------

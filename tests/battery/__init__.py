@@ -12,7 +12,7 @@ memory, devices), ``cases_learned`` (learned closure laws, their training and ch
 configurations), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts),
 ``cases_layers`` (the command line's config schemas and their path rule), ``cases_samplers`` (sampler
 options, grids, starting points, non-finite solves), ``cases_residual_training``
-(training a residual law), ``cases_demo`` (the demo's spread perturbation).
+(training a residual law), ``cases_demo`` (the demo's spread perturbation), ``cases_finetune`` (a-posteriori fine-tuning).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .cases_core import CASES as _CORE
 from .cases_da import CASES as _DA
 from .cases_demo import CASES as _DEMO
 from .cases_files import CASES as _FILES
+from .cases_finetune import CASES as _FINETUNE
 from .cases_guards import CASES as _GUARDS
 from .cases_layers import CASES as _LAYERS
 from .cases_learned import CASES as _LEARNED
@@ -36,4 +37,5 @@ from .cases_samplers import CASES as _SAMPLERS
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
 CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
-                         *_DA, *_ROLLOUT, *_LAYERS, *_SAMPLERS, *_RESIDUAL_TRAINING, *_DEMO]
+                         *_DA, *_ROLLOUT, *_LAYERS, *_SAMPLERS, *_RESIDUAL_TRAINING, *_DEMO,
+                         *_FINETUNE]
