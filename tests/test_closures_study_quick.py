@@ -54,6 +54,7 @@ def _check_fresh_case_online_study(mod, main, md):
     k = oc["hold"]
     held = on["laws"][f"{mod.LEARNED}, AR(1), held {k}"]
     assert held["nfe_per_step"] == 1.0 / k and on["laws"][f"{mod.LEARNED}, AR(1)"]["nfe_per_step"] == 1.0
+    assert f"{mod.LEARNED}, fine-tuned, AR(1), held {k}" in on["laws"] and on["finetune"]["seconds"] > 0
     for row in on["laws"].values():
         assert row["scores"][-1]["finite"] == 1.0
         assert len(row["scores"][-1]["per_case_error"]) == oc["cases"]
