@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("stochclosure_neuralop")
 
@@ -39,7 +40,75 @@ def test_quick_study_writes_every_closure_and_resumes_from_its_cache(tmp_path):
     assert main["offline"]["ADM + coloured noise"]["spread_skill"][0] > 0
     assert all(row["scores"][-1]["finite"] == 1.0 for row in main["online"]["laws"].values())
     assert "online" not in first["spectral / exact"]
+    _check_fresh_case_online_study(mod, main, md)
     # a second run reads every stage back from the work folder: identical scores
     assert mod.main(["--quick", "--out", str(out), "--work", str(work)]) == 0
     second = json.loads((out / "closures_quick.json").read_text())["results"]
     assert second == first
+
+
+def _check_fresh_case_online_study(mod, main, md):
+    """The fresh-case online study: every run finite, held draws at 1 / hold NFE per step, ranks per lattice point."""
+    on, oc = main["online40"], mod.QUICK["online40"]
+    assert on["cases"] == oc["cases"] and on["times"] == oc["times"]
+    k = oc["hold"]
+    held = on["laws"][f"{mod.LEARNED}, AR(1), held {k}"]
+    assert held["nfe_per_step"] == 1.0 / k and on["laws"][f"{mod.LEARNED}, AR(1)"]["nfe_per_step"] == 1.0
+    assert f"{mod.LEARNED}, fine-tuned, AR(1), held {k}" in on["laws"] and on["finetune"]["seconds"] > 0
+    for row in on["laws"].values():
+        assert row["scores"][-1]["finite"] == 1.0
+        assert len(row["scores"][-1]["per_case_error"]) == oc["cases"]
+        if row["members"] > 1:  # one rank per lattice point and case
+            assert sum(row["scores"][-1]["rank_histogram"]) == oc["cases"] * oc["rank_points"] ** 2
+        assert row["dns_seconds_per_member_time_unit"] > 0 and row["seconds_per_member_time_unit"] > 0
+    assert "fresh held-out cases" in md and "Earlier online study" in md
+
+
+class _CountingLaw:
+    """A physics + remainder law whose remainder draw is its latent, counting the calls of each part."""
+
+    def __init__(self):
+        self.calls = {"physics": 0, "remainder": 0}
+        law = self
+
+        class Physics:
+            def mean(self, cond):
+                law.calls["physics"] += 1
+                return torch.ones_like(cond.fields)
+
+        class Residual:
+            def latent_shape(self, cond, grid):
+                return (1, *grid)
+
+            def draw(self, cond, z, grid=None):
+                law.calls["remainder"] += 1
+                return z
+
+        self.physics, self.residual = Physics(), Residual()
+
+
+def test_drawer_holds_the_remainder_and_advances_its_latent_by_rho_to_the_hold():
+    from stochclosure.errors import ConfigError
+    from stochclosure.testing import assert_close
+
+    mod = _module()
+    law, rho, k = _CountingLaw(), 0.9, 3
+    call = mod.drawer(law, rho, alpha=2.0, hold=k)
+    w, gen, memory = torch.zeros(2, 1, 4, 4), torch.Generator().manual_seed(0), {}
+    outs = [call(w, gen, memory) for _ in range(7)]
+    assert law.calls == {"physics": 7, "remainder": 3}  # draws at calls 0, 3 and 6
+    ref = torch.Generator().manual_seed(0)
+    z1 = torch.randn(2, 1, 4, 4, generator=ref)
+    z2 = rho**k * z1 + (1 - rho ** (2 * k)) ** 0.5 * torch.randn(2, 1, 4, 4, generator=ref)
+    for i in range(3):
+        assert torch.equal(outs[i], outs[0])
+    assert_close(outs[0], 1 + 2.0 * z1, rtol=1e-12, what="first held draw")
+    assert_close(outs[3], 1 + 2.0 * z2, rtol=1e-12, what="second draw, latent advanced by rho^k")
+    whole = _CountingLaw()
+    call = mod.drawer(whole, rho, hold=k, hold_physics=True)
+    memory = {}
+    for _ in range(7):
+        call(w, gen, memory)
+    assert whole.calls == {"physics": 3, "remainder": 3}
+    with pytest.raises(ConfigError):
+        mod.drawer(law, rho, hold=0)
