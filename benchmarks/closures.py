@@ -27,8 +27,9 @@ as an input channel, mean squared error); and the heteroscedastic Gaussian resid
 by the Gaussian CRPS (both settings) or the NLL (Gaussian filter) through ``ResidualLaw.loss``; and
 a diffusion closure of the residual, ``U = ADM + r`` with ``r`` drawn by a ``ClosureModel`` (VP SDE,
 the same FNO backbone conditioned on the field and ADM, trained by ``stochclosure.Trainer`` with
-log-normal noise levels) with DPM-Solver++(2M) in 1 or 8 steps (plus the final denoising step),
-scored offline only.
+log-normal noise levels for its own, longer schedule fixed on the validation split) with
+DPM-Solver++(2M) (plus the final denoising step), and its consistency-distilled student
+(``stochclosure.training.distill``, 1-2 network evaluations per draw), scored offline only.
 
 Offline scores on the test snapshots, with standard errors over the 8 test trajectories: R² of the
 ensemble mean, fair CRPS, energy score, spread-skill, 80 % interval coverage (16 draws), the
@@ -91,7 +92,10 @@ CONFIG: dict[str, Any] = {
     "train": {"batch_size": 16, "max_steps": 400, "lr": 3e-3, "warmup_steps": 20, "ema_rel_std": 0.05,
               "augment": "d4", "val_every": 200, "seed": 0},
     "online": {"starts": [0], "members": 8, "times": [0.1, 0.24, 0.5], "val_time": 0.24, "seed": 3},
-    "diffusion": {"sampler": "dpm_solver_pp_2m", "steps": [1, 8], "time_law": "lognormal"},
+    "diffusion": {"tag": "s1500", "sampler": "dpm_solver_pp_2m", "steps": [8], "time_law": "lognormal",
+                  "train": {"max_steps": 1500, "val_every": 500, "val_draws": 4},
+                  "distill": {"levels": [1.0, 0.3], "teacher_steps": 4, "max_steps": 200, "lr": 1e-3,
+                              "warmup_steps": 10, "eval": 2}},
     "online40": {"cases": 40, "records": 51, "seed_offset": 100, "members": 8, "times": [0.1, 0.24, 0.5, 1.0],
                  "hold": 5, "rank_points": 4, "dns_cost_steps": 8, "cost_reps": 10, "seed": 13},
     "finetune": {"records": 5, "stride": 5, "steps": 40, "members": 4, "windows_per_step": 4, "hold": 5, "lr": 3e-4,
@@ -104,7 +108,10 @@ QUICK: dict[str, Any] = {
     "backbone": {"type": "fno", "sde": "vp", "encoder": {"type": "field"}, "width": 8, "modes": 4, "layers": 2},
     "train": {**CONFIG["train"], "batch_size": 4, "max_steps": 6, "warmup_steps": 0, "val_every": 6},
     "online": {"starts": [0], "members": 3, "times": [0.02, 0.04], "val_time": 0.02, "seed": 3},
-    "diffusion": {"sampler": "dpm_solver_pp_2m", "steps": [1], "time_law": "lognormal"},
+    "diffusion": {"tag": "s1500", "sampler": "dpm_solver_pp_2m", "steps": [2], "time_law": "lognormal",
+                  "train": {"max_steps": 6, "val_every": 6, "val_draws": 2},
+                  "distill": {"levels": [1.0, 0.3], "teacher_steps": 2, "max_steps": 2, "lr": 1e-3,
+                              "warmup_steps": 0, "eval": 2}},
     "online40": {"cases": 3, "records": 5, "seed_offset": 100, "members": 3, "times": [0.02, 0.04],
                  "hold": 2, "rank_points": 2, "dns_cost_steps": 2, "cost_reps": 1, "seed": 13},
     "finetune": {"records": 2, "stride": 1, "steps": 2, "members": 2, "windows_per_step": 2, "hold": 2, "lr": 3e-4,
@@ -414,11 +421,16 @@ def online_scores(states: Tensor, truth: Tensor, groups: Tensor) -> list[dict[st
 
 # -- a diffusion closure of the residual (offline) --------------------------------------------------------------
 class DiffusionResidual:
-    """``U = ADM(y) + r``, ``r`` drawn by a :class:`~stochclosure.ClosureModel` conditioned on ``(y, ADM(y))``."""
+    """``U = ADM(y) + r``, ``r`` drawn by a :class:`~stochclosure.ClosureModel` conditioned on ``(y, ADM(y))``.
 
-    def __init__(self, model: Any, adm: Any, sampler: str, steps: int) -> None:
+    ``sampler=None`` uses the model's own sampler (a distilled student's consistency sampler).
+    """
+
+    def __init__(self, model: Any, adm: Any, sampler: Any, steps: int | None) -> None:
+        from stochclosure.registry import resolve
+
         self.model, self.adm, self.sampler, self.steps = model, adm, sampler, steps
-        self.nfe_per_draw = float(model.sampler.nfe(steps))
+        self.nfe_per_draw = float((model.sampler if sampler is None else resolve("sampler", sampler)).nfe(steps))
 
     def sample(self, cond: Any, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         from stochclosure._types import Conditioning
@@ -431,44 +443,94 @@ class DiffusionResidual:
         return m + r
 
 
-def diffusion_residual(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, key: str
-                       ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train a diffusion closure of ``U - ADM`` (conditioned on the field and ADM) and score its draws offline."""
-    import stochclosure as sc
+def diffusion_pairs(system: Any, cfg: dict[str, Any], data: dict[str, Any], split: str) -> tuple[Tensor, Tensor]:
+    """The residual ``U - ADM`` and the conditioning fields ``(y, ADM(y))`` of a split, ``(N, C, n, n)``."""
     from stochclosure._types import Conditioning
     from stochclosure.closures import ADM
+
+    w, u = flat(data[split][0]), flat(data[split][1])
+    with torch.no_grad():
+        m = ADM.from_system(system, order=cfg["adm_order"]).mean(Conditioning(fields=w))
+    return u - m, torch.cat([w, m], 1)
+
+
+def diffusion_teacher(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, stem: str
+                      ) -> tuple[Any, dict[str, Any]]:
+    """Train (or load) the diffusion model of ``U - ADM`` (VP, EDM-preconditioned FNO, log-normal noise levels)."""
+    import stochclosure as sc
     from stochclosure.data import TensorClosureDataset
     from stochclosure.training import Trainer
 
-    adm = ADM.from_system(system, order=cfg["adm_order"])
     dc = cfg["diffusion"]
-
-    def pairs(split: str) -> tuple[Tensor, Tensor]:
-        w, u = flat(data[split][0]), flat(data[split][1])
-        with torch.no_grad():
-            m = adm.mean(Conditioning(fields=w))
-        return u - m, torch.cat([w, m], 1)
-
     torch.manual_seed(cfg["train"]["seed"])
     backbone = {**cfg["backbone"], "encoder": {"type": "field", "channels": 2}}
-    model = sc.ClosureModel("vp", backbone, dc["sampler"], channels=1)
+    model = sc.ClosureModel("vp", backbone, {"type": dc["sampler"], "steps": max(dc["steps"])}, channels=1)
 
     def fit() -> dict[str, Any]:
         t0 = time.perf_counter()
-        opts = {k: v for k, v in cfg["train"].items() if k != "seed"}
-        (r, f), (rv, fv) = pairs("train"), pairs("val")
-        Trainer(model, TensorClosureDataset(r, fields=f), TensorClosureDataset(rv, fields=fv),
-                seed=cfg["train"]["seed"], time_law=dc["time_law"], progress=False, **opts).fit()
-        return {"state": model.state_dict(), "seconds": time.perf_counter() - t0}
+        opts = {**{k: v for k, v in cfg["train"].items() if k != "seed"}, **dc.get("train", {})}
+        (r, f), (rv, fv) = diffusion_pairs(system, cfg, data, "train"), diffusion_pairs(system, cfg, data, "val")
+        result = Trainer(model, TensorClosureDataset(r, fields=f), TensorClosureDataset(rv, fields=fv),
+                         seed=cfg["train"]["seed"], time_law=dc["time_law"], progress=False, **opts).fit()
+        return {"state": model.state_dict(), "seconds": time.perf_counter() - t0,
+                "history": [dict(h) for h in result.history]}
 
-    stored = cached(work, f"law-{key.replace('/', '-')}-diffusion", fit)
+    stored = cached(work, f"law-{stem}-diffusion-{dc['tag']}", fit)
     model.load_state_dict(stored["state"])
     model.eval()
-    scores = {}
-    for steps in dc["steps"]:
-        law = DiffusionResidual(model, adm, dc["sampler"], steps)
-        scores[f"ADM + diffusion residual ({steps} steps)"] = offline(law, *data["test"], cfg["draws"], seed=5)
-    return scores, {"seconds": stored["seconds"]}
+    return model, {"seconds": stored["seconds"], "history": stored["history"]}
+
+
+def diffusion_student(teacher: Any, system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path,
+                      stem: str) -> tuple[Any, dict[str, Any]]:
+    """Consistency-distil (or load) the teacher into a 1-2 evaluation student (``stochclosure.training.distill``)."""
+    from stochclosure.data import TensorClosureDataset
+    from stochclosure.training.distill import Distiller, make_student
+
+    dd = cfg["diffusion"]["distill"]
+    teacher_sampler = {"type": cfg["diffusion"]["sampler"], "steps": dd["teacher_steps"]}
+    student = make_student(teacher, dd["levels"], teacher_sampler, steps=dd["eval"])
+
+    def fit() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        r, f = diffusion_pairs(system, cfg, data, "train")
+        opts = {k: dd[k] for k in ("max_steps", "lr", "warmup_steps")}
+        Distiller(student, teacher, TensorClosureDataset(r, fields=f), None, levels=dd["levels"],
+                  teacher_sampler=teacher_sampler, batch_size=cfg["train"]["batch_size"],
+                  ema_rel_std=cfg["train"]["ema_rel_std"], augment=cfg["train"]["augment"],
+                  seed=cfg["train"]["seed"], progress=False, **opts).fit()
+        return {"state": student.state_dict(), "seconds": time.perf_counter() - t0}
+
+    stored = cached(work, f"law-{stem}-diffusion-{cfg['diffusion']['tag']}-distilled", fit)
+    student.load_state_dict(stored["state"])
+    student.eval()
+    return student, {"seconds": stored["seconds"]}
+
+
+def diffusion_laws(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, key: str
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The diffusion residual with the teacher's sampler at each step count and the distilled student."""
+    from stochclosure.closures import ADM
+
+    adm = ADM.from_system(system, order=cfg["adm_order"])
+    stem = key.replace("/", "-")
+    dc = cfg["diffusion"]
+    teacher, info = diffusion_teacher(system, cfg, data, work, stem)
+    laws = {f"ADM + diffusion residual ({s} steps)": DiffusionResidual(teacher, adm, dc["sampler"], s)
+            for s in dc["steps"]}
+    if dc.get("distill"):
+        student, info["distilled"] = diffusion_student(teacher, system, cfg, data, work, stem)
+        laws[f"ADM + diffusion residual, distilled ({dc['distill']['eval']} NFE)"] = DiffusionResidual(
+            student, adm, None, None)
+    return laws, info
+
+
+def diffusion_residual(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, key: str
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train a diffusion closure of ``U - ADM`` (conditioned on the field and ADM) and score its draws offline."""
+    laws, info = diffusion_laws(system, cfg, data, work, key)
+    scores = {name: offline(law, *data["test"], cfg["draws"], seed=5) for name, law in laws.items()}
+    return scores, info
 
 
 # -- the study --------------------------------------------------------------------------------------------------
@@ -805,7 +867,7 @@ def evaluate_setting(cfg: dict[str, Any], work: Path, raw: dict[str, Any], setti
     if cfg.get("diffusion"):
         _log(f"{key}: diffusion residual")
         info["diffusion"], info["diffusion training"] = cached(
-            work, f"diffusion-{stem}", lambda: diffusion_residual(system, cfg, data, work, key))
+            work, f"diffusion-{stem}-{cfg['diffusion']['tag']}", lambda: diffusion_residual(system, cfg, data, work, key))
     return info
 
 
@@ -924,20 +986,25 @@ def goals_online_of(info: dict[str, Any], on: dict[str, Any], name: str) -> list
 
 
 def goals_sharp(info: dict[str, Any]) -> list[str]:
-    """Sharp filter: the diffusion closure against the deterministic FNO, the Gaussian and physics + noise (offline)."""
+    """Sharp filter: the diffusion closure against the deterministic FNO, the Gaussian and physics + noise (offline).
+
+    Scored for the many-step sampler and for the distilled student, both fixed in advance (neither is
+    chosen by its test score).
+    """
     off = {**info["offline"], **info.get("diffusion", {})}
     diff = sorted((v["nfe_per_draw"], k) for k, v in off.items() if "diffusion" in k)
     if not diff:
         return ["| diffusion closure beats the others (offline) | - | not trained | missed: no diffusion closure |"]
-    best = diff[-1][1]  # the many-step sampler, fixed in advance (not chosen by its test score)
     rows = []
-    for other in ("deterministic FNO (ADM input)", LEARNED, "ADM + coloured noise"):
-        for metric in ("crps", "energy"):
-            a, b = off[best][metric][0], off[other][metric][0]
-            rows.append(_goal(f"{metric} below {other}'s", best, f"{a:.4g} vs {b:.4g}", a < b, f"{a / b - 1:.3f} above"))
-    v = off[best]["spread_skill"][0]
-    rows.append(_goal("spread-skill in [0.7, 1.3]", best, f"{v:.3f}", 0.7 <= v <= 1.3,
-                      f"{min(abs(v - 0.7), abs(v - 1.3)):.3f} outside"))
+    for best in [diff[-1][1], *(k for _, k in diff if "distilled" in k)]:
+        for other in ("deterministic FNO (ADM input)", LEARNED, "ADM + coloured noise"):
+            for metric in ("crps", "energy"):
+                a, b = off[best][metric][0], off[other][metric][0]
+                rows.append(_goal(f"{metric} below {other}'s", best, f"{a:.4g} vs {b:.4g}", a < b,
+                                  f"{a / b - 1:.3f} above"))
+        v = off[best]["spread_skill"][0]
+        rows.append(_goal("spread-skill in [0.7, 1.3]", best, f"{v:.3f}", 0.7 <= v <= 1.3,
+                          f"{min(abs(v - 0.7), abs(v - 1.3)):.3f} outside"))
     return rows
 
 
@@ -1168,7 +1235,21 @@ def findings(results: dict[str, Any]) -> list[str]:
         f"no physics closure explains U (best R² {max(so[k]['r2'][0] for k in ('Smagorinsky, fitted c_s', 'gradient', 'ADM order 10')):.3f}); "
         f"the deterministic FNO reaches R² {so[fno]['r2'][0]:.3f}, the Gaussian law the lowest CRPS "
         f"({so[LEARNED]['crps'][0]:.3g} vs {so['ADM + coloured noise']['crps'][0]:.3g} for noise alone).")
+    lines += diffusion_findings(so)
     return lines + [""]
+
+
+def diffusion_findings(so: dict[str, Any]) -> list[str]:
+    """Sharp filter: where the diffusion residual (teacher and distilled student) stands, from the numbers."""
+    diff = sorted((v["nfe_per_draw"], k) for k, v in so.items() if "diffusion" in k)
+    if not diff:
+        return []
+    best = min((k for k in so if "diffusion" not in k and "spread_skill" in so[k]
+                and so[k]["spread_skill"][0] > 0), key=lambda k: so[k]["crps"][0])
+    parts = [f"{k} CRPS {so[k]['crps'][0]:.3g}, energy {so[k]['energy'][0]:.4g}, R² {so[k]['r2'][0]:.3f}, "
+             f"spread-skill {so[k]['spread_skill'][0]:.2f} ({n:g} NFE)" for n, k in diff]
+    return ["- Sharp filter, diffusion residual: " + "; ".join(parts) + f". The best other stochastic law is "
+            f"{best} (CRPS {so[best]['crps'][0]:.3g}, energy {so[best]['energy'][0]:.4g})."]
 
 
 def late_note(info: dict[str, Any]) -> list[str]:
@@ -1179,6 +1260,20 @@ def late_note(info: dict[str, Any]) -> list[str]:
             "online): the same post-hoc inflation, fitted on validation rollouts only, applied to the Gaussian "
             "residual law: " + "; ".join(f"alpha {a['alpha']:.3f} gave spread-skill {a['val_spread_skill']:.3f}"
                                          for a in extra["inflation"]) + f"; used alpha = {extra['alpha']:.3f}.", ""]
+
+
+def diffusion_training_lines(dt: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """How the diffusion residual was trained and distilled, with its validation scores against the steps."""
+    dc = cfg["diffusion"]
+    val = "; ".join(f"{h['step']}: R² {h['val_r2']:.3f}, CRPS {h['val_crps']:.4g}, spread-skill "
+                    f"{h['val_spread_skill']:.2f}" for h in dt.get("history", []) if "val_crps" in h)
+    lines = [f"- ADM + diffusion residual: trained in {dt['seconds']:.0f} s with `{json.dumps(dc.get('train', {}))}` "
+             f"over the schedule above and {dc['time_law']} noise levels; validation (EMA weights, "
+             f"{dc.get('train', {}).get('val_draws', 0)} draws, {max(dc['steps'])} steps) at step {val or '-'}"]
+    if "distilled" in dt:
+        lines.append(f"- distilled (consistency distillation, `{json.dumps(dc['distill'])}`) in "
+                     f"{dt['distilled']['seconds']:.0f} s")
+    return lines
 
 
 def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any], cfg: dict[str, Any]) -> None:
@@ -1204,8 +1299,7 @@ def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any], cf
             h = info[name]["history"]
             lines.append(f"- {name}: trained in {info[name]['seconds']:.0f} s; last log {json.dumps(h[-1]) if h else '-'}")
         if "diffusion training" in info:
-            lines.append(f"- ADM + diffusion residual: trained in {info['diffusion training']['seconds']:.0f} s "
-                         "(the same steps and schedule, log-normal noise levels)")
+            lines += diffusion_training_lines(info["diffusion training"], cfg)
         lines.append("")
         if "online40" in info:
             lines += online40_section(info)
