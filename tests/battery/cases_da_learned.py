@@ -13,6 +13,6 @@ CASES: list[BadInput] = [
       "closure.options", lambda c: _assimilate(c, "optlist", closure={"type": "adm", "options": [5]})),
     C("da_options_builtin", "assimilate --config", "options on a built-in cubic closure", E.ConfigError,
       "closure.options", lambda c: _assimilate(c, "optcubic", closure={"type": "cubic", "options": {"order": 5}})),
-    C("da_checkpoint_missing", "assimilate --config", "a checkpoint path that does not exist", E.ConfigError,
+    C("da_checkpoint_dir_missing", "assimilate --config", "a checkpoint folder path that does not exist", E.ConfigError,
       "closure.path", lambda c: _assimilate(c, "nockpt", closure={"type": "checkpoint", "path": "missing/model"})),
 ]
