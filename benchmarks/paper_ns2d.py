@@ -253,7 +253,11 @@ TRIAL_SCALE = 2.5  # the demo's value (a 2-time-unit horizon); the fit rescales 
 #: (every 5 steps, 3 evaluations) and, at the steps between, the physics closure of G with the
 #: system's own forcing law, ``nu Lap w + 2 sigma dW`` (fresh dW, scale 1).
 PHYSICS_BETWEEN = {**CALIBRATED, "forcing_scale": 1.0, "between": "physics"}
-OPTIONAL_RUNS = {"physics_between"}
+#: ``physics_between_cal``: the same policy with its between-draw forcing ``scale * 2 sigma dW``
+#: scaled for spread-skill 1, fitted (:func:`fit_forcing_scale`, trial scale 1) on the validation
+#: runs of :data:`PHYSICS_BETWEEN` alone and written to ``calibration_between.json`` before any of
+#: its test runs (which wait for it).
+OPTIONAL_RUNS = {"physics_between", "physics_between_cal"}
 
 
 def physics_between_draws(coarse: Any, scale: float = 1.0) -> Any:
@@ -477,31 +481,46 @@ def evaluate_online_cases(work: Path, data_cfg: Path, quick: bool, pretrained: s
                             folder, f"val{i}", quick, members)
     cal = _calibration(folder, len(val), wait="calibrated" in wanted or "confirm" in wanted)
     fitted = None if cal is None else {**CALIBRATED, "forcing_scale": cal["forcing_scale"]}
+    if "physics_between_val" in wanted:  # the trial runs of the between-draw fit
+        for i, case in enumerate(val):
+            if i in pick["val"]:
+                online_case(model, case, starts["system"], {"physics_between": PHYSICS_BETWEEN}, folder, f"val{i}",
+                            quick, members)
+    cal_b = _calibration(folder, len(val), wait=bool({"physics_between_cal", "physics_between_cal_val"} & set(wanted)),
+                         trial="physics_between", trial_scale=PHYSICS_BETWEEN["forcing_scale"],
+                         name="calibration_between.json")
+    fitted_b = None if cal_b is None else {**PHYSICS_BETWEEN, "forcing_scale": cal_b["forcing_scale"]}
     for i, case in enumerate(test):
         runs: dict[str, Any] = {k: v for k, v in (("held", HELD), ("references", None),
                                                   ("physics_between", PHYSICS_BETWEEN)) if k in wanted}
         if fitted is not None and "calibrated" in wanted:
             runs["calibrated"] = fitted
+        if fitted_b is not None and "physics_between_cal" in wanted:
+            runs["physics_between_cal"] = fitted_b
         if i in pick["test"]:
             online_case(model, case, starts["system"], runs, folder, f"test{i}", quick, members)
-    checks = {k: v for k, v in (("calibrated", fitted), ("physics_between", PHYSICS_BETWEEN))
-              if v is not None and {"calibrated": "confirm", "physics_between": "physics_between_val"}[k] in wanted}
+    checks = {k: v for k, v in (("calibrated", fitted), ("physics_between_cal", fitted_b))
+              if v is not None and {"calibrated": "confirm", "physics_between_cal": "physics_between_cal_val"}[k] in wanted}
     for i, case in enumerate(val):
         if i in pick["val"] and checks:
             online_case(model, case, starts["system"], checks, folder, f"val{i}", quick, members)
-    return collect_online_cases(folder, pretrained, cal)
+    out = collect_online_cases(folder, pretrained, cal)
+    out["calibration_between"] = cal_b
+    return out
 
 
-def _calibration(folder: Path, n_val: int, wait: bool) -> dict[str, Any] | None:
-    """The fitted forcing scale (fitted once from all validation trial runs and written to
-    ``calibration.json``); with ``wait``, waits for trial runs still running in another process."""
-    cal_path = folder / "calibration.json"
-    trials = [folder / f"val{i}_trial.json" for i in range(n_val)]
+def _calibration(folder: Path, n_val: int, wait: bool, trial: str = "trial", trial_scale: float = TRIAL_SCALE,
+                 name: str = "calibration.json") -> dict[str, Any] | None:
+    """The fitted forcing scale (fitted once from the validation runs ``val<i>_<trial>`` at
+    ``trial_scale`` and written to ``name``); with ``wait``, waits for trial runs still running in
+    another process."""
+    cal_path = folder / name
+    trials = [folder / f"val{i}_{trial}.json" for i in range(n_val)]
     while wait and not cal_path.is_file() and not all(f.is_file() for f in trials):
         time.sleep(20)
     if not cal_path.is_file() and all(f.is_file() for f in trials):
         tmp = cal_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(fit_forcing_scale([json.loads(f.read_text()) for f in trials], TRIAL_SCALE)))
+        tmp.write_text(json.dumps(fit_forcing_scale([json.loads(f.read_text()) for f in trials], trial_scale)))
         os.replace(tmp, cal_path)
     return json.loads(cal_path.read_text()) if cal_path.is_file() else None
 
@@ -515,6 +534,8 @@ def collect_online_cases(folder: Path, pretrained: str, cal: dict[str, Any] | No
     out: dict[str, Any] = {"pretrained": pretrained, "calibration": cal, "val": {}, "test": {}, "incomplete": []}
     by_case: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
     for f in sorted(folder.glob("*_*.json")):
+        if not f.stem.startswith(("val", "test")):
+            continue
         tag, name = f.stem.split("_", 1)
         r = json.loads(f.read_text())
         parts = {k: v for k, v in r.items() if k != "case"} if name == "references" else {name: r}
@@ -565,6 +586,7 @@ RUN_LABELS = {
     "held": "learned G, fresh draw every 10 steps (6 NFE), held",
     "calibrated": "learned G, draw every 5 steps (3 NFE) + fresh forcing per step (calibrated)",
     "physics_between": "learned G drawn every 5 steps (3 NFE), physics nu Lap w + 2 sigma dW between draws",
+    "physics_between_cal": "the same, between-draw forcing scaled (fitted on validation)",
     "physics": "physics closure nu Lap w + 2 sigma dW (no learning, no measurements)",
     "no closure": "no closure",
     "true G held 10 steps": "true G held 10 steps (floor of the held policy)",
@@ -595,6 +617,13 @@ def online_cases_lines(oc: dict[str, Any]) -> list[str]:
               f"gave spread-skill {cal['trial_ratio_pooled']:.2f} (per case {', '.join(f'{x:.2f}' for x in cal['trial_ratios'])}); "
               f"the spread grows in proportion to the scale, so the fitted scale is {cal['forcing_scale']:g} x 2 sigma dW "
               "(fit_forcing_scale). Draw every 5 steps with 2 sampler steps, as the demo.", ""]
+    cb = oc.get("calibration_between") or {}
+    if cb:
+        L += [f"Between-draw scale of the physics-between policy, fixed before any of its test runs and fitted the same "
+              f"way on {cb['cases']} VALIDATION case(s) only ({cb['members']} members): at scale {cb['trial_scale']:g} "
+              f"(the system's own forcing law) its spread-skill was {cb['trial_ratio_pooled']:.2f}, so the fitted "
+              f"between-draw forcing is {cb['forcing_scale']:g} x 2 sigma dW (one fixed-point step of fit_forcing_scale; "
+              "the learned draws are unchanged).", ""]
     names = [k for k in RUN_LABELS if k in test]
     times = next(r[0]["times"] for r in oc["test"].values() if "times" in r[0])
     idx = [i for i in range(1, len(times)) if i % 2 == 0 or len(times) <= 12]
@@ -618,7 +647,7 @@ def online_cases_lines(oc: dict[str, Any]) -> list[str]:
             L.append(f"| {RUN_LABELS[k]} | {t['cases']} | {t['ratio_pooled']:.2f} | {t['ratio_mean']:.2f} +- "
                      f"{t['ratio_se']:.2f} | {t['rank_histogram']} | {t['nfe_per_step']:g} | {t['seconds']:.0f} |")
     val = {k: summarise_runs(v) for k, v in oc["val"].items()}
-    for k in ("calibrated", "physics_between"):
+    for k in ("calibrated", "physics_between", "physics_between_cal"):
         if k in val:
             v = val[k]
             L += ["", f"Validation ({v['cases']} case(s)), {RUN_LABELS[k]}: spread-skill {v['ratio_pooled']:.2f}, "
@@ -833,8 +862,9 @@ def main() -> None:
     p.add_argument("--pretrained", default=None,
                    help="shipped closure for the online stage (e.g. ns2d_G_sparse_32, the G_sparse_interp model)")
     p.add_argument("--online-runs", default="trial,held,references,calibrated,physics_between,confirm",
-                   help="online-stage runs: trial (validation fit), held, references, calibrated, physics_between "
-                        "(test), confirm, physics_between_val (validation)")
+                   help="online-stage runs: trial (validation fit), held, references, calibrated, physics_between, "
+                        "physics_between_cal (test), confirm, physics_between_val (validation, also the trial of the "
+                        "between-draw fit), physics_between_cal_val (validation, fitted between-draw scale)")
     p.add_argument("--members", type=int, default=4, help="ensemble members of the online stage")
     p.add_argument("--val-count", type=int, default=1,
                    help="online stage: validation cases the forcing scale is fitted on (1 fits the measured budget)")
