@@ -257,7 +257,11 @@ PHYSICS_BETWEEN = {**CALIBRATED, "forcing_scale": 1.0, "between": "physics"}
 #: scaled for spread-skill 1, fitted (:func:`fit_forcing_scale`, trial scale 1) on the validation
 #: runs of :data:`PHYSICS_BETWEEN` alone and written to ``calibration_between.json`` before any of
 #: its test runs (which wait for it).
-OPTIONAL_RUNS = {"physics_between", "physics_between_cal"}
+OPTIONAL_RUNS = {"physics_between", "physics_between_cal", "physics_cal"}
+#: The simple baseline of the same fit: the physics closure alone (no network, no measurements) with
+#: its forcing ``scale * 2 sigma dW``, the scale fitted on its validation runs at scale 1
+#: (``calibration_physics.json``, before any of its test runs).
+PHYSICS_ALONE = {"physics_scale": 1.0}
 
 
 def physics_between_draws(coarse: Any, scale: float = 1.0) -> Any:
@@ -380,6 +384,19 @@ def _learned_run(model: Any, coarse: Any, v0: torch.Tensor, truth: dict[str, tor
     return out
 
 
+def _physics_run(sys_cfg: dict[str, Any], v0: torch.Tensor, truth: dict[str, torch.Tensor], scale: float,
+                 n_steps: int, members: int, rec: int) -> dict[str, Any]:
+    """The physics closure ensemble ``nu Lap w + scale * 2 sigma dW`` (seed 1, as the reference row)."""
+    from stochclosure.cli.demo import _physics_ensemble
+    from stochclosure.systems.navier_stokes import NavierStokes2D
+
+    coarse = NavierStokes2D(**{**sys_cfg, "n": 32, "sigma": sys_cfg["sigma"] * scale})
+    t0 = time.perf_counter()
+    phys = _physics_ensemble(coarse, v0, n_steps, members, rec, 1)
+    return {**_ensemble_scores(phys, truth["states"]), "seconds": time.perf_counter() - t0, "nfe_per_step": 0.0,
+            "policy": {"physics_scale": scale}}
+
+
 def _reference_runs(coarse: Any, v0: torch.Tensor, truth: dict[str, torch.Tensor], n_steps: int, members: int,
                     rec: int, t_start: float, seed: int) -> dict[str, Any]:
     """No closure, the physics closure ensemble, and the true closure held 10 steps / fed every step."""
@@ -428,6 +445,8 @@ def online_case(model: Any, case: dict[str, Any], system: dict[str, Any], runs: 
         for name in todo:
             policy = runs[name]
             r = (_reference_runs(coarse, v0, truth, n_steps, members, rec, case["time"], 1) if policy is None else
+                 _physics_run(sys_cfg, v0, truth, policy["physics_scale"], n_steps, members, rec)
+                 if "physics_scale" in policy else
                  _learned_run(model, coarse, v0, truth, policy, n_steps, members, rec, case["time"], 0))
             r["case"] = {k: v for k, v in case.items() if k != "state"}
             folder.mkdir(parents=True, exist_ok=True)
@@ -490,6 +509,13 @@ def evaluate_online_cases(work: Path, data_cfg: Path, quick: bool, pretrained: s
                          trial="physics_between", trial_scale=PHYSICS_BETWEEN["forcing_scale"],
                          name="calibration_between.json")
     fitted_b = None if cal_b is None else {**PHYSICS_BETWEEN, "forcing_scale": cal_b["forcing_scale"]}
+    if "physics_val" in wanted:  # the trial runs of the physics-alone fit
+        for i, case in enumerate(val):
+            if i in pick["val"]:
+                online_case(model, case, starts["system"], {"physics": PHYSICS_ALONE}, folder, f"val{i}", quick, members)
+    cal_p = _calibration(folder, len(val), wait=bool({"physics_cal", "physics_cal_val"} & set(wanted)),
+                         trial="physics", trial_scale=1.0, name="calibration_physics.json")
+    fitted_p = None if cal_p is None else {"physics_scale": cal_p["forcing_scale"]}
     for i, case in enumerate(test):
         runs: dict[str, Any] = {k: v for k, v in (("held", HELD), ("references", None),
                                                   ("physics_between", PHYSICS_BETWEEN)) if k in wanted}
@@ -497,15 +523,18 @@ def evaluate_online_cases(work: Path, data_cfg: Path, quick: bool, pretrained: s
             runs["calibrated"] = fitted
         if fitted_b is not None and "physics_between_cal" in wanted:
             runs["physics_between_cal"] = fitted_b
+        if fitted_p is not None and "physics_cal" in wanted:
+            runs["physics_cal"] = fitted_p
         if i in pick["test"]:
             online_case(model, case, starts["system"], runs, folder, f"test{i}", quick, members)
-    checks = {k: v for k, v in (("calibrated", fitted), ("physics_between_cal", fitted_b))
-              if v is not None and {"calibrated": "confirm", "physics_between_cal": "physics_between_cal_val"}[k] in wanted}
+    checks = {k: v for k, v in (("calibrated", fitted), ("physics_between_cal", fitted_b), ("physics_cal", fitted_p))
+              if v is not None and {"calibrated": "confirm", "physics_between_cal": "physics_between_cal_val",
+                                    "physics_cal": "physics_cal_val"}[k] in wanted}
     for i, case in enumerate(val):
         if i in pick["val"] and checks:
             online_case(model, case, starts["system"], checks, folder, f"val{i}", quick, members)
     out = collect_online_cases(folder, pretrained, cal)
-    out["calibration_between"] = cal_b
+    out["calibration_between"], out["calibration_physics"] = cal_b, cal_p
     return out
 
 
@@ -588,6 +617,7 @@ RUN_LABELS = {
     "physics_between": "learned G drawn every 5 steps (3 NFE), physics nu Lap w + 2 sigma dW between draws",
     "physics_between_cal": "the same, between-draw forcing scaled (fitted on validation)",
     "physics": "physics closure nu Lap w + 2 sigma dW (no learning, no measurements)",
+    "physics_cal": "physics closure, forcing scaled (fitted on validation; no learning, no measurements)",
     "no closure": "no closure",
     "true G held 10 steps": "true G held 10 steps (floor of the held policy)",
     "true G every step": "true G every step (floor of the reduced model)",
