@@ -10,11 +10,15 @@ G_sparse_interp model) it regenerates only the starts of the validation and test
 ``configs/paper/ns2d_data.yaml`` (about 2 minutes on one core), fits the forcing scale of the
 calibrated policy on validation cases, and compares on the test cases the committed policy (a
 fresh draw every 10 steps, held), the calibrated one (a draw every 5 steps plus fresh forcing of
-the system's noise law each step), the physics closure and no closure. Each run is cached in
+the system's noise law each step), the learned draw with the physics closure between draws (its
+between-draw forcing scale fitted on validation too, ``physics_between_cal``), the physics closure
+(also with its forcing scale fitted on validation, ``physics_cal``: the simple baseline) and no
+closure. Each run is cached in
 ``work/online_cases/``; ``--val-cases`` / ``--test-cases`` split the work between processes.
 Measured: 6 to 13 minutes of wall time per learned-closure run of 10 time units with 4 members
 (1 thread, nice, on a 2-core machine shared by other jobs, load 10-16), 20-30 s for the
-references; the starts take 2 minutes.
+references; the starts take 2 minutes (35 s at load 7). The fitted between-draw run took 7 minutes
+per case (four in parallel), the fitted physics-alone run under a minute.
 
 Usage:
     python benchmarks/paper_ns2d.py [--quick] [--models G_sparse_interp,...] [--stages generate,train,evaluate]
@@ -253,7 +257,15 @@ TRIAL_SCALE = 2.5  # the demo's value (a 2-time-unit horizon); the fit rescales 
 #: (every 5 steps, 3 evaluations) and, at the steps between, the physics closure of G with the
 #: system's own forcing law, ``nu Lap w + 2 sigma dW`` (fresh dW, scale 1).
 PHYSICS_BETWEEN = {**CALIBRATED, "forcing_scale": 1.0, "between": "physics"}
-OPTIONAL_RUNS = {"physics_between"}
+#: ``physics_between_cal``: the same policy with its between-draw forcing ``scale * 2 sigma dW``
+#: scaled for spread-skill 1, fitted (:func:`fit_forcing_scale`, trial scale 1) on the validation
+#: runs of :data:`PHYSICS_BETWEEN` alone and written to ``calibration_between.json`` before any of
+#: its test runs (which wait for it).
+OPTIONAL_RUNS = {"physics_between", "physics_between_cal", "physics_cal"}
+#: The simple baseline of the same fit: the physics closure alone (no network, no measurements) with
+#: its forcing ``scale * 2 sigma dW``, the scale fitted on its validation runs at scale 1
+#: (``calibration_physics.json``, before any of its test runs).
+PHYSICS_ALONE = {"physics_scale": 1.0}
 
 
 def physics_between_draws(coarse: Any, scale: float = 1.0) -> Any:
@@ -376,6 +388,19 @@ def _learned_run(model: Any, coarse: Any, v0: torch.Tensor, truth: dict[str, tor
     return out
 
 
+def _physics_run(sys_cfg: dict[str, Any], v0: torch.Tensor, truth: dict[str, torch.Tensor], scale: float,
+                 n_steps: int, members: int, rec: int) -> dict[str, Any]:
+    """The physics closure ensemble ``nu Lap w + scale * 2 sigma dW`` (seed 1, as the reference row)."""
+    from stochclosure.cli.demo import _physics_ensemble
+    from stochclosure.systems.navier_stokes import NavierStokes2D
+
+    coarse = NavierStokes2D(**{**sys_cfg, "n": 32, "sigma": sys_cfg["sigma"] * scale})
+    t0 = time.perf_counter()
+    phys = _physics_ensemble(coarse, v0, n_steps, members, rec, 1)
+    return {**_ensemble_scores(phys, truth["states"]), "seconds": time.perf_counter() - t0, "nfe_per_step": 0.0,
+            "policy": {"physics_scale": scale}}
+
+
 def _reference_runs(coarse: Any, v0: torch.Tensor, truth: dict[str, torch.Tensor], n_steps: int, members: int,
                     rec: int, t_start: float, seed: int) -> dict[str, Any]:
     """No closure, the physics closure ensemble, and the true closure held 10 steps / fed every step."""
@@ -424,6 +449,8 @@ def online_case(model: Any, case: dict[str, Any], system: dict[str, Any], runs: 
         for name in todo:
             policy = runs[name]
             r = (_reference_runs(coarse, v0, truth, n_steps, members, rec, case["time"], 1) if policy is None else
+                 _physics_run(sys_cfg, v0, truth, policy["physics_scale"], n_steps, members, rec)
+                 if "physics_scale" in policy else
                  _learned_run(model, coarse, v0, truth, policy, n_steps, members, rec, case["time"], 0))
             r["case"] = {k: v for k, v in case.items() if k != "state"}
             folder.mkdir(parents=True, exist_ok=True)
@@ -477,31 +504,56 @@ def evaluate_online_cases(work: Path, data_cfg: Path, quick: bool, pretrained: s
                             folder, f"val{i}", quick, members)
     cal = _calibration(folder, len(val), wait="calibrated" in wanted or "confirm" in wanted)
     fitted = None if cal is None else {**CALIBRATED, "forcing_scale": cal["forcing_scale"]}
+    if "physics_between_val" in wanted:  # the trial runs of the between-draw fit
+        for i, case in enumerate(val):
+            if i in pick["val"]:
+                online_case(model, case, starts["system"], {"physics_between": PHYSICS_BETWEEN}, folder, f"val{i}",
+                            quick, members)
+    cal_b = _calibration(folder, len(val), wait=bool({"physics_between_cal", "physics_between_cal_val"} & set(wanted)),
+                         trial="physics_between", trial_scale=PHYSICS_BETWEEN["forcing_scale"],
+                         name="calibration_between.json")
+    fitted_b = None if cal_b is None else {**PHYSICS_BETWEEN, "forcing_scale": cal_b["forcing_scale"]}
+    if "physics_val" in wanted:  # the trial runs of the physics-alone fit
+        for i, case in enumerate(val):
+            if i in pick["val"]:
+                online_case(model, case, starts["system"], {"physics": PHYSICS_ALONE}, folder, f"val{i}", quick, members)
+    cal_p = _calibration(folder, len(val), wait=bool({"physics_cal", "physics_cal_val"} & set(wanted)),
+                         trial="physics", trial_scale=1.0, name="calibration_physics.json")
+    fitted_p = None if cal_p is None else {"physics_scale": cal_p["forcing_scale"]}
     for i, case in enumerate(test):
         runs: dict[str, Any] = {k: v for k, v in (("held", HELD), ("references", None),
                                                   ("physics_between", PHYSICS_BETWEEN)) if k in wanted}
         if fitted is not None and "calibrated" in wanted:
             runs["calibrated"] = fitted
+        if fitted_b is not None and "physics_between_cal" in wanted:
+            runs["physics_between_cal"] = fitted_b
+        if fitted_p is not None and "physics_cal" in wanted:
+            runs["physics_cal"] = fitted_p
         if i in pick["test"]:
             online_case(model, case, starts["system"], runs, folder, f"test{i}", quick, members)
-    checks = {k: v for k, v in (("calibrated", fitted), ("physics_between", PHYSICS_BETWEEN))
-              if v is not None and {"calibrated": "confirm", "physics_between": "physics_between_val"}[k] in wanted}
+    checks = {k: v for k, v in (("calibrated", fitted), ("physics_between_cal", fitted_b), ("physics_cal", fitted_p))
+              if v is not None and {"calibrated": "confirm", "physics_between_cal": "physics_between_cal_val",
+                                    "physics_cal": "physics_cal_val"}[k] in wanted}
     for i, case in enumerate(val):
         if i in pick["val"] and checks:
             online_case(model, case, starts["system"], checks, folder, f"val{i}", quick, members)
-    return collect_online_cases(folder, pretrained, cal)
+    out = collect_online_cases(folder, pretrained, cal)
+    out["calibration_between"], out["calibration_physics"] = cal_b, cal_p
+    return out
 
 
-def _calibration(folder: Path, n_val: int, wait: bool) -> dict[str, Any] | None:
-    """The fitted forcing scale (fitted once from all validation trial runs and written to
-    ``calibration.json``); with ``wait``, waits for trial runs still running in another process."""
-    cal_path = folder / "calibration.json"
-    trials = [folder / f"val{i}_trial.json" for i in range(n_val)]
+def _calibration(folder: Path, n_val: int, wait: bool, trial: str = "trial", trial_scale: float = TRIAL_SCALE,
+                 name: str = "calibration.json") -> dict[str, Any] | None:
+    """The fitted forcing scale (fitted once from the validation runs ``val<i>_<trial>`` at
+    ``trial_scale`` and written to ``name``); with ``wait``, waits for trial runs still running in
+    another process."""
+    cal_path = folder / name
+    trials = [folder / f"val{i}_{trial}.json" for i in range(n_val)]
     while wait and not cal_path.is_file() and not all(f.is_file() for f in trials):
         time.sleep(20)
     if not cal_path.is_file() and all(f.is_file() for f in trials):
         tmp = cal_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(fit_forcing_scale([json.loads(f.read_text()) for f in trials], TRIAL_SCALE)))
+        tmp.write_text(json.dumps(fit_forcing_scale([json.loads(f.read_text()) for f in trials], trial_scale)))
         os.replace(tmp, cal_path)
     return json.loads(cal_path.read_text()) if cal_path.is_file() else None
 
@@ -515,6 +567,8 @@ def collect_online_cases(folder: Path, pretrained: str, cal: dict[str, Any] | No
     out: dict[str, Any] = {"pretrained": pretrained, "calibration": cal, "val": {}, "test": {}, "incomplete": []}
     by_case: dict[str, dict[str, dict[str, Any]]] = {"val": {}, "test": {}}
     for f in sorted(folder.glob("*_*.json")):
+        if not f.stem.startswith(("val", "test")):
+            continue
         tag, name = f.stem.split("_", 1)
         r = json.loads(f.read_text())
         parts = {k: v for k, v in r.items() if k != "case"} if name == "references" else {name: r}
@@ -565,7 +619,9 @@ RUN_LABELS = {
     "held": "learned G, fresh draw every 10 steps (6 NFE), held",
     "calibrated": "learned G, draw every 5 steps (3 NFE) + fresh forcing per step (calibrated)",
     "physics_between": "learned G drawn every 5 steps (3 NFE), physics nu Lap w + 2 sigma dW between draws",
+    "physics_between_cal": "the same, between-draw forcing scaled (fitted on validation)",
     "physics": "physics closure nu Lap w + 2 sigma dW (no learning, no measurements)",
+    "physics_cal": "physics closure, forcing scaled (fitted on validation; no learning, no measurements)",
     "no closure": "no closure",
     "true G held 10 steps": "true G held 10 steps (floor of the held policy)",
     "true G every step": "true G every step (floor of the reduced model)",
@@ -595,6 +651,18 @@ def online_cases_lines(oc: dict[str, Any]) -> list[str]:
               f"gave spread-skill {cal['trial_ratio_pooled']:.2f} (per case {', '.join(f'{x:.2f}' for x in cal['trial_ratios'])}); "
               f"the spread grows in proportion to the scale, so the fitted scale is {cal['forcing_scale']:g} x 2 sigma dW "
               "(fit_forcing_scale). Draw every 5 steps with 2 sampler steps, as the demo.", ""]
+    cb = oc.get("calibration_between") or {}
+    if cb:
+        L += [f"Between-draw scale of the physics-between policy, fixed before any of its test runs and fitted the same "
+              f"way on {cb['cases']} VALIDATION case(s) only ({cb['members']} members): at scale {cb['trial_scale']:g} "
+              f"(the system's own forcing law) its spread-skill was {cb['trial_ratio_pooled']:.2f}, so the fitted "
+              f"between-draw forcing is {cb['forcing_scale']:g} x 2 sigma dW (one fixed-point step of fit_forcing_scale; "
+              "the learned draws are unchanged).", ""]
+    cp = oc.get("calibration_physics") or {}
+    if cp:
+        L += [f"Forcing scale of the physics closure alone (the simple baseline), fitted the same way on the same "
+              f"validation case(s) before any of its test runs: scale 1 gave spread-skill {cp['trial_ratio_pooled']:.2f}, "
+              f"fitted {cp['forcing_scale']:g} x 2 sigma dW.", ""]
     names = [k for k in RUN_LABELS if k in test]
     times = next(r[0]["times"] for r in oc["test"].values() if "times" in r[0])
     idx = [i for i in range(1, len(times)) if i % 2 == 0 or len(times) <= 12]
@@ -618,7 +686,7 @@ def online_cases_lines(oc: dict[str, Any]) -> list[str]:
             L.append(f"| {RUN_LABELS[k]} | {t['cases']} | {t['ratio_pooled']:.2f} | {t['ratio_mean']:.2f} +- "
                      f"{t['ratio_se']:.2f} | {t['rank_histogram']} | {t['nfe_per_step']:g} | {t['seconds']:.0f} |")
     val = {k: summarise_runs(v) for k, v in oc["val"].items()}
-    for k in ("calibrated", "physics_between"):
+    for k in ("calibrated", "physics_between", "physics_between_cal", "physics", "physics_cal"):
         if k in val:
             v = val[k]
             L += ["", f"Validation ({v['cases']} case(s)), {RUN_LABELS[k]}: spread-skill {v['ratio_pooled']:.2f}, "
@@ -679,10 +747,42 @@ def online_cases_findings(oc: dict[str, Any], committed_end: float | None) -> li
              "forcing between draws (the row above), or a draw every step (the true G every step ends at "
              f"{test['true G every step']['err_mean'][-1]:.4f}; about 3 network evaluations per step with 2 sampler "
              "steps, 5x the cost), removes the error instead of covering it. The row above is as accurate as the "
-             "physics closure alone and as under-dispersed; a spread inflation of it fitted on validation (the "
-             "next thing to measure, not run here) could meet both parts of the goal. With the true closure's law "
-             "known, the learned closure with measurements adds nothing measurable over it in this setting.")
+             "physics closure alone and as under-dispersed. With the true closure's law known, the learned closure "
+             "with measurements adds nothing measurable over it in this setting.")
+    if "physics_between_cal" in test:
+        L.append(_between_cal_finding(oc, test))
     return L
+
+
+def _between_cal_finding(oc: dict[str, Any], test: dict[str, Any]) -> str:
+    """The finding of the physics-between policy with its validation-fitted between-draw scale."""
+    b, p = test["physics_between_cal"], test["physics"]
+    cb = oc.get("calibration_between") or {}
+    runs = {k: {r["case"]["traj"]: r for r in oc["test"][k]} for k in ("physics_between_cal", "physics_between")}
+    common = sorted(runs["physics_between_cal"])
+    d = torch.tensor([runs["physics_between_cal"][t]["err_mean"][-1] - runs["physics_between"][t]["err_mean"][-1]
+                      for t in common])
+    diff_se = float(d.std() / len(d) ** 0.5) if len(d) > 1 else float("nan")
+    return (f"- With its between-draw forcing scaled by {cb.get('forcing_scale', float('nan')):g} (fitted on validation), "
+            f"the same policy ends at {b['err_mean'][-1]:.4f} +- {b['err_mean_se'][-1]:.4f} with spread-skill "
+            f"{b['ratio_pooled']:.2f} (mean over cases {b['ratio_mean']:.2f} +- {b['ratio_se']:.2f}) on {b['cases']} test "
+            f"cases; the end error moved by {float(d.mean()):+.4f} +- {diff_se:.4f} against scale 1 on the same cases "
+            f"(paired). The physics closure without any learning is as accurate: {p['err_mean'][-1]:.4f} +- "
+            f"{p['err_mean_se'][-1]:.4f} at the end, CRPS {p['crps'][-1]:.2e} against {b['crps'][-1]:.2e}"
+            + ". " + _physics_cal_note(oc, test))
+
+
+def _physics_cal_note(oc: dict[str, Any], test: dict[str, Any]) -> str:
+    """The simple baseline beside the fitted between-draw policy: the physics closure alone, inflated."""
+    if "physics_cal" not in test:
+        return "The same spread inflation fitted on validation for the physics closure alone (the simple baseline) was not run."
+    q, cp = test["physics_cal"], oc.get("calibration_physics") or {}
+    return (f"The simple baseline, the physics closure alone with its forcing scaled by {cp.get('forcing_scale', float('nan')):g} "
+            f"(fitted the same way on the validation case, where scale 1 gave spread-skill "
+            f"{cp.get('trial_ratio_pooled', float('nan')):.2f}), ends at {q['err_mean'][-1]:.4f} +- {q['err_mean_se'][-1]:.4f} "
+            f"with spread-skill {q['ratio_pooled']:.2f} (mean over cases {q['ratio_mean']:.2f} +- {q['ratio_se']:.2f}) and "
+            f"CRPS {q['crps'][-1]:.2e} at the end, with no network: the learned draws with measurements add nothing "
+            "measurable over it in this setting.")
 
 
 def online_cases_goal(oc: dict[str, Any]) -> list[str]:
@@ -693,16 +793,46 @@ def online_cases_goal(oc: dict[str, Any]) -> list[str]:
     c = test["calibrated"]
     ok_ratio = 0.7 <= c["ratio_pooled"] <= 1.3
     ok_err = c["err_mean"][-1] <= 0.0036
+    err_txt = "met" if ok_err else f"MISSED by {c['err_mean'][-1] - 0.0036:.4f}"
     held = test.get("held")
     horizon = oc["test"]["calibrated"][0]["times"][-1] - oc["test"]["calibrated"][0]["times"][0]
     side = (f"; the committed policy on the same cases ends at {held['err_mean'][-1]:.4f} +- {held['err_mean_se'][-1]:.4f} "
             f"with spread-skill {held['ratio_pooled']:.2f}") if held else ""
-    return [f"- Online G with measurements (shipped closure, {c['cases']} test cases): calibrated policy spread-skill "
+    L = [f"- Online G with measurements (shipped closure, {c['cases']} test cases): calibrated policy spread-skill "
             f"{c['ratio_pooled']:.2f} (mean over cases {c['ratio_mean']:.2f} +- {c['ratio_se']:.2f}; "
             f"{'met' if ok_ratio else 'MISSED'}, goal [0.7, 1.3]), ensemble-mean error after {horizon:g} time units "
             f"{c['err_mean'][-1]:.4f} +- {c['err_mean_se'][-1]:.4f} with {c['members']} members "
-            f"({'met' if ok_err else 'MISSED'}, goal <= 0.0036; estimated for 16 members, E^2 = E0^2 + S^2/M: "
+            f"({err_txt}, goal <= 0.0036; estimated for 16 members, E^2 = E0^2 + S^2/M: "
             f"{c['err_mean_16'][-1]:.4f}){side}."]
+    if "physics_between_cal" in test:
+        L.append(_between_cal_goal(test["physics_between_cal"], test.get("physics"), horizon))
+    if "physics_cal" in test:
+        q = test["physics_cal"]
+        L.append(f"- The simple baseline for the same goal, the physics closure alone with its forcing scale fitted on "
+                 f"validation (no network, no measurements, {q['cases']} test cases): spread-skill {q['ratio_pooled']:.2f} "
+                 f"(mean over cases {q['ratio_mean']:.2f} +- {q['ratio_se']:.2f}), ensemble-mean error "
+                 f"{q['err_mean'][-1]:.4f} +- {q['err_mean_se'][-1]:.4f}"
+                 + ("; it meets both parts of the goal too" if 0.7 <= q["ratio_pooled"] <= 1.3 and
+                    q["err_mean"][-1] <= 0.0036 else "")
+                 + (f"; CRPS at the end {q['crps'][-1]:.2e} +- {q['crps_se'][-1]:.1e} against "
+                    f"{test['physics_between_cal']['crps'][-1]:.2e} +- {test['physics_between_cal']['crps_se'][-1]:.1e} "
+                    "for the learned policy above, which does not beat this baseline"
+                    if "physics_between_cal" in test else "") + ".")
+    return L
+
+
+def _between_cal_goal(b: dict[str, Any], phys: dict[str, Any] | None, horizon: float) -> str:
+    """The goal line of the physics-between policy with its validation-fitted between-draw scale."""
+    r, e, se = b["ratio_pooled"], b["err_mean"][-1], b["err_mean_se"][-1]
+    ratio_txt = "met" if 0.7 <= r <= 1.3 else f"MISSED by {min(abs(r - 0.7), abs(r - 1.3)):.2f}"
+    err_txt = "met" if e <= 0.0036 else f"MISSED by {e - 0.0036:.4f}"
+    physics = (f"; the physics closure nu Lap w + 2 sigma dW without learning is as accurate, {phys['err_mean'][-1]:.4f} "
+               f"+- {phys['err_mean_se'][-1]:.4f}, spread-skill {phys['ratio_pooled']:.2f}") if phys else ""
+    return (f"- Same goal, learned draw every 5 steps + physics closure between draws with the between-draw forcing "
+            f"scale fitted on validation ({b['cases']} test cases, {b['members']} members, 0.6 NFE per step): "
+            f"spread-skill {r:.2f} (mean over cases {b['ratio_mean']:.2f} +- {b['ratio_se']:.2f}; {ratio_txt}, goal "
+            f"[0.7, 1.3]), ensemble-mean error after {horizon:g} time units {e:.4f} +- {se:.4f} ({err_txt}, goal <= "
+            f"0.0036){physics}.")
 
 
 def write_results(res: dict[str, Any], quick: bool) -> Path:
@@ -833,8 +963,9 @@ def main() -> None:
     p.add_argument("--pretrained", default=None,
                    help="shipped closure for the online stage (e.g. ns2d_G_sparse_32, the G_sparse_interp model)")
     p.add_argument("--online-runs", default="trial,held,references,calibrated,physics_between,confirm",
-                   help="online-stage runs: trial (validation fit), held, references, calibrated, physics_between "
-                        "(test), confirm, physics_between_val (validation)")
+                   help="online-stage runs: trial (validation fit), held, references, calibrated, physics_between, "
+                        "physics_between_cal (test), confirm, physics_between_val (validation, also the trial of the "
+                        "between-draw fit), physics_between_cal_val (validation, fitted between-draw scale)")
     p.add_argument("--members", type=int, default=4, help="ensemble members of the online stage")
     p.add_argument("--val-count", type=int, default=1,
                    help="online stage: validation cases the forcing scale is fitted on (1 fits the measured budget)")

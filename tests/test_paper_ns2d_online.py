@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -68,3 +69,21 @@ def test_summary_pools_cases():
     assert s["cases"] == 2 and s["rank_histogram"] == [6, 6, 6, 6, 6]
     assert math.isclose(s["err_mean"][1], 2.0) and math.isclose(s["err_mean_se"][1], 1.0)  # std 1.414 / sqrt 2
     assert math.isclose(s["ratio_pooled"], 1.0, rel_tol=1e-12)
+
+
+def test_between_draw_scale_is_fitted_on_validation_runs_only(tmp_path):
+    """The between-draw fit reads the validation runs of the physics-between policy (trial scale 1)
+    alone, writes ``calibration_between.json`` once, and the collection skips that file and treats the
+    fitted policy as optional (a case without it still counts)."""
+    bench = _bench()
+    times = {"err_mean": [0.0] * 7, "crps": [0.0] * 7, "rank_histogram": [1] * 5, "times": list(range(7)),
+             "case": {"traj": 0, "time": 0.0}}
+    (tmp_path / "val0_physics_between.json").write_text(json.dumps({**_run(1.0, 0.5, 4), **times}))
+    (tmp_path / "test0_physics_between.json").write_text(json.dumps({**_run(1.0, 4.0, 4), **times}))  # must not count
+    (tmp_path / "test0_held.json").write_text(json.dumps({**_run(1.0, 1.0, 4), **times}))
+    cal = bench._calibration(tmp_path, 1, False, trial="physics_between", trial_scale=1.0, name="calibration_between.json")
+    assert math.isclose(cal["forcing_scale"], 2.0, rel_tol=1e-9) and cal["trial_scale"] == 1.0
+    assert json.loads((tmp_path / "calibration_between.json").read_text()) == cal
+    assert not (tmp_path / "calibration.json").exists()
+    out = bench.collect_online_cases(tmp_path, "x", None)
+    assert out["incomplete"] == [] and set(out["test"]) == {"held", "physics_between"} and set(out["val"]) == {"physics_between"}
