@@ -25,8 +25,9 @@ validation rollouts); a deterministic FNO (modes up to the grid's Nyquist, D4 au
 as an input channel, mean squared error); and the heteroscedastic Gaussian residual law
 ``U = ADM + r``, ``r ~ N(mu(y), sigma(y)^2)`` coloured in space, ADM as an input channel, trained
 by the Gaussian CRPS (both settings) or the NLL (Gaussian filter) through ``ResidualLaw.loss``; and
-a diffusion closure of the residual, ``U = ADM + r`` with ``r`` drawn by a ``ClosureModel`` (VP SDE,
-the same FNO backbone conditioned on the field and ADM, trained by ``stochclosure.Trainer`` with
+a diffusion closure of the residual, ``U = mu(y) + r`` with ``r`` drawn by a ``ClosureModel`` (VP SDE,
+the same FNO backbone conditioned on the field and ``mu``; ``mu`` is ADM with the Gaussian filter and the
+study's trained deterministic FNO with the sharp one, where ADM is zero; trained by ``stochclosure.Trainer`` with
 log-normal noise levels for its own, longer schedule fixed on the validation split) with
 DPM-Solver++(2M) (plus the final denoising step), and its consistency-distilled student
 (``stochclosure.training.distill``, 1-2 network evaluations per draw), scored offline only.
@@ -94,6 +95,10 @@ CONFIG: dict[str, Any] = {
     "online": {"starts": [0], "members": 8, "times": [0.1, 0.24, 0.5], "val_time": 0.24, "seed": 3},
     "diffusion": {"tag": "s1500", "sampler": "dpm_solver_pp_2m", "steps": [8], "time_law": "lognormal",
                   "train": {"max_steps": 1500, "val_every": 500, "val_draws": 4},
+                  # sharp filter: ADM is zero there, so the remainder is modelled around the deterministic FNO
+                  # (fixed on validation: CRPS 0.07248 vs 0.1007 for the residual around ADM, 0.07251 Gaussian law)
+                  "settings": {"spectral/exact": {"tag": "detmean-s3000", "mean": "deterministic",
+                                                  "train": {"max_steps": 3000, "val_every": 1000, "val_draws": 4}}},
                   "distill": {"levels": [1.0, 0.3], "teacher_steps": 4, "max_steps": 200, "lr": 1e-3,
                               "warmup_steps": 10, "eval": 2}},
     "online40": {"cases": 40, "records": 51, "seed_offset": 100, "members": 8, "times": [0.1, 0.24, 0.5, 1.0],
@@ -110,6 +115,7 @@ QUICK: dict[str, Any] = {
     "online": {"starts": [0], "members": 3, "times": [0.02, 0.04], "val_time": 0.02, "seed": 3},
     "diffusion": {"tag": "s1500", "sampler": "dpm_solver_pp_2m", "steps": [2], "time_law": "lognormal",
                   "train": {"max_steps": 6, "val_every": 6, "val_draws": 2},
+                  "settings": {"spectral/exact": {"tag": "detmean", "mean": "deterministic"}},
                   "distill": {"levels": [1.0, 0.3], "teacher_steps": 2, "max_steps": 2, "lr": 1e-3,
                               "warmup_steps": 0, "eval": 2}},
     "online40": {"cases": 3, "records": 5, "seed_offset": 100, "members": 3, "times": [0.02, 0.04],
@@ -420,17 +426,22 @@ def online_scores(states: Tensor, truth: Tensor, groups: Tensor) -> list[dict[st
 
 
 # -- a diffusion closure of the residual (offline) --------------------------------------------------------------
-class DiffusionResidual:
-    """``U = ADM(y) + r``, ``r`` drawn by a :class:`~stochclosure.ClosureModel` conditioned on ``(y, ADM(y))``.
+MEANS = {"adm": "ADM", "deterministic": "deterministic FNO", "crps": "Gaussian-law mean"}
 
-    ``sampler=None`` uses the model's own sampler (a distilled student's consistency sampler).
+
+class DiffusionResidual:
+    """``U = mu(y) + r``, ``r`` drawn by a :class:`~stochclosure.ClosureModel` conditioned on ``(y, mu(y))``.
+
+    ``mu`` is ADM or an already-trained learned mean (``mean_nfe`` network evaluations per draw, counted in
+    ``nfe_per_draw``). ``sampler=None`` uses the model's own sampler (a distilled student's consistency sampler).
     """
 
-    def __init__(self, model: Any, adm: Any, sampler: Any, steps: int | None) -> None:
+    def __init__(self, model: Any, adm: Any, sampler: Any, steps: int | None, mean_nfe: float = 0.0) -> None:
         from stochclosure.registry import resolve
 
         self.model, self.adm, self.sampler, self.steps = model, adm, sampler, steps
         self.nfe_per_draw = float((model.sampler if sampler is None else resolve("sampler", sampler)).nfe(steps))
+        self.nfe_per_draw += float(mean_nfe)
 
     def sample(self, cond: Any, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         from stochclosure._types import Conditioning
@@ -443,25 +454,41 @@ class DiffusionResidual:
         return m + r
 
 
-def diffusion_pairs(system: Any, cfg: dict[str, Any], data: dict[str, Any], split: str) -> tuple[Tensor, Tensor]:
-    """The residual ``U - ADM`` and the conditioning fields ``(y, ADM(y))`` of a split, ``(N, C, n, n)``."""
-    from stochclosure._types import Conditioning
+def diffusion_config(cfg: dict[str, Any], key: str) -> dict[str, Any]:
+    """The diffusion options of one filter setting: ``cfg["diffusion"]`` with its per-setting overrides."""
+    dc = cfg["diffusion"]
+    return {**{k: v for k, v in dc.items() if k != "settings"}, **dc.get("settings", {}).get(key, {})}
+
+
+def diffusion_mean(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, key: str) -> Any:
+    """The mean ``mu`` the diffusion model works around: ADM, or the study's trained deterministic / Gaussian law."""
     from stochclosure.closures import ADM
+
+    kind = diffusion_config(cfg, key).get("mean", "adm")
+    if kind == "adm":
+        return ADM.from_system(system, order=cfg["adm_order"])
+    split = {s: (flat(data[s][0]), flat(data[s][1])) for s in ("train", "val")}
+    return train_law(kind, system, cfg, split, work, key.replace("/", "-"))[0]  # cached stage: loaded, not retrained
+
+
+def diffusion_pairs(mean: Any, data: dict[str, Any], split: str) -> tuple[Tensor, Tensor]:
+    """The remainder ``U - mu`` and the conditioning fields ``(y, mu(y))`` of a split, ``(N, C, n, n)``."""
+    from stochclosure._types import Conditioning
 
     w, u = flat(data[split][0]), flat(data[split][1])
     with torch.no_grad():
-        m = ADM.from_system(system, order=cfg["adm_order"]).mean(Conditioning(fields=w))
+        m = mean.mean(Conditioning(fields=w)).to(u.dtype)
     return u - m, torch.cat([w, m], 1)
 
 
-def diffusion_teacher(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, stem: str
+def diffusion_teacher(mean: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, key: str
                       ) -> tuple[Any, dict[str, Any]]:
-    """Train (or load) the diffusion model of ``U - ADM`` (VP, EDM-preconditioned FNO, log-normal noise levels)."""
+    """Train (or load) the diffusion model of ``U - mu`` (VP, EDM-preconditioned FNO, log-normal noise levels)."""
     import stochclosure as sc
     from stochclosure.data import TensorClosureDataset
     from stochclosure.training import Trainer
 
-    dc = cfg["diffusion"]
+    dc = diffusion_config(cfg, key)
     torch.manual_seed(cfg["train"]["seed"])
     backbone = {**cfg["backbone"], "encoder": {"type": "field", "channels": 2}}
     model = sc.ClosureModel("vp", backbone, {"type": dc["sampler"], "steps": max(dc["steps"])}, channels=1)
@@ -469,31 +496,32 @@ def diffusion_teacher(system: Any, cfg: dict[str, Any], data: dict[str, Any], wo
     def fit() -> dict[str, Any]:
         t0 = time.perf_counter()
         opts = {**{k: v for k, v in cfg["train"].items() if k != "seed"}, **dc.get("train", {})}
-        (r, f), (rv, fv) = diffusion_pairs(system, cfg, data, "train"), diffusion_pairs(system, cfg, data, "val")
+        (r, f), (rv, fv) = diffusion_pairs(mean, data, "train"), diffusion_pairs(mean, data, "val")
         result = Trainer(model, TensorClosureDataset(r, fields=f), TensorClosureDataset(rv, fields=fv),
                          seed=cfg["train"]["seed"], time_law=dc["time_law"], progress=False, **opts).fit()
         return {"state": model.state_dict(), "seconds": time.perf_counter() - t0,
                 "history": [dict(h) for h in result.history]}
 
-    stored = cached(work, f"law-{stem}-diffusion-{dc['tag']}", fit)
+    stored = cached(work, f"law-{key.replace('/', '-')}-diffusion-{dc['tag']}", fit)
     model.load_state_dict(stored["state"])
     model.eval()
     return model, {"seconds": stored["seconds"], "history": stored["history"]}
 
 
-def diffusion_student(teacher: Any, system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path,
-                      stem: str) -> tuple[Any, dict[str, Any]]:
+def diffusion_student(teacher: Any, mean: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path,
+                      key: str) -> tuple[Any, dict[str, Any]]:
     """Consistency-distil (or load) the teacher into a 1-2 evaluation student (``stochclosure.training.distill``)."""
     from stochclosure.data import TensorClosureDataset
     from stochclosure.training.distill import Distiller, make_student
 
-    dd = cfg["diffusion"]["distill"]
-    teacher_sampler = {"type": cfg["diffusion"]["sampler"], "steps": dd["teacher_steps"]}
+    dc = diffusion_config(cfg, key)
+    dd = dc["distill"]
+    teacher_sampler = {"type": dc["sampler"], "steps": dd["teacher_steps"]}
     student = make_student(teacher, dd["levels"], teacher_sampler, steps=dd["eval"])
 
     def fit() -> dict[str, Any]:
         t0 = time.perf_counter()
-        r, f = diffusion_pairs(system, cfg, data, "train")
+        r, f = diffusion_pairs(mean, data, "train")
         opts = {k: dd[k] for k in ("max_steps", "lr", "warmup_steps")}
         Distiller(student, teacher, TensorClosureDataset(r, fields=f), None, levels=dd["levels"],
                   teacher_sampler=teacher_sampler, batch_size=cfg["train"]["batch_size"],
@@ -501,7 +529,7 @@ def diffusion_student(teacher: Any, system: Any, cfg: dict[str, Any], data: dict
                   seed=cfg["train"]["seed"], progress=False, **opts).fit()
         return {"state": student.state_dict(), "seconds": time.perf_counter() - t0}
 
-    stored = cached(work, f"law-{stem}-diffusion-{cfg['diffusion']['tag']}-distilled", fit)
+    stored = cached(work, f"law-{key.replace('/', '-')}-diffusion-{dc['tag']}-distilled", fit)
     student.load_state_dict(stored["state"])
     student.eval()
     return student, {"seconds": stored["seconds"]}
@@ -509,25 +537,24 @@ def diffusion_student(teacher: Any, system: Any, cfg: dict[str, Any], data: dict
 
 def diffusion_laws(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, key: str
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The diffusion residual with the teacher's sampler at each step count and the distilled student."""
-    from stochclosure.closures import ADM
-
-    adm = ADM.from_system(system, order=cfg["adm_order"])
-    stem = key.replace("/", "-")
-    dc = cfg["diffusion"]
-    teacher, info = diffusion_teacher(system, cfg, data, work, stem)
-    laws = {f"ADM + diffusion residual ({s} steps)": DiffusionResidual(teacher, adm, dc["sampler"], s)
-            for s in dc["steps"]}
+    """The diffusion remainder around ``mu`` with the teacher's sampler at each step count and the distilled student."""
+    dc = diffusion_config(cfg, key)
+    kind = dc.get("mean", "adm")
+    mean = diffusion_mean(system, cfg, data, work, key)
+    extra = 0.0 if kind == "adm" else 1.0  # the learned mean: one more network evaluation per draw
+    teacher, info = diffusion_teacher(mean, cfg, data, work, key)
+    info["config"] = dc
+    label = "ADM + diffusion residual" if kind == "adm" else f"{MEANS[kind]} + diffusion remainder"
+    laws = {f"{label} ({s} steps)": DiffusionResidual(teacher, mean, dc["sampler"], s, extra) for s in dc["steps"]}
     if dc.get("distill"):
-        student, info["distilled"] = diffusion_student(teacher, system, cfg, data, work, stem)
-        laws[f"ADM + diffusion residual, distilled ({dc['distill']['eval']} NFE)"] = DiffusionResidual(
-            student, adm, None, None)
+        student, info["distilled"] = diffusion_student(teacher, mean, cfg, data, work, key)
+        laws[f"{label}, distilled ({dc['distill']['eval']} NFE)"] = DiffusionResidual(student, mean, None, None, extra)
     return laws, info
 
 
 def diffusion_residual(system: Any, cfg: dict[str, Any], data: dict[str, Any], work: Path, key: str
                        ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train a diffusion closure of ``U - ADM`` (conditioned on the field and ADM) and score its draws offline."""
+    """Train a diffusion closure of ``U - mu`` (conditioned on the field and ``mu``) and score its draws offline."""
     laws, info = diffusion_laws(system, cfg, data, work, key)
     scores = {name: offline(law, *data["test"], cfg["draws"], seed=5) for name, law in laws.items()}
     return scores, info
@@ -867,7 +894,8 @@ def evaluate_setting(cfg: dict[str, Any], work: Path, raw: dict[str, Any], setti
     if cfg.get("diffusion"):
         _log(f"{key}: diffusion residual")
         info["diffusion"], info["diffusion training"] = cached(
-            work, f"diffusion-{stem}-{cfg['diffusion']['tag']}", lambda: diffusion_residual(system, cfg, data, work, key))
+            work, f"diffusion-{stem}-{diffusion_config(cfg, key)['tag']}",
+            lambda: diffusion_residual(system, cfg, data, work, key))
     return info
 
 
@@ -1240,7 +1268,7 @@ def findings(results: dict[str, Any]) -> list[str]:
 
 
 def diffusion_findings(so: dict[str, Any]) -> list[str]:
-    """Sharp filter: where the diffusion residual (teacher and distilled student) stands, from the numbers."""
+    """Sharp filter: where the diffusion closure (teacher and distilled student) stands, from the numbers."""
     diff = sorted((v["nfe_per_draw"], k) for k, v in so.items() if "diffusion" in k)
     if not diff:
         return []
@@ -1248,7 +1276,7 @@ def diffusion_findings(so: dict[str, Any]) -> list[str]:
                 and so[k]["spread_skill"][0] > 0), key=lambda k: so[k]["crps"][0])
     parts = [f"{k} CRPS {so[k]['crps'][0]:.3g}, energy {so[k]['energy'][0]:.4g}, R² {so[k]['r2'][0]:.3f}, "
              f"spread-skill {so[k]['spread_skill'][0]:.2f} ({n:g} NFE)" for n, k in diff]
-    return ["- Sharp filter, diffusion residual: " + "; ".join(parts) + f". The best other stochastic law is "
+    return ["- Sharp filter, diffusion closure: " + "; ".join(parts) + f". The best other stochastic law is "
             f"{best} (CRPS {so[best]['crps'][0]:.3g}, energy {so[best]['energy'][0]:.4g})."]
 
 
@@ -1263,11 +1291,15 @@ def late_note(info: dict[str, Any]) -> list[str]:
 
 
 def diffusion_training_lines(dt: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
-    """How the diffusion residual was trained and distilled, with its validation scores against the steps."""
-    dc = cfg["diffusion"]
+    """How the diffusion closure was trained and distilled, with its validation scores against the steps."""
+    dc = dt.get("config") or {k: v for k, v in cfg["diffusion"].items() if k != "settings"}
+    mean = dc.get("mean", "adm")
+    label = "ADM + diffusion residual" if mean == "adm" else (
+        f"{MEANS[mean]} + diffusion remainder (the diffusion model of U - mu around the study's cached {mean} law, "
+        "mu also an input channel; the validation scores below are those of the remainder U - mu)")
     val = "; ".join(f"{h['step']}: R² {h['val_r2']:.3f}, CRPS {h['val_crps']:.4g}, spread-skill "
                     f"{h['val_spread_skill']:.2f}" for h in dt.get("history", []) if "val_crps" in h)
-    lines = [f"- ADM + diffusion residual: trained in {dt['seconds']:.0f} s with `{json.dumps(dc.get('train', {}))}` "
+    lines = [f"- {label}: trained in {dt['seconds']:.0f} s with `{json.dumps(dc.get('train', {}))}` "
              f"over the schedule above and {dc['time_law']} noise levels; validation (EMA weights, "
              f"{dc.get('train', {}).get('val_draws', 0)} draws, {max(dc['steps'])} steps) at step {val or '-'}"]
     if "distilled" in dt:

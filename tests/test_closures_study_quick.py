@@ -40,6 +40,11 @@ def test_quick_study_writes_every_closure_and_resumes_from_its_cache(tmp_path):
     assert main["offline"]["ADM + coloured noise"]["spread_skill"][0] > 0
     assert all(row["scores"][-1]["finite"] == 1.0 for row in main["online"]["laws"].values())
     assert "online" not in first["spectral / exact"]
+    # the sharp filter's diffusion closure works around the learned mean: one more network evaluation per draw
+    sharp, gauss = first["spectral / exact"]["diffusion"], main["diffusion"]
+    steps = mod.QUICK["diffusion"]["steps"][0]
+    row = sharp[f"deterministic FNO + diffusion remainder ({steps} steps)"]
+    assert row["nfe_per_draw"] == gauss[f"ADM + diffusion residual ({steps} steps)"]["nfe_per_draw"] + 1
     _check_fresh_case_online_study(mod, main, md)
     # a second run reads every stage back from the work folder: identical scores
     assert mod.main(["--quick", "--out", str(out), "--work", str(work)]) == 0
