@@ -385,16 +385,23 @@ def drawer(law: Any, rho: float, alpha: float = 1.0, hold: int = 1, hold_physics
 
 def run_ensemble(system: Any, call: Callable[..., Tensor], w0: Tensor, members: int, steps: list[int], dt: float,
                  seed: int) -> Tensor:
-    """Coarse ensemble from ``w0 (cases, 1, n, n)``; states at ``steps``, ``(len(steps), members, cases, 1, n, n)``."""
+    """Coarse ensemble from ``w0 (cases, 1, n, n)``; states at ``steps``, ``(len(steps), members, cases, 1, n, n)``.
+
+    A member whose state becomes non-finite stays at ``inf`` (scored as not finite); the closure and
+    the solver see zeros in its place, so that one member's blow-up cannot stop the others.
+    """
     gen = torch.Generator().manual_seed(seed)
     w = w0.repeat(members, 1, 1, 1)
     memory: dict[str, Any] = {}
     out = []
+    dead = torch.zeros(w.shape[0], dtype=torch.bool)      # members whose state has blown up (kept at inf)
     with torch.no_grad():
         for s in range(1, max(steps) + 1):
-            w = system.step(w, call(w, gen, memory), dt=dt)
-            if not bool(torch.isfinite(w).all()):
-                w = torch.nan_to_num(w, nan=float("inf"))
+            live = w if not bool(dead.any()) else torch.where(dead.view(-1, 1, 1, 1), torch.zeros_like(w), w)
+            w = system.step(live, call(live, gen, memory), dt=dt)
+            dead |= ~torch.isfinite(w).flatten(1).all(1)
+            if bool(dead.any()):
+                w = torch.where(dead.view(-1, 1, 1, 1), torch.full_like(w, float("inf")), w)
             if s in steps:
                 out.append(w.reshape(members, *w0.shape))
     return torch.stack(out)
