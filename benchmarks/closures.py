@@ -1283,8 +1283,15 @@ def diffusion_findings(so: dict[str, Any]) -> list[str]:
                 and so[k]["spread_skill"][0] > 0), key=lambda k: so[k]["crps"][0])
     parts = [f"{k} CRPS {so[k]['crps'][0]:.3g}, energy {so[k]['energy'][0]:.4g}, R² {so[k]['r2'][0]:.3f}, "
              f"spread-skill {so[k]['spread_skill'][0]:.2f} ({n:g} NFE)" for n, k in diff]
+    top = min(diff, key=lambda d: so[d[1]]["crps"][0])[1]
+    gap = so[best]["crps"][0] - so[top]["crps"][0]
+    se = math.hypot(so[best]["crps"][1], so[top]["crps"][1])
+    margin = (f"{abs(gap) / se:.1f} (unpaired) standard errors ("
+              f"{'not significant' if abs(gap) < 2 * se else 'significant'} at two standard errors)"
+              if math.isfinite(se) and se > 0 else "without a standard error (one test group)")
     return ["- Sharp filter, diffusion closure: " + "; ".join(parts) + f". The best other stochastic law is "
-            f"{best} (CRPS {so[best]['crps'][0]:.3g}, energy {so[best]['energy'][0]:.4g})."]
+            f"{best} (CRPS {so[best]['crps'][0]:.3g}, energy {so[best]['energy'][0]:.4g}). The best diffusion "
+            f"closure's CRPS margin over it, {gap:.3g}, is " + margin + "."]
 
 
 def late_note(info: dict[str, Any]) -> list[str]:
