@@ -387,19 +387,22 @@ def run_ensemble(system: Any, call: Callable[..., Tensor], w0: Tensor, members: 
                  seed: int) -> Tensor:
     """Coarse ensemble from ``w0 (cases, 1, n, n)``; states at ``steps``, ``(len(steps), members, cases, 1, n, n)``.
 
-    A member whose state becomes non-finite stays at ``inf`` (scored as not finite); the closure and
-    the solver see zeros in its place, so that one member's blow-up cannot stop the others.
+    A member whose state becomes non-finite or exceeds ten times the initial maximum of ``|w|`` (the
+    maximum of 2-D vorticity does not grow in the continuous equations, so that is a numerical
+    blow-up) stays at ``inf`` (scored as not finite); the closure and the solver see zeros in its
+    place, so that one member's blow-up cannot stop the others.
     """
     gen = torch.Generator().manual_seed(seed)
     w = w0.repeat(members, 1, 1, 1)
     memory: dict[str, Any] = {}
     out = []
     dead = torch.zeros(w.shape[0], dtype=torch.bool)      # members whose state has blown up (kept at inf)
+    bound = 10 * float(w0.abs().max())                    # 2-D vorticity's maximum does not grow: 10x is a blow-up
     with torch.no_grad():
         for s in range(1, max(steps) + 1):
             live = w if not bool(dead.any()) else torch.where(dead.view(-1, 1, 1, 1), torch.zeros_like(w), w)
             w = system.step(live, call(live, gen, memory), dt=dt)
-            dead |= ~torch.isfinite(w).flatten(1).all(1)
+            dead |= ~(torch.isfinite(w) & (w.abs() <= bound)).flatten(1).all(1)
             if bool(dead.any()):
                 w = torch.where(dead.view(-1, 1, 1, 1), torch.full_like(w, float("inf")), w)
             if s in steps:
