@@ -33,7 +33,7 @@ from stochclosure.closures.learned import (
 )
 from stochclosure.config import Configurable
 from stochclosure.data import TensorClosureDataset
-from stochclosure.testing import assert_close
+from stochclosure.testing import assert_close, heteroscedastic_pairs
 from stochclosure.training.trainer import Trainer
 
 pytest.importorskip("stochclosure_neuralop")
@@ -44,14 +44,9 @@ SMALL = {"type": "fno", "sde": "vp", "encoder": {"type": "field"}, "width": 8, "
 
 
 def make(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(y, U, std(U | y))``, each ``(n, 1, 16, 16)``."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randn(n, 1, 16, 16, generator=g)
-    k = torch.fft.fftfreq(16, d=1 / 16)
-    y = torch.fft.ifft2(torch.fft.fft2(y) * torch.exp(-(k[:, None] ** 2 + k[None, :] ** 2) / 9)).real
-    y = y / y.std()
-    s = 0.2 + 0.5 * y.abs()
-    return y, 2 * y + 1.0 + s * torch.randn(y.shape, generator=g), s
+    """``(y, U, std(U | y))``, each ``(n, 1, 16, 16)``: ``U | y ~ N(2 y + 1, s(y)^2)``."""
+    y, u, _, s = heteroscedastic_pairs(n, seed)
+    return y, u, s
 
 
 # -- formulas -------------------------------------------------------------------------------------

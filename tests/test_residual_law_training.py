@@ -15,7 +15,7 @@ from torch import Tensor
 import stochclosure as sc
 from stochclosure.closures import ADM, GaussianClosure, ResidualLaw
 from stochclosure.data import TensorClosureDataset
-from stochclosure.testing import assert_close
+from stochclosure.testing import assert_close, heteroscedastic_pairs
 from stochclosure.training import Trainer
 
 pytest.importorskip("stochclosure_neuralop")
@@ -24,15 +24,9 @@ BACKBONE = {"type": "fno", "sde": "vp", "encoder": {"type": "field"}, "width": 1
 
 
 def make(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(y, U, remainder mean, remainder std)``, each ``(n, 1, 16, 16)``."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randn(n, 1, 16, 16, generator=g)
-    k = torch.fft.fftfreq(16, d=1 / 16)
-    y = torch.fft.ifft2(torch.fft.fft2(y) * torch.exp(-(k[:, None] ** 2 + k[None, :] ** 2) / 9)).real
-    y = y / y.std()
-    s = 0.2 + 0.5 * y.abs()
-    physics = ADM(order=2).mean(sc.Conditioning(fields=y))
-    return y, physics + 2 * y + 1.0 + s * torch.randn(y.shape, generator=g), 2 * y + 1.0, s
+    """``(y, U, remainder mean, remainder std)``, each ``(n, 1, 16, 16)``: ``U = ADM(y) + r``, ``r`` the known law."""
+    y, r, mean, s = heteroscedastic_pairs(n, seed)
+    return y, ADM(order=2).mean(sc.Conditioning(fields=y)) + r, mean, s
 
 
 def test_residual_loss_is_the_remainders_loss_of_the_residual():

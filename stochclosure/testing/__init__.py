@@ -35,6 +35,7 @@ __all__ = [
     "check_component",
     "registered_examples",
     "check_closure_law",
+    "heteroscedastic_pairs",
 ]
 
 
@@ -279,4 +280,4 @@ def registered_examples(kind: str) -> Iterator[tuple[str, Any]]:
         yield name, cls.example() if hasattr(cls, "example") else cls()
 
 
-from .closures import check_closure_law  # noqa: E402  (uses assert_close above)
+from .closures import check_closure_law, heteroscedastic_pairs  # noqa: E402  (uses assert_close above)

@@ -9,7 +9,33 @@ from torch import Tensor
 
 from .._types import Conditioning
 
-__all__ = ["check_closure_law"]
+__all__ = ["check_closure_law", "heteroscedastic_pairs"]
+
+
+def heteroscedastic_pairs(n: int, seed: int, size: int = 16) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A known conditional law to train and check closure laws on: ``U | y ~ N(2 y + 1, s(y)^2)``.
+
+    ``y`` is a smooth, unit-variance random field (white noise with its Fourier modes damped by
+    ``exp(-|k|^2 / 9)``) and ``s(y) = 0.2 + 0.5 |y|``, so a learned law must get both a mean and a
+    spread that vary in space.
+
+    Args:
+        n: Number of pairs.
+        seed: Seed of the generator (fields and noise).
+        size: Grid size of the periodic square.
+
+    Returns:
+        ``(y, U, mean, std)``, each ``(n, 1, size, size)`` float32: the condition, one draw of the
+        closure, and the law's exact mean and standard deviation.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(n, 1, size, size, generator=g)
+    k = torch.fft.fftfreq(size, d=1 / size)
+    y = torch.fft.ifft2(torch.fft.fft2(y) * torch.exp(-(k[:, None] ** 2 + k[None, :] ** 2) / 9)).real
+    y = y / y.std()
+    s = 0.2 + 0.5 * y.abs()
+    mean = 2 * y + 1.0
+    return y, mean + s * torch.randn(y.shape, generator=g), mean, s
 
 
 def _cond_grid(cond: Conditioning, grid: tuple[int, ...] | None) -> tuple[int, ...]:
