@@ -192,3 +192,49 @@ def test_the_reduced_navier_stokes_step_is_differentiable_too(closure):
                            generator=torch.Generator().manual_seed(1))
     rollout_score(ens, w0[:, None].repeat(1, 2, 1, 1, 1)).backward()
     assert bool(torch.isfinite(law.log_scale.grad)) and float(law.log_scale.grad.abs()) > 0
+
+
+def test_hold_physics_false_recomputes_the_physics_and_holds_only_the_remainder():
+    """With ``hold_physics=False`` a residual law's rollout is ``physics(w_s) + r_held`` at every step."""
+    law = tiny_gaussian_law().eval()
+    sysm = system()
+    w0 = synthetic_windows(2, records=1, record_every=1, seed=3).w0
+    hold, rho, members, steps = 3, 0.5, 2, 6
+    with torch.no_grad():
+        got = ensemble_rollout(law, sysm, w0, members=members, records=2, record_every=3, dt=DT, hold=hold,
+                               rho=rho, generator=torch.Generator().manual_seed(4), hold_physics=False)
+        whole = ensemble_rollout(law, sysm, w0, members=members, records=2, record_every=3, dt=DT, hold=hold,
+                                 rho=rho, generator=torch.Generator().manual_seed(4))
+        gen, w, z, out = torch.Generator().manual_seed(4), w0.repeat(members, 1, 1, 1), None, []
+        for s in range(steps):
+            cond = sc.Conditioning(fields=w)
+            if s % hold == 0:
+                xi = torch.randn((w.shape[0], *law.latent_shape(cond, (16, 16))), generator=gen, dtype=w.dtype)
+                z = xi if z is None else rho * z + math.sqrt(1 - rho**2) * xi
+                r = law.residual.draw(cond, z, grid=(16, 16))
+            w = sysm.step(w, law.physics.mean(cond, grid=(16, 16)) + r, dt=DT)
+            if (s + 1) % 3 == 0:
+                out.append(w.reshape(members, *w0.shape))
+    assert_close(got, torch.stack(out), rtol=1e-6, what="remainder-held rollout")
+    gap = float((got - whole).abs().max() / whole.abs().max())
+    assert gap > 1e-6, f"holding the physics too must change the rollout (relative gap {gap:.2e})"
+
+
+def test_a_run_written_before_hold_physics_existed_resumes(tmp_path):
+    train = synthetic_windows(4, records=2, record_every=3, seed=5)
+    cfg = FinetuneConfig(steps=4, members=2, windows_per_step=2, records=2, lr=1e-2, val_every=2, seed=1)
+
+    def stop_at_3(step: int, info: dict[str, Any]) -> None:
+        if step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(tiny_gaussian_law(), system(), train, cfg, dt=DT, out=tmp_path, progress=False, callback=stop_at_3)
+    path = tmp_path / "finetune-state.pt"
+    stored = torch.load(path, weights_only=True)
+    del stored["key"]["config"]["hold_physics"]            # as written before the setting existed
+    torch.save(stored, path)
+    assert finetune(tiny_gaussian_law(), system(), train, cfg, dt=DT, out=tmp_path, progress=False).resumed_from == 2
+    with pytest.raises(ConfigError, match="hold_physics"):
+        finetune(tiny_gaussian_law(), system(), train, FinetuneConfig(**{**cfg.to_dict(), "hold_physics": False}),
+                 dt=DT, out=tmp_path, progress=False)

@@ -55,7 +55,7 @@ def load_finetune_config(path: str | Path) -> dict[str, Any]:
         FinetuneConfig(**cfg["finetune"])
     except TypeError as exc:
         raise ConfigError(format_error("finetune", "FinetuneConfig keys (steps, members, windows_per_step, records, "
-                                       "hold, rho, lr, score, params, clip, val_every, seed)", str(exc))) from None
+                                       "hold, hold_physics, rho, lr, score, params, clip, val_every, seed)", str(exc))) from None
     except ConfigError as exc:
         raise ConfigError(f"finetune.{exc}".replace("finetune.argument '", "argument 'finetune.")) from None
     return cfg

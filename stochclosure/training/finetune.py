@@ -8,8 +8,10 @@ rolled out together (one batched solver call per step) through the differentiabl
 
 ``w_{s+1} = step(w_s, U_s, dt)``,  ``U_s = law.draw(cond(w_s), z_s)``,
 
-with the latent ``z`` drawn every ``hold`` steps (the closure held in between) as an AR(1) across
-draws, ``z <- rho z + sqrt(1 - rho^2) xi``, and the ensemble at every record
+with the latent ``z`` drawn every ``hold`` steps (the closure held in between; for a law with a
+physics part, e.g. :class:`~stochclosure.closures.ResidualLaw`, ``hold_physics=False`` evaluates
+the physics closure at every step and holds only the remainder, as it is then run online) as an
+AR(1) across draws, ``z <- rho z + sqrt(1 - rho^2) xi``, and the ensemble at every record
 ``record_every * r`` (``r = 1..records``) is scored against the filtered truth by the fair CRPS
 (Ferro 2014) averaged over grid points, or by the fair energy score of the whole field (per point),
 each divided by the truth's rms at that record so that records weigh alike. The score is
@@ -78,6 +80,10 @@ class FinetuneConfig:
         windows_per_step: Windows drawn (without replacement, seeded) per optimiser step.
         records: Records of each window scored (``records * record_every`` coarse steps).
         hold: Coarse steps a draw is held for.
+        hold_physics: With ``hold > 1`` and a law with a physics part (``physics`` and ``residual``,
+            e.g. :class:`~stochclosure.closures.ResidualLaw`): ``True`` holds the whole closure,
+            ``False`` evaluates the physics closure at every step and holds only the remainder's
+            draw. Fine-tune in the form the law will be run in. Laws without a physics part ignore it.
         rho: AR(1) coefficient of the latent across draws, in ``[0, 1)``.
         lr: Adam learning rate.
         score: ``"crps"`` (fair CRPS averaged over points) or ``"energy"`` (energy score per point).
@@ -93,6 +99,7 @@ class FinetuneConfig:
     windows_per_step: int = 4
     records: int = 5
     hold: int = 1
+    hold_physics: bool = True
     rho: float = 0.0
     lr: float = 1e-4
     score: str = "crps"
@@ -106,6 +113,8 @@ class FinetuneConfig:
             _positive_int(getattr(self, name), name)
         _positive_int(self.members, "members", 2)
         _positive_int(self.seed, "seed", 0)
+        if not isinstance(self.hold_physics, bool):
+            raise ConfigError(format_error("hold_physics", "true or false", repr(self.hold_physics)))
         _number(self.rho, "rho", "a number in [0, 1)", lambda v: 0 <= v < 1)
         _number(self.lr, "lr", "a positive number", lambda v: v > 0)
         _number(self.clip, "clip", "a number >= 0 (0: no clipping)", lambda v: v >= 0)
@@ -177,7 +186,7 @@ class FinetuneResult:
 # -- the rollout and its score ------------------------------------------------------------------------------
 def ensemble_rollout(law: Any, system: Any, w0: Tensor, *, members: int, records: int, record_every: int,
                      dt: float, hold: int = 1, rho: float = 0.0, generator: torch.Generator | None = None,
-                     condition: Callable[[Tensor], Conditioning] | None = None) -> Tensor:
+                     condition: Callable[[Tensor], Conditioning] | None = None, hold_physics: bool = True) -> Tensor:
     """Ensemble of ``members`` rollouts of each initial state in one batched solver call (differentiable).
 
     Args:
@@ -192,24 +201,34 @@ def ensemble_rollout(law: Any, system: Any, w0: Tensor, *, members: int, records
         rho: AR(1) coefficient of the latent across draws.
         generator: Source of the latents.
         condition: ``state -> Conditioning`` (default ``Conditioning(fields=state)``).
+        hold_physics: ``False``: a law with ``physics`` and ``residual`` parts evaluates the physics
+            closure at every step and holds only the remainder (see :class:`FinetuneConfig`).
 
     Returns:
         ``(records, members, B, C, *grid)`` states after ``record_every * (1..records)`` steps.
     """
     condition = condition or (lambda w: Conditioning(fields=w))
     grid = tuple(w0.shape[2:])
+    split = not hold_physics and hasattr(law, "physics") and hasattr(law, "residual")
+    part = law.residual if split else law
     w = w0.repeat(members, *([1] * (w0.dim() - 1)))
     z: Tensor | None = None
     u: Tensor | None = None
+    r: Tensor | None = None
     out = []
     for s in range(records * record_every):
+        cond = None
         if s % hold == 0:
             cond = condition(w)
             shape = tuple(law.latent_shape(cond, grid))
             if shape:
                 xi = torch.randn((w.shape[0], *shape), generator=generator, dtype=w.dtype).to(w.device)
                 z = xi if z is None else rho * z + math.sqrt(1.0 - rho**2) * xi
-            u = law.draw(cond, z, grid=grid)
+            u = r = part.draw(cond, z, grid=grid)
+        if split:
+            assert r is not None
+            p = law.physics.mean(cond if cond is not None else condition(w), grid=grid)
+            u = p + r.to(p.dtype)
         w = system.step(w, u, dt=dt)
         if (s + 1) % record_every == 0:
             out.append(w.reshape(members, *w0.shape))
@@ -329,8 +348,10 @@ def _save(path: Path, law: Any, opt: torch.optim.Optimizer, st: _State, key: dic
 
 def _resume(path: Path, law: Any, opt: torch.optim.Optimizer, key: dict[str, Any]) -> _State:
     stored = torch.load(path, weights_only=True)
-    if stored.get("key") != key:
-        old = stored.get("key", {})
+    old = stored.get("key", {})
+    if isinstance(old.get("config"), dict):  # settings added since the run was written take their defaults
+        old = {**old, "config": {**FinetuneConfig().to_dict(), **old["config"]}}
+    if old != key:
         diff = sorted(k for k in {**old.get("config", {}), **key["config"]}
                       if old.get("config", {}).get(k) != key["config"].get(k)) or \
             [k for k in key if old.get(k) != key[k]]
@@ -387,7 +408,7 @@ def _validate(law: Any, system: Any, val: FinetuneWindows, cfg: FinetuneConfig, 
     with torch.no_grad():
         ens = ensemble_rollout(law, system, val.w0.to(_device_of(law)), members=cfg.members, records=cfg.records,
                                record_every=val.record_every, dt=dt, hold=cfg.hold, rho=cfg.rho, generator=gen,
-                               condition=condition)
+                               condition=condition, hold_physics=cfg.hold_physics)
         truth = val.truth[:, :cfg.records].to(ens)
         score = float(rollout_score(ens, truth, cfg.score))
         ssr = float(spread_skill_ratio(ens[-1].double(), truth[:, -1].double()))
@@ -403,7 +424,7 @@ def _train_step(law: Any, system: Any, windows: FinetuneWindows, cfg: FinetuneCo
     device = _device_of(law)
     ens = ensemble_rollout(law, system, windows.w0[idx].to(device), members=cfg.members, records=cfg.records,
                            record_every=windows.record_every, dt=dt, hold=cfg.hold, rho=cfg.rho, generator=gen,
-                           condition=condition)
+                           condition=condition, hold_physics=cfg.hold_physics)
     loss = rollout_score(ens, windows.truth[idx, :cfg.records].to(device), cfg.score)
     if not bool(torch.isfinite(loss)):
         raise NonFiniteError(format_error("rollout score", "a finite score", f"{float(loss)} at step {step}",

@@ -72,6 +72,8 @@ CASES: list[BadInput] = [
     C("finetune_rho_one", "FinetuneConfig", "rho=1.0 (a frozen latent)", E.ConfigError, "rho", lambda c: _cfg(rho=1.0)),
     C("finetune_negative_lr", "FinetuneConfig", "lr=-1e-3", E.ConfigError, "lr", lambda c: _cfg(lr=-1e-3)),
     C("finetune_hold_zero", "FinetuneConfig", "hold=0", E.ConfigError, "hold", lambda c: _cfg(hold=0)),
+    C("finetune_hold_physics_str", "FinetuneConfig", "hold_physics='no'", E.ConfigError, "hold_physics",
+      lambda c: _cfg(hold_physics="no")),
     C("finetune_truth_shape", "FinetuneWindows", "truth of 3 windows for 2 initial states", E.ShapeError, "truth",
       lambda c: _windows(truth=torch.randn(3, 2, 1, 16, 16))),
     C("finetune_nan_truth", "FinetuneWindows", "NaN in the truth", E.NonFiniteError, "windows",
