@@ -46,6 +46,9 @@ class DiracLaw(AbstractClosureLaw):
     def draw(self, cond, latent, *, grid=None, generator=None):
         return 0.5 * cond.fields
 
+    def mean(self, cond, *, grid=None):
+        return 0.5 * cond.fields
+
 
 @pytest.fixture(scope="module")
 def setup():
@@ -155,3 +158,37 @@ def test_a_float32_law_closes_a_float64_rollout():
     state0 = system.initial_state(1, generator=torch.Generator().manual_seed(0))[0].double()
     res = ensemble(system, _ConvLaw(), state0, 2, members=2, seed=0)
     assert res.members.dtype == torch.float64 and bool(torch.isfinite(res.members).all())
+
+
+@pytest.mark.parametrize("policy", ["hold", "noise_ar1"])
+def test_physics_every_step_holds_only_the_remainder_of_a_residual_law(setup, policy):
+    """``U_s = physics(y_s) + (U_draw - physics(y_draw))`` between draws; the draws are the law's."""
+    from stochclosure.closures import ResidualLaw
+    from stochclosure.rollouts import Hold
+
+    system, v0 = setup
+    law = ResidualLaw(DiracLaw(), GaussianLaw(a=0.1, s=0.3))
+    between = Hold(physics_every_step=True) if policy == "hold" else NoiseAR1(0.6, physics_every_step=True)
+    tr = poutine.trace(ensemble).get_trace(system, law, v0, 7, 2, seed=3, between=between, resample_every=3)
+    for s in range(7):
+        y = tr.nodes[f"state/{s}"]["value"]
+        d = 3 * (s // 3)
+        u_draw, y_draw = tr.nodes[f"closure/{d}"]["value"], tr.nodes[f"state/{d}"]["value"]
+        expected = 0.5 * y + (u_draw - 0.5 * y_draw)
+        nxt = tr.nodes[f"state/{s + 1}"]["value"]
+        assert_close(nxt, y + system.dt * (-system.gamma * y + expected), rtol=1e-6, what=f"step {s}")
+    held = ensemble(system, law, v0, 7, 2, seed=3, between=type(between)(**{
+        k: v for k, v in vars(between).items() if k != "physics_every_step"}), resample_every=3)
+    gap = float((held.states[-1] - tr.nodes["state/7"]["value"]).abs().max())
+    assert gap > 1e-6 * float(held.states[-1].abs().max()), "holding the whole draw must differ"
+
+
+def test_physics_every_step_refuses_a_law_without_a_physics_part(setup):
+    from stochclosure.errors import ConfigError
+    from stochclosure.rollouts import Hold
+
+    system, v0 = setup
+    with pytest.raises(IncompatibleComponentsError, match="physics_every_step"):
+        ensemble(system, GaussianLaw(), v0, 2, 2, seed=0, between=Hold(physics_every_step=True))
+    with pytest.raises(ConfigError, match="physics_every_step"):
+        NoiseAR1(0.5, physics_every_step="yes")

@@ -223,16 +223,70 @@ class BetweenDrawPolicy(abc.ABC):
         """The closure of solver step ``step`` ``(*batch, C, *grid)`` and the new policy state."""
 
 
+def _physics_mean(ctx: DrawContext, cond: Conditioning) -> Tensor:
+    """The physics part of a physics + remainder law at ``cond``, ``(*batch, C, *grid)``."""
+    m = ctx.closure.physics.mean(cond)
+    return m.reshape(ctx.batch + tuple(m.shape[1:])).to(ctx.dtype)
+
+
+def _check_flag(value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(format_error("physics_every_step", "True or False", repr(value)))
+
+
+def _check_physics_every_step(ctx: DrawContext, policy: Any) -> None:
+    if getattr(policy, "physics_every_step", False) and not (
+            ctx.kind == "law" and hasattr(ctx.closure, "physics") and hasattr(ctx.closure, "residual")):
+        raise IncompatibleComponentsError(format_error(
+            "physics_every_step", "a physics + remainder closure law (e.g. ResidualLaw)",
+            f"a {ctx.kind} closure {type(ctx.closure).__name__}", "drop physics_every_step=True"))
+
+
+def _held_remainder(ctx: DrawContext, carry: RolloutCarry, step: int, held: Tensor, fresh: bool,
+                    cond: Conditioning | None, memory: dict[str, Tensor | None]) -> Tensor:
+    """``physics(y_s) + r`` with the remainder ``r = U_draw - physics(y_draw)`` kept in ``memory["r"]``."""
+    cond = cond if cond is not None else ctx.condition(carry, step)
+    physics = _physics_mean(ctx, cond)
+    if fresh:
+        memory["r"] = held - physics
+        return held
+    r = memory["r"]
+    assert r is not None
+    return physics + r
+
+
 @dataclass(frozen=True)
 class Hold(BetweenDrawPolicy):
-    """Keep the last drawn closure unchanged until the next draw."""
+    """Keep the last drawn closure unchanged until the next draw.
+
+    Attributes:
+        physics_every_step: For a physics + remainder law (:class:`~stochclosure.closures.ResidualLaw`):
+            evaluate the physics closure at every step and hold only the remainder of the last draw,
+            ``U_s = physics(y_s) + (U_draw - physics(y_draw))`` (the physics is cheap and tracks the
+            state; holding it too can destabilise a rollout). The remainder is kept in the policy's
+            memory as ``"r"``.
+    """
+
+    physics_every_step: bool = False
+
+    def __post_init__(self) -> None:
+        _check_flag(self.physics_every_step)
+
+    def init(self, ctx: DrawContext) -> PolicyState:
+        """The state before the first step (checks compatibility first)."""
+        _check_physics_every_step(ctx, self)
+        return super().init(ctx)
 
     def closure(self, ctx: DrawContext, carry: RolloutCarry, step: int) -> tuple[Tensor, PolicyState]:
-        held = carry.policy.held
-        if ctx.draws_at(step, held):
-            held = ctx.draw(step, ctx.condition(carry, step))
+        held, memory = carry.policy.held, dict(carry.policy.memory)
+        fresh, cond = ctx.draws_at(step, held), None
+        if fresh:
+            cond = ctx.condition(carry, step)
+            held = ctx.draw(step, cond)
         assert held is not None
-        return held, PolicyState(held=held)
+        if not self.physics_every_step:
+            return held, PolicyState(held=held)
+        return _held_remainder(ctx, carry, step, held, fresh, cond, memory), PolicyState(held=held, memory=memory)
 
 
 def isotropic_spectrum(fields: Tensor, spatial_dims: int) -> Tensor:
@@ -405,14 +459,18 @@ class NoiseAR1(BetweenDrawPolicy):
 
     Attributes:
         rho: Correlation of successive latents, in ``[0, 1)``.
+        physics_every_step: For a physics + remainder law: the physics closure evaluated at every
+            step, only the remainder held (see :class:`Hold`).
     """
 
     rho: float = 0.9
+    physics_every_step: bool = False
     needs: ClassVar[frozenset[str]] = frozenset({"latent"})
     fix_hint: ClassVar[str] = ("use a closure law with a latent (a ClosureModel without deterministic=, or a "
                                "stochastic closure law), or between=ClosureAR1(...) to perturb a deterministic closure")
 
     def __post_init__(self) -> None:
+        _check_flag(self.physics_every_step)
         if not 0.0 <= self.rho < 1.0:
             raise ConfigError(format_error("rho", "a value in [0, 1)", repr(self.rho)))
 
@@ -430,15 +488,23 @@ class NoiseAR1(BetweenDrawPolicy):
                                            f"memory={memory}, interval={interval}"))
         return cls(rho=min(math.exp(-interval / memory), 1.0 - 1e-9))
 
+    def init(self, ctx: DrawContext) -> PolicyState:
+        """The state before the first step (checks compatibility first)."""
+        _check_physics_every_step(ctx, self)
+        return super().init(ctx)
+
     def closure(self, ctx: DrawContext, carry: RolloutCarry, step: int) -> tuple[Tensor, PolicyState]:
-        held, z = carry.policy.held, carry.policy.memory.get("z")
-        if ctx.draws_at(step, held):
+        held, memory = carry.policy.held, dict(carry.policy.memory)
+        z, fresh, cond = memory.get("z"), ctx.draws_at(step, held), None
+        if fresh:
             cond = ctx.condition(carry, step)
             eta = ctx.std_normal(f"closure_noise/{step}", ctx.latent_event(cond))
             z = eta if z is None else self.rho * z + math.sqrt(1 - self.rho**2) * eta
             held = ctx.draw(step, cond, latent=z)
         assert held is not None
-        return held, PolicyState(held=held, memory={"z": z})
+        memory["z"] = z
+        u = _held_remainder(ctx, carry, step, held, fresh, cond, memory) if self.physics_every_step else held
+        return u, PolicyState(held=held, memory=memory)
 
 
 @dataclass(frozen=True)
