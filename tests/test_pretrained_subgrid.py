@@ -36,6 +36,8 @@ def test_set() -> dict[str, torch.Tensor]:
 def test_both_closures_are_listed_and_the_default_is_unchanged():
     assert {pretrained.DEFAULT, NAME} <= set(pretrained.available())
     assert pretrained.DEFAULT == "ns2d_G_sparse_32"
+    g = pretrained.pretrained_system()  # the G closure's reduced system, as the demo builds it
+    assert isinstance(g, sc.systems.NavierStokes2D) and g.n == 32 and g.closure == "G"
 
 
 def test_subgrid_closure_loads_as_adm_plus_gaussian_residual_with_its_options(law):

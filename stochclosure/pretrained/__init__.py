@@ -84,7 +84,8 @@ def load_pretrained(name: str = DEFAULT, weights: str = "ema") -> Any:
 def pretrained_system(name: str = DEFAULT) -> NavierStokes2D | NavierStokes2DSubgrid:
     """The reduced (coarse) system pretrained closure ``name`` belongs to.
 
-    ``ns2d_G_sparse_32``: :class:`~stochclosure.systems.NavierStokes2D` at the model's resolution;
+    ``ns2d_G_sparse_32``: :class:`~stochclosure.systems.NavierStokes2D` at the model's resolution
+    with the closure ``G`` (as ``stochclosure demo`` builds it);
     ``ns2d_subgrid_gaussian_32``: :class:`~stochclosure.systems.NavierStokes2DSubgrid` (its
     ``step`` takes the closure; its ``dt`` is the DNS step, the coarse step of the recorded scores
     is ``pretrained_info(name)["policy"]["dt"]``).
@@ -92,7 +93,8 @@ def pretrained_system(name: str = DEFAULT) -> NavierStokes2D | NavierStokes2DSub
     info = pretrained_info(name)
     if _kind(name, info) == "subgrid_law":
         return NavierStokes2DSubgrid(**{k: v for k, v in info["system"].items() if k != "type"})
-    return NavierStokes2D(**{**info["initial_state"]["system"], "n": int(info["resolution"])})
+    return NavierStokes2D(**{**info["initial_state"]["system"], "n": int(info["resolution"]),
+                             "closure": info["closure"]})
 
 
 def initial_state(name: str = DEFAULT) -> tuple[Tensor, dict[str, Any]]:
