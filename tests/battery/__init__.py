@@ -12,7 +12,7 @@ memory, devices), ``cases_learned`` (learned closure laws, their training and ch
 configurations), ``cases_da_learned`` (learned and registered closures in them), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts),
 ``cases_layers`` (the command line's config schemas and their path rule), ``cases_samplers`` (sampler
 options, grids, starting points, non-finite solves), ``cases_residual_training``
-(training a residual law), ``cases_demo`` (the demo's spread perturbation), ``cases_finetune`` (a-posteriori fine-tuning).
+(training a residual law), ``cases_demo`` (the demo's spread perturbation), ``cases_finetune`` (a-posteriori fine-tuning), ``cases_pretrained`` (the shipped pretrained closures).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .cases_guards import CASES as _GUARDS
 from .cases_layers import CASES as _LAYERS
 from .cases_learned import CASES as _LEARNED
 from .cases_plugins import CASES as _PLUGINS
+from .cases_pretrained import CASES as _PRETRAINED
 from .cases_residual_training import CASES as _RESIDUAL_TRAINING
 from .cases_rollout import CASES as _ROLLOUT
 from .cases_runs import CASES as _RUNS
@@ -39,4 +40,4 @@ __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
 CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
                          *_DA, *_DA_LEARNED, *_ROLLOUT, *_LAYERS, *_SAMPLERS, *_RESIDUAL_TRAINING, *_DEMO,
-                         *_FINETUNE]
+                         *_FINETUNE, *_PRETRAINED]
