@@ -157,9 +157,10 @@ def metadata(work: Path, cfg: dict[str, Any], record: dict[str, Any], law: Any) 
                            f"its latent an AR(1) advanced by rho_per_step**{hold} between draws, with ADM "
                            "evaluated at every step (0.2 network evaluations per step); holding ADM too "
                            "blows up before t = 1",
-            "rollout_api": f"ensemble(system, law, w0, n_steps, members, dt={dt:g}, resample_every=1, "
-                           f"between=NoiseAR1(rho=rho_per_step)): a draw every step (1 network evaluation per "
-                           f"step), scored as '{EVERY}'",
+            "rollout_api": f"ensemble(system, law, w0, n_steps, members, dt={dt:g}, resample_every={hold}, "
+                           f"between=NoiseAR1(rho=rho_per_draw, physics_every_step=True)): the recommended policy, "
+                           f"scored as '{HELD}'; resample_every=1 with NoiseAR1(rho=rho_per_step) draws every step "
+                           f"(1 network evaluation per step), scored as '{EVERY}'",
         },
         "online40": online_scores(work, cfg),
         "offline": {"study_test_split": off["study_test_split"]},

@@ -168,7 +168,7 @@ def test_package_data_globs_ship_every_file_of_both_closures():
 def test_readme_quotes_the_recorded_online_scores():
     """The README's numbers for the subgrid closure are the metadata's, rounded (no drift)."""
     on = pretrained.pretrained_info(NAME)["online40"]
-    every = on["laws"]["ADM + Gaussian residual (CRPS), fine-tuned, AR(1)"]
+    every = on["laws"]["ADM + Gaussian residual (CRPS), fine-tuned, AR(1), held 5"]
     i24, i5 = on["times"].index(0.24), on["times"].index(0.5)
     ss = f"{every['scores'][i24]['spread_skill'][0]:.2f} / {every['scores'][i5]['spread_skill'][0]:.2f}"
     ratio = f"{every['crps_t05_over_adm_coloured_noise_ar1']:.2f}x"
