@@ -264,6 +264,11 @@ def rollout(system: Any, closure: Any, state0: Tensor, n_steps: int, *, members:
     policy, the initial perturbation, the deterministic closure and switching the closure off
     (``closure=None``) have no handler form.
 
+    Gradients: the rollout is differentiable (pyro's gradient-based inference may need that), so
+    with a closure law whose parameters require gradients every step's draw stays in the autograd
+    graph. For forecasting, run it under ``torch.inference_mode()`` (or ``torch.no_grad()``), or
+    memory grows with the number of steps.
+
     Args:
         system: An :class:`~stochclosure.systems.AbstractSystem` (``step(state, closure, dt)``);
             its ``check_state`` sees ``state0`` before any network runs.
