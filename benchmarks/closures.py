@@ -30,7 +30,8 @@ the same FNO backbone conditioned on the field and ``mu``; ``mu`` is ADM with th
 study's trained deterministic FNO with the sharp one, where ADM is zero; trained by ``stochclosure.Trainer`` with
 log-normal noise levels for its own, longer schedule fixed on the validation split) with
 DPM-Solver++(2M) (plus the final denoising step), and its consistency-distilled student
-(``stochclosure.training.distill``, 1-2 network evaluations per draw), scored offline only.
+(``stochclosure.training.distill``, 1-2 network evaluations per draw), scored offline (and online with
+the sharp filter, ``closures_sharp.py``).
 
 Offline scores on the test snapshots, with standard errors over the 8 test trajectories: R² of the
 ensemble mean, fair CRPS, energy score, spread-skill, 80 % interval coverage (16 draws), the

@@ -81,7 +81,7 @@ def test_ar1_starting_noise_gives_draws_correlated_in_time():
         draws = [call(w, gen, memory) for _ in range(42)][::2]   # a draw every second call
         r = torch.stack(draws).double()
         corr = float((r[1:] * r[:-1]).mean() / (r[1:].pow(2).mean() * r[:-1].pow(2).mean()).sqrt())
-        assert abs(corr - want) < 0.05, (rho, corr)  # abs-tol: a correlation coefficient near zero for rho = 0
+        assert abs(corr - want) < 0.05, (rho, corr)
 
 
 def test_fair_energy_score_matches_its_definition():
