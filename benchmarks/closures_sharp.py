@@ -287,9 +287,11 @@ def findings(on: dict[str, Any]) -> list[str]:
         return (f"{n}: CRPS {_pm(sc['crps'])}, energy {_pm(sc['energy'])}, spread-skill {_pm(sc['spread_skill'])}, "
                 f"{laws[n]['nfe_per_step']:.3g} NFE / step, {laws[n]['seconds_per_member_time_unit']:.3g} CPU s / member "
                 "/ time unit")
+    d, se = _paired(laws[diff[0]]["scores"][-1]["per_case_crps"], laws[best]["scores"][-1]["per_case_crps"])
+    verdict = "not significant at two standard errors" if abs(d) < 2 * se else "significant at two standard errors"
     return [f"At t = {t:g}: " + "; ".join(at_end(n) for n in [*diff, best]) + f". The best law fixed in advance that is "
-            f"not a diffusion closure is {best}; the deterministic FNO's CRPS is {_pm(laws[FNO]['scores'][-1]['crps'])}.",
-            ""]
+            f"not a diffusion closure is {best}; the deterministic FNO's CRPS is {_pm(laws[FNO]['scores'][-1]['crps'])}. "
+            f"The diffusion teacher's CRPS minus {best}'s, paired over cases: {d:+.3g} ± {se:.2g} ({verdict}).", ""]
 
 
 def goals(info: dict[str, Any]) -> list[str]:
