@@ -169,6 +169,8 @@ def online_sharp_study(study: Any, system: Any, cfg: dict[str, Any], data: dict[
     alpha, alphas = study.cached(work, f"online-sharp-inflation-{stem}-held{k}",
                                  lambda: study.online_inflation(system, cfg, data, laws[NOISE], rho, hold=k))
     diffusion = study.diffusion_laws(system, cfg, data, work, key)[0]  # cached stages: loaded, not retrained
+    memory = study.cached(work, f"online-sharp-remainder-memory-{stem}",
+                          lambda: remainder_memory(cfg, data, next(iter(diffusion.values())).adm))
     out: dict[str, Any] = {}
     for name, (law, a, members, hold, nfe) in sharp_runs(study, cfg, laws, diffusion, alpha).items():
         r = 0.0 if members == 1 else rho
@@ -180,7 +182,19 @@ def online_sharp_study(study: Any, system: Any, cfg: dict[str, Any], data: dict[
     extra = online_sharp_extra(study, system, cfg, data, laws, diffusion, rho, work, stem) if oc.get("extra") else {}
     return {"times": oc["times"], "cases": int(data["test"][0].shape[0]), "hold": k, "members": oc["members"],
             "dt": cfg["coarse_every"] * system.dt, "rho_per_step": rho, "inflation": alphas, "alpha": alpha,
-            "val_time": cfg["online"]["val_time"], "laws": out, "extra": extra}
+            "val_time": cfg["online"]["val_time"], "laws": out, "extra": extra, "remainder_memory": memory}
+
+
+def remainder_memory(cfg: dict[str, Any], data: dict[str, Any], mean: Any) -> dict[str, float]:
+    """AR(1) fit in time of the diffusion closure's remainder ``U - mu`` on the training split (a diagnostic)."""
+    from stochclosure._types import Conditioning
+    from stochclosure.closures import fit_ar1
+
+    w, u = data["train"]
+    with torch.no_grad():
+        m = mean.mean(Conditioning(fields=w.flatten(0, 1))).reshape(u.shape).to(u.dtype)
+    fit = fit_ar1((u - m).transpose(0, 1).double(), dt=cfg["record_every"] * cfg["fine"]["dt"])
+    return {"rho": float(fit.rho), "tau": float(fit.tau), "sigma": float(fit.sigma)}
 
 
 LATE = " †"
@@ -264,12 +278,24 @@ def section(info: dict[str, Any]) -> list[str]:
             f"Inflation of the AR(1) coloured noise (held {on['hold']}) fitted on validation rollouts at t = "
             f"{on['val_time']:g}: " + "; ".join(f"alpha {a['alpha']:.3f} gave spread-skill {a['val_spread_skill']:.3f}"
                                                 for a in on["inflation"]) + f"; used alpha = {on['alpha']:.3f}.", "",
+            *memory_note(on, info),
             *late, *findings(on), "Relative error of the ensemble mean against the filtered DNS (± standard error over cases):", "",
             *table(on, "error"), "", "Fair CRPS (one member: mean absolute error):", "", *table(on, "crps"), "",
             "Fair energy score of the whole vorticity field (one member: the L2 error):", "", *table(on, "energy"), "",
             "Spread-skill:", "", *table(on, "spread_skill"), "",
             "Cost: network evaluations per coarse step and CPU seconds of the process per member per simulated time "
             f"unit (all {on['cases']} cases x members batched in one solver call, one thread):", "", *cost, ""]
+
+
+def memory_note(on: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """The memory the draws carry (that of ``U``) against the fitted memory of the diffusion remainder ``U - mu``."""
+    rm = on.get("remainder_memory")
+    if not rm:
+        return []
+    return [f"Memory in the draws: rho per step from the training residual U (memory {info['memory']['tau']:.3g} time "
+            f"units) for every law. Diagnostic, training split, not used: the diffusion closure's remainder U - mu "
+            f"has AR(1) rho {rm['rho']:.3f} per {info['memory']['interval']:g} time units, memory {rm['tau']:.3g}, "
+            f"rms {rm['sigma']:.3g}.", ""]
 
 
 def findings(on: dict[str, Any]) -> list[str]:
