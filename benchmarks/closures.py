@@ -30,7 +30,8 @@ the same FNO backbone conditioned on the field and ``mu``; ``mu`` is ADM with th
 study's trained deterministic FNO with the sharp one, where ADM is zero; trained by ``stochclosure.Trainer`` with
 log-normal noise levels for its own, longer schedule fixed on the validation split) with
 DPM-Solver++(2M) (plus the final denoising step), and its consistency-distilled student
-(``stochclosure.training.distill``, 1-2 network evaluations per draw), scored offline only.
+(``stochclosure.training.distill``, 1-2 network evaluations per draw), scored offline (and online with
+the sharp filter, ``closures_sharp.py``).
 
 Offline scores on the test snapshots, with standard errors over the 8 test trajectories: R² of the
 ensemble mean, fair CRPS, energy score, spread-skill, 80 % interval coverage (16 draws), the
@@ -78,6 +79,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import closures_sharp  # noqa: E402
 from physics_closures import FINE, QUICK_FINE, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -112,6 +114,8 @@ CONFIG: dict[str, Any] = {
     # added after the first look at the held-10 run (over-dispersed): the fine-tunes above held ADM too between
     # draws, unlike the online runs, which evaluate ADM every step; these fine-tune in the online form
     "finetune_remainder": {"holds": [5, 10]},
+    "online_sharp": {"members": 8, "times": [0.1, 0.24, 0.5], "hold": 5, "seed": 17, "student": True,
+                     "extra": True},  # extra: inflated variants added after the first look at the test scores
 }
 QUICK: dict[str, Any] = {
     **CONFIG, "fine": QUICK_FINE, "n": 16, "spinup_steps": 20, "record_every": 10,
@@ -131,6 +135,7 @@ QUICK: dict[str, Any] = {
                  "val_every": 1},
     "finetune_long": {"hold": 3},
     "finetune_remainder": {"holds": [2]},
+    "online_sharp": {"members": 3, "times": [0.02, 0.04], "hold": 2, "seed": 17, "student": True, "extra": True},
 }
 
 
@@ -986,6 +991,9 @@ def evaluate_setting(cfg: dict[str, Any], work: Path, raw: dict[str, Any], setti
         info["diffusion"], info["diffusion training"] = cached(
             work, f"diffusion-{stem}-{diffusion_config(cfg, key)['tag']}",
             lambda: diffusion_residual(system, cfg, data, work, key))
+    if setting[0] == "spectral" and cfg.get("online_sharp") and cfg.get("diffusion"):
+        info["online sharp"] = closures_sharp.online_sharp_study(sys.modules[__name__], system, cfg, data, laws, info,
+                                                                 work, stem, key)
     return info
 
 
@@ -1149,7 +1157,10 @@ def goals(results: dict[str, Any]) -> list[str]:
         lines += [("Earlier online study, kept for reference: " if "online40" in main else "Gaussian filter, online: ")
                   + f"{main['online']['cases']} test trajectories to t = {main['online']['times'][-1]:g}, a draw every "
                   "coarse step:", "", *head, *goals_online(main), ""]
-    lines += ["Sharp filter, offline (online runs are for the Gaussian filter only):", "", *head, *goals_sharp(sharp), ""]
+    lines += ["Sharp filter, offline:", "", *head, *goals_sharp(sharp), ""]
+    if "online sharp" in sharp:
+        lines += [f"Sharp filter, online: {sharp['online sharp']['cases']} test cases:", "", *head,
+                  *closures_sharp.goals(sharp), ""]
     return lines
 
 
@@ -1467,6 +1478,8 @@ def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any], cf
         lines.append("")
         if "online40" in info:
             lines += online40_section(info)
+        if "online sharp" in info:
+            lines += closures_sharp.section(info)
         if "online" in info:
             on = info["online"]
             lines += [f"### {'Earlier online study ' if 'online40' in info else 'Online '}({on['cases']} held-out cases, coarse dt = {on['dt']:g}, AR(1) rho per step "

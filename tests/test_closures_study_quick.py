@@ -46,6 +46,7 @@ def test_quick_study_writes_every_closure_and_resumes_from_its_cache(tmp_path):
     row = sharp[f"deterministic FNO + diffusion remainder ({steps} steps)"]
     assert row["nfe_per_draw"] == gauss[f"ADM + diffusion residual ({steps} steps)"]["nfe_per_draw"] + 1
     _check_fresh_case_online_study(mod, main, md)
+    _check_sharp_online_study(mod, first["spectral / exact"]["online sharp"], md)
     # a second run reads every stage back from the work folder: identical scores
     assert mod.main(["--quick", "--out", str(out), "--work", str(work)]) == 0
     second = json.loads((out / "closures_quick.json").read_text())["results"]
@@ -67,6 +68,22 @@ def _check_fresh_case_online_study(mod, main, md):
             assert sum(row["scores"][-1]["rank_histogram"]) == oc["cases"] * oc["rank_points"] ** 2
         assert row["dns_seconds_per_member_time_unit"] > 0 and row["seconds_per_member_time_unit"] > 0
     assert "fresh held-out cases" in md and "Earlier online study" in md
+
+
+def _check_sharp_online_study(mod, on, md):
+    """The sharp setting's online study: every closure family, finite, the diffusion remainder's NFE per step."""
+    oc, steps = mod.QUICK["online_sharp"], mod.QUICK["diffusion"]["steps"][0]
+    k = oc["hold"]
+    assert on["cases"] == mod.QUICK["trajectories"]["test"] and on["times"] == oc["times"]
+    teacher = on["laws"][f"deterministic FNO + diffusion remainder ({steps} steps), AR(1), held {k}"]
+    assert teacher["members"] == oc["members"] and teacher["hold"] == k
+    # mu (the deterministic FNO) every step, the sampler's steps plus its final denoising step every k steps
+    assert teacher["nfe_per_step"] == 1 + (steps + 1) / k
+    assert f"ADM + coloured noise, AR(1), held {k}, inflated (val)" in on["laws"] and on["alpha"] > 0
+    for row in on["laws"].values():
+        assert row["scores"][-1]["finite"] == 1.0 and row["seconds_per_member_time_unit"] > 0
+        assert len(row["scores"][-1]["per_case_energy"]) == on["cases"] and row["scores"][-1]["energy"][0] > 0
+    assert "Sharp filter, online" in md and "Fair energy score" in md
 
 
 class _CountingLaw:

@@ -1,0 +1,98 @@
+"""``benchmarks/closures_sharp.py``: the diffusion closure with time memory in its starting noise, and the fair energy score."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+import stochclosure as sc
+from stochclosure.scores.analytic import GaussianScore
+from stochclosure.testing import assert_close
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("closures_sharp_under_test", BENCH / "closures_sharp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Mean:
+    """A learned-mean stand-in, ``mu(y) = 2 y``, counting its evaluations."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def mean(self, cond):
+        self.calls += 1
+        return 2 * cond.fields
+
+
+class _Diffusion:
+    """The attributes of ``closures.DiffusionResidual`` the online law reads."""
+
+    def __init__(self, steps=6):
+        self.model = sc.ClosureModel("vp", GaussianScore("vp", mean=0.0, std=1.0),
+                                     {"type": "dpm_solver_pp_2m", "steps": steps})
+        self.adm, self.sampler, self.steps = _Mean(), "dpm_solver_pp_2m", steps
+
+
+def test_the_diffusion_remainder_is_a_function_of_its_starting_noise_and_mu_is_evaluated_once_per_step():
+    mod = _module()
+    d = _Diffusion()
+    law = mod.DiffusionRemainderLaw(d, seed=0)
+    assert law.nfe_per_draw == float(d.model.sampler.nfe(6))
+    cond = sc.Conditioning(fields=torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    z = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    a, b = law.residual.draw(cond, z), law.residual.draw(cond, z)
+    assert torch.equal(a, b) and a.shape == (3, 1, 8, 8)   # the same starting noise: the same draw
+    ref = d.model.sample(sc.Conditioning(fields=torch.cat([cond.fields, 2 * cond.fields], 1)), 1,
+                         x_init=(z * d.model.prior_std())[None])[0]
+    assert torch.equal(a, ref)
+    assert_close(law.physics.mean(cond), 2 * cond.fields, rtol=0, what="mu")
+    assert d.adm.calls == 1  # one condition (one step): mu evaluated once for the draw and the mean
+    law.physics.mean(sc.Conditioning(fields=cond.fields.clone()))
+    assert d.adm.calls == 2  # a new state: evaluated again
+
+
+def test_ar1_starting_noise_gives_draws_correlated_in_time():
+    """Held draws through ``closures.drawer``: the correlation of consecutive remainders follows rho^hold.
+
+    The analytic N(0, 1) score makes DPM-Solver++ map the starting noise almost linearly to the draw, so
+    the lag-one correlation of the draws is close to the latent's ``rho^hold`` (0.81 here; tolerance 0.05
+    for 2048 pixels x 20 pairs), and near zero with ``rho = 0``.
+    """
+    mod = _module()
+    spec = importlib.util.spec_from_file_location("closures_study_for_sharp", BENCH / "closures.py")
+    study = importlib.util.module_from_spec(spec)
+    sys.modules["closures_study_for_sharp"] = study
+    spec.loader.exec_module(study)
+    w = torch.zeros(2, 1, 32, 32)
+    for rho, want in ((0.9, 0.81), (0.0, 0.0)):
+        law, gen, memory = mod.DiffusionRemainderLaw(_Diffusion(), seed=0), torch.Generator().manual_seed(3), {}
+        call = study.drawer(law, rho, hold=2)
+        draws = [call(w, gen, memory) for _ in range(42)][::2]   # a draw every second call
+        r = torch.stack(draws).double()
+        corr = float((r[1:] * r[:-1]).mean() / (r[1:].pow(2).mean() * r[:-1].pow(2).mean()).sqrt())
+        assert abs(corr - want) < 0.05, (rho, corr)
+
+
+def test_fair_energy_score_matches_its_definition():
+    mod = _module()
+    gen = torch.Generator().manual_seed(0)
+    ens, ref = torch.randn(5, 3, 1, 4, 4, generator=gen).double(), torch.randn(3, 1, 4, 4, generator=gen).double()
+    es = mod.fair_energy(ens, ref)
+    x, y = ens.flatten(2), ref.flatten(1)
+    for c in range(3):
+        pair = sum(float((x[i, c] - x[j, c]).norm()) for i in range(5) for j in range(5) if i != j)
+        want = float((x[:, c] - y[c]).norm(dim=-1).mean()) - pair / (2 * 5 * 4)
+        assert math.isclose(float(es[c]), want, rel_tol=1e-10)
+    assert_close(mod.fair_energy(ens[:1], ref), (ens[0] - ref).flatten(1).norm(dim=1), rtol=1e-12,
+                 what="one member: the L2 error")
