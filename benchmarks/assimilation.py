@@ -540,8 +540,7 @@ def stage_l96(work: Path, quick: bool, learned: dict[str, Any] | None, log: Any,
     """Tune each forecast model's inflation on a validation run, then score it on the test run.
 
     ``flush(table)`` is called after every finished row (the report is rewritten as rows complete);
-    ``only``: run only these forecast models (the others are left out of the table). The diffusion
-    closure runs in the dense variant only (its cost: a network evaluation per sampler step).
+    ``only``: run only these forecast models (the others are left out of the table).
     """
     from stochclosure.assimilation.experiment import RecordedTwin
 
@@ -552,7 +551,7 @@ def stage_l96(work: Path, quick: bool, learned: dict[str, Any] | None, log: Any,
     table: dict[str, Any] = {}
     for variant, obs in OBS.items():
         for label, closure in l96_closures(fit, learned).items():
-            if (only and label not in only) or (label == DIFF_L96 and variant != "dense" and not quick):
+            if only and label not in only:
                 continue
             base = f"l96_{variant}_{_slug(label)}"
 
