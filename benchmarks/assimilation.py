@@ -1089,7 +1089,9 @@ def _diffusion_policy_lines(res: dict[str, Any]) -> list[str]:
                   "chosen factor (or equal within one combined standard error, the chosen factor being above 1), "
                   "and it is then scored without inflation (the factor it was promoted on) and, where another "
                   f"factor has the smallest validation RMSE (the rule of every other row), with that one too (row "
-                  f"'{MIN_RMSE_TAG.strip()}'). The variants' runs came later than the first rows on a less "
+                  f"'{MIN_RMSE_TAG.strip()}'). The dense 5-step variant was first scored at that factor "
+                  "(1.1); scoring every promoted variant without inflation too was decided after that test "
+                  "score had been seen. The variants' runs came later than the first rows on a less "
                   "loaded machine: forecast times of rows run at different times are not comparable (per draw, 5 and 10 "
                   f"sampler steps are 6 and 11 network evaluations against {DIFF_SAMPLER_STEPS + 1}).", "",
                   "| variant | forecast model | " + " | ".join(f"{f}: RMSE ± SE (spread/RMSE)" for f in VARIANT_FACTORS)
