@@ -122,6 +122,15 @@ CONFIG: dict[str, Any] = {
                                              "ADM + Gaussian residual (CRPS), fine-tuned, AR(1), held 10"]},
     "online_sharp": {"members": 8, "times": [0.1, 0.24, 0.5], "hold": 5, "seed": 17, "student": True,
                      "extra": True},  # extra: inflated variants added after the first look at the test scores
+    # a widened test set, added after the first look at the 8-case sharp online scores (the diffusion closure and the
+    # Gaussian law within 1.2-2.3 SE on 8 cases): every closure of online_sharp (its extra runs included) with its
+    # members, hold and seed, the validation-fitted inflations already cached, from the 40 fresh held-out cases of
+    # online40 (the same DNS: seed, spin-up, records), sharp-filtered. Decided from the measured costs before any
+    # score: the ten runs cost ~29 CPU min to t = 0.5 (the two diffusion-teacher runs 3.5-3.8 CPU s per member per
+    # time unit x 320 members each, ~19 min of it) and ~57 to t = 1; the DNS ~12 CPU min for 26 records, ~20 for 51
+    # (estimated from the Gaussian-filter stage's wall clock; measured afterwards, before any score: 3.1 for 26).
+    # t = 1 does not fit the time available, so the horizons are those of the 8-case study, t = 0.5 (26 records).
+    "online_sharp40": {"records": 26, "times": [0.1, 0.24, 0.5]},
 }
 QUICK: dict[str, Any] = {
     **CONFIG, "fine": QUICK_FINE, "n": 16, "spinup_steps": 20, "record_every": 10,
@@ -145,6 +154,7 @@ QUICK: dict[str, Any] = {
                                              "ADM + Gaussian residual (CRPS), fine-tuned, AR(1), held 2",
                                              "ADM + Gaussian residual (CRPS), fine-tuned, AR(1), held 3"]},
     "online_sharp": {"members": 3, "times": [0.02, 0.04], "hold": 2, "seed": 17, "student": True, "extra": True},
+    "online_sharp40": {"records": 5, "times": [0.02, 0.04]},
 }
 
 
@@ -720,28 +730,50 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
-def dns_cases(cfg: dict[str, Any]) -> dict[str, Tensor]:
-    """Fresh held-out cases of the online study: Gaussian-filter coarse vorticity ``(cases, records, 1, n, n)``.
+def dns_cases(cfg: dict[str, Any], setting: tuple[str, str] = SETTINGS[0], records: int | None = None,
+              also: tuple[tuple[str, str], ...] = ()) -> dict[str, Tensor]:
+    """Fresh held-out cases of the online studies: filtered coarse vorticity ``(cases, records, 1, n, n)``.
 
     ``cases`` new trajectories in one batched DNS, seeded apart from the train / validation / test
     splits (seed ``1000 seed + seed_offset``), the same spin-up, then recorded every ``record_every``
-    DNS steps from the end of the spin-up (record 0 is the cases' start).
+    DNS steps from the end of the spin-up (record 0 is the cases' start). The DNS has no stochastic
+    forcing, so the trajectories do not depend on the filter or on how many records are kept.
+
+    Args:
+        cfg: the study's configuration (``cfg["online40"]``: ``cases``, ``records``, ``seed_offset``).
+        setting: ``(filter, coarse_nonlinear)`` of ``"w"`` (default the Gaussian filter: the content of
+            the ``dns-online40-cases`` stage).
+        records: records kept (default ``cfg["online40"]["records"]``).
+        also: further settings of the same DNS, stored under ``"w:<filter>/<coarse_nonlinear>"``.
+
+    Returns:
+        ``{"w": (cases, records, 1, n, n) float32, "seed", "dns_seconds_per_time_unit"}`` and one
+        ``"w:<setting>"`` per entry of ``also``.
     """
     oc = cfg["online40"]
-    sysm = system_of(cfg, SETTINGS[0])
+    records = oc["records"] if records is None else records
+    if isinstance(records, bool) or not isinstance(records, int) or records < 1:
+        from stochclosure.errors import ConfigError, format_error
+
+        raise ConfigError(format_error("records", "an integer >= 1 (records kept from the start)", repr(records),
+                                       "pass None for cfg['online40']['records']"))
+    fine = system_of(cfg, SETTINGS[0])  # the DNS (the fine solver is the same in every setting)
+    filters = [system_of(cfg, s) for s in (setting, *also)]
     seed = cfg["seed"] * 1000 + oc["seed_offset"]
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     with torch.no_grad():
-        w = sysm.fine_initial_state(oc["cases"], generator=gen, dtype=torch.float64)
-        w = sysm.fine.simulate(w, cfg["spinup_steps"], generator=gen)
-        rec = [sysm.filter(w).float()]
-        for _ in range(1, oc["records"]):
-            w = sysm.fine.simulate(w, cfg["record_every"], generator=gen)
-            rec.append(sysm.filter(w).float())
-    steps = cfg["spinup_steps"] + (oc["records"] - 1) * cfg["record_every"]
+        w = fine.fine_initial_state(oc["cases"], generator=gen, dtype=torch.float64)
+        w = fine.fine.simulate(w, cfg["spinup_steps"], generator=gen)
+        rec = [[f.filter(w).float() for f in filters]]
+        for _ in range(1, records):
+            w = fine.fine.simulate(w, cfg["record_every"], generator=gen)
+            rec.append([f.filter(w).float() for f in filters])
+    steps = cfg["spinup_steps"] + (records - 1) * cfg["record_every"]
     cost = (time.perf_counter() - t0) / (oc["cases"] * steps * cfg["fine"]["dt"])
-    return {"w": torch.stack(rec, 1), "seed": torch.tensor(seed), "dns_seconds_per_time_unit": torch.tensor(cost)}
+    out = {"w": torch.stack([r[0] for r in rec], 1)}
+    out.update({f"w:{'/'.join(s)}": torch.stack([r[i + 1] for r in rec], 1) for i, s in enumerate(also)})
+    return {**out, "seed": torch.tensor(seed), "dns_seconds_per_time_unit": torch.tensor(cost)}
 
 
 def dns_cost(cfg: dict[str, Any], batch: int, steps: int) -> float:
@@ -1050,6 +1082,9 @@ def evaluate_setting(cfg: dict[str, Any], work: Path, raw: dict[str, Any], setti
     if setting[0] == "spectral" and cfg.get("online_sharp") and cfg.get("diffusion"):
         info["online sharp"] = closures_sharp.online_sharp_study(sys.modules[__name__], system, cfg, data, laws, info,
                                                                  work, stem, key)
+        if cfg.get("online_sharp40") and cfg.get("online40"):
+            info["online sharp40"] = closures_sharp.online_sharp40_study(sys.modules[__name__], system, cfg, data,
+                                                                         laws, info, work, stem, key, setting)
     return info
 
 
@@ -1220,8 +1255,14 @@ def goals(results: dict[str, Any]) -> list[str]:
                   + f"{main['online']['cases']} test trajectories to t = {main['online']['times'][-1]:g}, a draw every "
                   "coarse step:", "", *head, *goals_online(main), ""]
     lines += ["Sharp filter, offline:", "", *head, *goals_sharp(sharp), ""]
+    if "online sharp40" in sharp:
+        o = sharp["online sharp40"]
+        lines += [f"Sharp filter, online: {o['cases']} fresh held-out cases to t = {o['times'][-1]:g} (the study of "
+                  "record for the sharp online goals; a widened test set added after the first look at the 8-case "
+                  "scores):", "", *head, *closures_sharp.goals(sharp, "online sharp40"), ""]
     if "online sharp" in sharp:
-        lines += [f"Sharp filter, online: {sharp['online sharp']['cases']} test cases:", "", *head,
+        lines += [("Earlier sharp online study, kept for reference: " if "online sharp40" in sharp else
+                   "Sharp filter, online: ") + f"{sharp['online sharp']['cases']} test cases:", "", *head,
                   *closures_sharp.goals(sharp), ""]
     return lines
 
@@ -1454,6 +1495,10 @@ def findings(results: dict[str, Any]) -> list[str]:
         f"the deterministic FNO reaches R² {so[fno]['r2'][0]:.3f}, the Gaussian law the lowest CRPS "
         f"({so[LEARNED]['crps'][0]:.3g} vs {so['ADM + coloured noise']['crps'][0]:.3g} for noise alone).")
     lines += diffusion_findings(so)
+    if sharp.get("online sharp40") and closures_sharp.findings(sharp["online sharp40"]):
+        lines.append(f"- Sharp filter, online, {sharp['online sharp40']['cases']} fresh held-out cases (the study of "
+                     "record; a widened test set added after the first look at the 8-case scores). "
+                     + closures_sharp.findings(sharp["online sharp40"])[0])
     return lines + [""]
 
 
@@ -1544,6 +1589,8 @@ def write_markdown(results: dict[str, Any], path: Path, meta: dict[str, Any], cf
         lines.append("")
         if "online40" in info:
             lines += online40_section(info)
+        if "online sharp40" in info:
+            lines += closures_sharp.section(info, "online sharp40")
         if "online sharp" in info:
             lines += closures_sharp.section(info)
         if "online" in info:

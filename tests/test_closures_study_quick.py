@@ -51,6 +51,7 @@ def test_quick_study_writes_every_closure_and_resumes_from_its_cache(tmp_path):
     conf = main["confirm"]
     assert list(conf["laws"]) == mod.QUICK["confirm"]["runs"] and conf["seed"] != main["online40"]["seed"]
     assert "Gaussian filter, online, confirmation" in md
+    _check_sharp40_online_study(mod, first["spectral / exact"], md)
     # a second run reads every stage back from the work folder: identical scores
     assert mod.main(["--quick", "--out", str(out), "--work", str(work)]) == 0
     second = json.loads((out / "closures_quick.json").read_text())["results"]
@@ -88,6 +89,22 @@ def _check_sharp_online_study(mod, on, md):
         assert row["scores"][-1]["finite"] == 1.0 and row["seconds_per_member_time_unit"] > 0
         assert len(row["scores"][-1]["per_case_energy"]) == on["cases"] and row["scores"][-1]["energy"][0] > 0
     assert "Sharp filter, online" in md and "Fair energy score" in md
+
+
+def _check_sharp40_online_study(mod, sharp, md):
+    """The sharp online study from the fresh cases: the same closures and inflations as the test-case study."""
+    on, first = sharp["online sharp40"], sharp["online sharp"]
+    assert on["cases"] == mod.QUICK["online40"]["cases"] and on["times"] == mod.QUICK["online_sharp40"]["times"]
+    assert on["guard"] <= 1e-5 and on["alpha"] == first["alpha"] and not on["pending"]
+    assert set(on["laws"]) == set(first["laws"]) and set(on["extra"]["laws"]) == set(first["extra"]["laws"])
+    assert on["extra"]["inflation"] == first["extra"]["inflation"]
+    for row in closures_sharp_runs(on):
+        assert row["scores"][-1]["finite"] == 1.0 and len(row["scores"][-1]["per_case_crps"]) == on["cases"]
+    assert "fresh held-out cases to t =" in md and "Earlier sharp online study, kept for reference" in md
+
+
+def closures_sharp_runs(on):
+    return [*on["laws"].values(), *on["extra"]["laws"].values()]
 
 
 class _CountingLaw:
