@@ -202,3 +202,21 @@ def test_a_checkpoint_closure_runs_through_the_command(tmp_path):
     b = AssimilationResult.load(tmp_path / "none" / "result.safetensors")
     assert a.cycles == 3 and bool(torch.isfinite(a.analysis_rmse).all())
     assert float(a.forecast_spread[0]) > 2 * float(b.forecast_spread[0]), (a.forecast_spread, b.forecast_spread)
+
+
+def test_physics_every_step_reaches_the_rollout_policy():
+    """``physics_every_step: true`` on a registered residual law gives the rollout a remainder-holding policy."""
+    from stochclosure.rollouts import Hold, NoiseAR1
+    from stochclosure.systems.subgrid import NavierStokes2DSubgrid
+
+    ns = NavierStokes2DSubgrid(n=16, n_fine=32, nu=1.0e-3, dt=1.0e-3)
+    law = {"type": "residual", "options": {"physics": {"type": "adm", "order": 2}, "residual": "white"},
+           "resample_every": 5, "physics_every_step": True}
+    _, closure, kw, _ = build_forecast(ExperimentConfig.from_dict({**BASE, "closure": law}), ns)
+    assert kw["between"] == Hold(physics_every_step=True) and hasattr(closure, "physics")
+    _, _, kw, _ = build_forecast(ExperimentConfig.from_dict({**BASE, "closure": {**law, "noise_rho": 0.9}}), ns)
+    assert kw["between"] == NoiseAR1(rho=0.9, physics_every_step=True)
+    with pytest.raises(ConfigError, match="physics_every_step"):
+        ExperimentConfig.from_dict({**BASE, "closure": {"type": "cubic", "physics_every_step": True}})
+    with pytest.raises(ConfigError, match="physics_every_step"):
+        ExperimentConfig.from_dict({**BASE, "closure": {**law, "physics_every_step": "yes"}})

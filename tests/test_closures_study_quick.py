@@ -47,6 +47,10 @@ def test_quick_study_writes_every_closure_and_resumes_from_its_cache(tmp_path):
     assert row["nfe_per_draw"] == gauss[f"ADM + diffusion residual ({steps} steps)"]["nfe_per_draw"] + 1
     _check_fresh_case_online_study(mod, main, md)
     _check_sharp_online_study(mod, first["spectral / exact"]["online sharp"], md)
+    # the confirmation cases: another DNS seed, every configured run scored, goal rows written
+    conf = main["confirm"]
+    assert list(conf["laws"]) == mod.QUICK["confirm"]["runs"] and conf["seed"] != main["online40"]["seed"]
+    assert "Gaussian filter, online, confirmation" in md
     _check_sharp40_online_study(mod, first["spectral / exact"], md)
     # a second run reads every stage back from the work folder: identical scores
     assert mod.main(["--quick", "--out", str(out), "--work", str(work)]) == 0

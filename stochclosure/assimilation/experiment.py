@@ -59,7 +59,7 @@ CLOSURE_KINDS = ("none", "cubic", "smagorinsky", "checkpoint")
 _TOP_KEYS = ("system", "dt", "truth", "observation", "every", "closure", "filter", "inflation", "members", "cycles",
              "spinup_cycles", "seed", "init_spread", "out", "root", "title")
 _CLOSURE_KEYS = ("type", "coefficients", "noise", "phi", "sigma", "fit_time", "fit_seed", "cs", "path", "noise_rho",
-                 "sampler_steps", "resample_every", "options")
+                 "sampler_steps", "resample_every", "physics_every_step", "options")
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
@@ -101,6 +101,9 @@ class ClosureSpec:
         noise_rho: Correlation of successive sampler starting noises of a checkpoint closure (``None``: white).
         sampler_steps: Sampler steps of a checkpoint closure (``None``: its default).
         resample_every: Forecast steps between fresh draws of a checkpoint closure.
+        physics_every_step: For a physics + remainder law (a ``residual`` checkpoint or registered
+            law) drawn every ``resample_every`` steps: evaluate its physics part at every step and
+            hold only the remainder (``Hold`` / ``NoiseAR1`` with ``physics_every_step=True``).
         options: Keyword arguments of a registered closure law (any other ``type``), e.g. the
             filter of a physics closure: ``{filter: spectral}``.
     """
@@ -117,6 +120,7 @@ class ClosureSpec:
     noise_rho: float | None = None
     sampler_steps: int | None = None
     resample_every: int = 1
+    physics_every_step: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -156,6 +160,13 @@ class ClosureSpec:
             spec.sampler_steps = check_number(d["sampler_steps"], "closure.sampler_steps", integer=True, minimum=1)
         spec.resample_every = check_number(d.get("resample_every", 1), "closure.resample_every", integer=True,
                                            minimum=1)
+        spec.physics_every_step = d.get("physics_every_step", False)
+        if not isinstance(spec.physics_every_step, bool):
+            raise ConfigError(format_error("closure.physics_every_step", "true or false",
+                                           repr(spec.physics_every_step)))
+        if spec.physics_every_step and spec.type in ("none", "cubic", "smagorinsky"):
+            raise ConfigError(format_error("closure.physics_every_step", "only with a physics + remainder law "
+                                           "(a checkpoint or registered residual law)", f"type {spec.type!r}"))
         opts = d.get("options", {}) or {}
         if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
             raise ConfigError(format_error("closure.options", "a mapping of keyword arguments", repr(opts)))
@@ -349,7 +360,7 @@ def build_forecast(cfg: ExperimentConfig, system: Any, cache: Path | None = None
         system: The reduced system built from ``cfg.system``.
         cache: JSON file keeping a fitted cubic (a resumed run reuses it).
     """
-    from ..rollouts import ClosureAR1, NoiseAR1
+    from ..rollouts import ClosureAR1
     from ..systems import Lorenz96, PolynomialClosure, SmagorinskyClosure
 
     spec, dt = cfg.closure, float(system.dt if cfg.dt is None else cfg.dt)
@@ -386,18 +397,23 @@ def build_forecast(cfg: ExperimentConfig, system: Any, cache: Path | None = None
         from ..model import ClosureModel
 
         model = ClosureModel.load(spec.path)
-        kw: dict[str, Any] = {"resample_every": spec.resample_every}
-        if spec.noise_rho is not None:
-            kw["between"] = NoiseAR1(rho=spec.noise_rho)
+        kw: dict[str, Any] = {"resample_every": spec.resample_every, **_between(spec)}
         if spec.sampler_steps is not None:
             kw["sampler_steps"] = spec.sampler_steps
         return system, model, kw, {"path": spec.path}
     from ..registry import resolve
 
-    kw = {"resample_every": spec.resample_every}
-    if spec.noise_rho is not None:
-        kw["between"] = NoiseAR1(rho=spec.noise_rho)
+    kw = {"resample_every": spec.resample_every, **_between(spec)}
     return system, resolve("closure", {"type": spec.type, **spec.options}), kw, dict(spec.options)
+
+
+def _between(spec: ClosureSpec) -> dict[str, Any]:
+    """The rollout's ``between`` policy of a checkpoint or registered closure law (none: the default hold)."""
+    from ..rollouts import Hold, NoiseAR1
+
+    if spec.noise_rho is not None:
+        return {"between": NoiseAR1(rho=spec.noise_rho, physics_every_step=spec.physics_every_step)}
+    return {"between": Hold(physics_every_step=True)} if spec.physics_every_step else {}
 
 
 # -- truth ---------------------------------------------------------------------------------------------------

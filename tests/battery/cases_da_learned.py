@@ -15,4 +15,7 @@ CASES: list[BadInput] = [
       "closure.options", lambda c: _assimilate(c, "optcubic", closure={"type": "cubic", "options": {"order": 5}})),
     C("da_checkpoint_dir_missing", "assimilate --config", "a checkpoint folder path that does not exist", E.ConfigError,
       "closure.path", lambda c: _assimilate(c, "nockpt", closure={"type": "checkpoint", "path": "missing/model"})),
+    C("da_physics_every_step_cubic", "assimilate --config", "physics_every_step on a cubic closure", E.ConfigError,
+      "closure.physics_every_step",
+      lambda c: _assimilate(c, "pescubic", closure={"type": "cubic", "physics_every_step": True})),
 ]
