@@ -3,18 +3,14 @@ model and resumes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "assimilation.py"
+from benchmark_scripts import load_benchmark
 
 
 def test_quick_benchmark_end_to_end(tmp_path):
-    spec = importlib.util.spec_from_file_location("assimilation_bench", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("assimilation.py", "assimilation_bench")
     out = tmp_path / "assimilation_quick.md"
     res = bench.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out)])
     text = out.read_text()

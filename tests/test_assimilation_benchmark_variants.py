@@ -3,21 +3,14 @@ the offline calibration scores of its draws."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from benchmark_scripts import load_benchmark
 
 from stochclosure.testing import assert_close
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "assimilation.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("assimilation_bench_variants", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_benchmark("assimilation.py", "assimilation_bench_variants")
 
 
 def _val(rmse: float, se: float, divergences: int = 0) -> dict:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "closure_vs_dns.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.mark.slow
 def test_quick_benchmark_end_to_end(tmp_path):
-    spec = importlib.util.spec_from_file_location("closure_vs_dns", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("closure_vs_dns.py", "closure_vs_dns")
     out = tmp_path / "closure_vs_dns_quick.md"
     payload = bench.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out)])
     text = out.read_text()

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import torch
+from benchmark_scripts import load_benchmark
 
 import stochclosure as sc
 from stochclosure.scores.analytic import GaussianScore
 from stochclosure.testing import assert_close
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 def _module():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("closures_sharp_under_test", BENCH / "closures_sharp.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("closures_sharp.py", "closures_sharp_under_test")
 
 
 class _Mean:
@@ -70,10 +62,7 @@ def test_ar1_starting_noise_gives_draws_correlated_in_time():
     for 2048 pixels x 20 pairs), and near zero with ``rho = 0``.
     """
     mod = _module()
-    spec = importlib.util.spec_from_file_location("closures_study_for_sharp", BENCH / "closures.py")
-    study = importlib.util.module_from_spec(spec)
-    sys.modules["closures_study_for_sharp"] = study
-    spec.loader.exec_module(study)
+    study = load_benchmark("closures.py", "closures_study_for_sharp")
     w = torch.zeros(2, 1, 32, 32)
     for rho, want in ((0.9, 0.81), (0.0, 0.0)):
         law, gen, memory = mod.DiffusionRemainderLaw(_Diffusion(), seed=0), torch.Generator().manual_seed(3), {}

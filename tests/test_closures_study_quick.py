@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 pytest.importorskip("stochclosure_neuralop")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "closures.py"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("closures_study", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["closures_study"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("closures.py", "closures_study")
 
 
 def test_quick_study_writes_every_closure_and_resumes_from_its_cache(tmp_path):

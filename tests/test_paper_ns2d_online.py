@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import h5py
 import torch
 import yaml
+from benchmark_scripts import load_benchmark
 
 from stochclosure.data.generate import generate
 from stochclosure.testing import assert_close
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_ns2d.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("paper_ns2d", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_benchmark("paper_ns2d.py", "paper_ns2d")
 
 
 def test_starts_are_the_generated_states(tmp_path):

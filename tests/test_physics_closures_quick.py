@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "physics_closures.py"
+from benchmark_scripts import load_benchmark
 
 
 def test_quick_physics_closure_benchmark(tmp_path):
-    spec = importlib.util.spec_from_file_location("physics_closures", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("physics_closures.py", "physics_closures")
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "physics_closures_quick.md").read_text()
     assert "ADM order 5" in text and "coloured noise" in text
