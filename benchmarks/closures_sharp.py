@@ -324,7 +324,89 @@ def online_sharp40_study(study: Any, system: Any, cfg: dict[str, Any], data: dic
             "val_time": cfg["online"]["val_time"], "pending": pending,
             "dns_seconds_per_time_unit": float(cases["dns_seconds_per_time_unit"]),
             "remainder_memory": study.cached(work, f"online-sharp-remainder-memory-{stem}",
-                                             lambda: remainder_memory(cfg, data, next(iter(diffusion.values())).adm))}
+                                             lambda: remainder_memory(cfg, data, next(iter(diffusion.values())).adm)),
+            "gaussianity": study.cached(work, f"sharp-gaussianity-{stem}-val",
+                                        lambda: gaussianity(study, laws[GAUSSIAN], *data["val"]))}
+
+
+def gaussianity(study: Any, law: Any, w: Tensor, u: Tensor) -> dict[str, Any]:
+    """How far the sharp subgrid term is from Gaussian given the coarse field, on snapshots ``w, u (T, R, 1, n, n)``.
+
+    A diagnostic of the validation split, not a score: ``z = (U - mu(y)) / sigma(y)`` with the mean and
+    standard deviation of the heteroscedastic Gaussian law ``law``; were ``U | y`` Gaussian with that mean
+    and spread, ``z`` would be standard normal at every point, skewness 0 and excess kurtosis 0. Errors in
+    ``mu`` and ``sigma`` only add tails, so the kurtosis of ``z`` bounds what a law beyond the Gaussian one
+    (a diffusion closure) can gain pointwise. The same moments of ``U`` itself (unconditional) for contrast.
+
+    Returns:
+        ``{"z": {"skewness", "excess_kurtosis", "std", "coverage_50/80/95"}, "u": {"skewness",
+        "excess_kurtosis"}}``, each ``[mean, standard error over trajectories]``, and ``"points"``.
+    """
+    from stochclosure._types import Conditioning
+
+    with torch.no_grad():
+        cond = Conditioning(fields=study.flat(w))
+        z = (study.flat(u) - law.mean(cond)) / law.residual.std(cond)
+    z = z.double().reshape(u.shape[0], -1)
+    uu = u.double().reshape(u.shape[0], -1)
+
+    def moments(x: Tensor) -> dict[str, Tensor]:
+        c = x - x.mean(1, keepdim=True)
+        var = c.pow(2).mean(1)
+        return {"skewness": c.pow(3).mean(1) / var.pow(1.5), "excess_kurtosis": c.pow(4).mean(1) / var.pow(2) - 3}
+
+    per_z = {**moments(z), "std": z.std(1),
+             **{f"coverage_{q}": (z.abs() < k).double().mean(1) for q, k in ((50, 0.6745), (80, 1.2816), (95, 1.9600))}}
+    return {"z": {k: _with_se(v) for k, v in per_z.items()}, "u": {k: _with_se(v) for k, v in moments(uu).items()},
+            "points": int(z.numel())}
+
+
+def gaussian_crps_gap(excess_kurtosis: float) -> dict[str, float]:
+    """How much lower the expected CRPS of the exact law is than that of the best Gaussian, for a heavy-tailed law.
+
+    The law: a Student-t scaled to unit variance with ``nu = 4 + 6 / k`` degrees of freedom (excess
+    kurtosis ``k > 0``). For a forecast CDF ``F`` and the law's CDF ``G``, the expected CRPS is
+    ``int G (1 - G) dx + int (F - G)^2 dx``, so the gap of ``F = N(0, s^2)`` is the second integral,
+    minimised over ``s`` (quadrature; accurate to ~1e-9 relative).
+
+    Returns:
+        ``{"nu", "best_sigma", "gap_percent"}``: the gap in percent of the exact law's expected CRPS.
+    """
+    from scipy import integrate, optimize, stats
+
+    if not math.isfinite(excess_kurtosis) or excess_kurtosis <= 0:
+        return {"nu": math.inf, "best_sigma": 1.0, "gap_percent": 0.0}
+    nu = 4 + 6 / excess_kurtosis
+    scale = math.sqrt((nu - 2) / nu)
+
+    def cdf(x: float) -> float:
+        return float(stats.t.cdf(x / scale, nu))
+
+    base = integrate.quad(lambda x: cdf(x) * (1 - cdf(x)), -80, 80, limit=400)[0]
+    gap = optimize.minimize_scalar(
+        lambda sg: integrate.quad(lambda x: (stats.norm.cdf(x / sg) - cdf(x)) ** 2, -80, 80, limit=400)[0],
+        bounds=(0.5, 1.5), method="bounded", options={"xatol": 1e-6})
+    return {"nu": nu, "best_sigma": float(gap.x), "gap_percent": 100 * float(gap.fun) / base}
+
+
+def gaussianity_note(on: dict[str, Any]) -> list[str]:
+    """The report's lines on how Gaussian the sharp subgrid term is given the coarse field (validation split)."""
+    g = on.get("gaussianity")
+    if not g:
+        return []
+    z, u = g["z"], g["u"]
+    k = z["excess_kurtosis"][0]
+    bound = gaussian_crps_gap(k)
+    return [f"How Gaussian is the sharp subgrid term given the coarse field? Diagnostic on the validation snapshots "
+            f"({g['points']} points), not a score: standardised by the Gaussian law's mean and spread, "
+            f"`z = (U - mu(y)) / sigma(y)` has skewness {_pm(z['skewness'])} and excess kurtosis {_pm(z['excess_kurtosis'])} "
+            f"(U itself: {_pm(u['skewness'])}, {_pm(u['excess_kurtosis'])}); std {_pm(z['std'])}, central 50 / 80 / 95 % "
+            f"coverage {_pm(z['coverage_50'])} / {_pm(z['coverage_80'])} / {_pm(z['coverage_95'])}. Errors in mu and "
+            f"sigma only add tails, so the kurtosis bounds the shape the Gaussian misses. A law with that kurtosis "
+            f"(a unit-variance Student-t, nu = {bound['nu']:.1f}) has an expected CRPS only "
+            f"{bound['gap_percent']:.3f} % below that of the best Gaussian (sigma {bound['best_sigma']:.3f}): pointwise, "
+            "no closure beyond a well-fitted heteroscedastic Gaussian has room to win in this setting; what remains is "
+            "the accuracy of the mean and spread and the spatial structure of the draws (the energy score).", ""]
 
 
 # -- the report ----------------------------------------------------------------------------------------------------
@@ -385,7 +467,7 @@ def section(info: dict[str, Any], key: str = "online sharp") -> list[str]:
             f"Inflation of the AR(1) coloured noise (held {on['hold']}) fitted on validation rollouts at t = "
             f"{on['val_time']:g}: " + "; ".join(f"alpha {a['alpha']:.3f} gave spread-skill {a['val_spread_skill']:.3f}"
                                                 for a in on["inflation"]) + f"; used alpha = {on['alpha']:.3f}.", "",
-            *memory_note(on, info),
+            *memory_note(on, info), *gaussianity_note(on),
             *late, *findings(on), "Relative error of the ensemble mean against the filtered DNS (± standard error over cases):", "",
             *table(on, "error"), "", "Fair CRPS (one member: mean absolute error):", "", *table(on, "crps"), "",
             "Fair energy score of the whole vorticity field (one member: the L2 error):", "", *table(on, "energy"), "",

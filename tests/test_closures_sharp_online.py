@@ -85,3 +85,61 @@ def test_fair_energy_score_matches_its_definition():
         assert math.isclose(float(es[c]), want, rel_tol=1e-10)
     assert_close(mod.fair_energy(ens[:1], ref), (ens[0] - ref).flatten(1).norm(dim=1), rtol=1e-12,
                  what="one member: the L2 error")
+
+
+class _UnitGaussianLaw:
+    """A law with mean 0 and spread 1 everywhere (``mean`` and ``residual.std``, as the Gaussian residual law)."""
+
+    def __init__(self):
+        self.residual = self
+
+    def mean(self, cond):
+        return torch.zeros_like(cond.fields)
+
+    def std(self, cond):
+        return torch.ones_like(cond.fields)
+
+
+def test_gaussianity_reads_zero_shape_for_gaussian_data_and_the_tails_of_laplace_data():
+    from types import SimpleNamespace
+
+    mod = _module()
+    study = SimpleNamespace(flat=lambda x: x.flatten(0, 1))
+    gen = torch.Generator().manual_seed(0)
+    w = torch.zeros(6, 4, 1, 32, 32)
+    g = mod.gaussianity(study, _UnitGaussianLaw(), w, torch.randn(w.shape, generator=gen))
+    # 24576 points: the SE of the excess kurtosis is ~sqrt(24 / n) = 0.03 and of the skewness ~0.016
+    assert abs(g["z"]["excess_kurtosis"][0]) < 0.12 and abs(g["z"]["skewness"][0]) < 0.06
+    assert abs(g["z"]["coverage_80"][0] - 0.8) < 0.015 and abs(g["z"]["std"][0] - 1) < 0.02
+    laplace = torch.distributions.Laplace(0.0, 1.0).sample(w.shape)  # excess kurtosis 3, std sqrt(2)
+    g = mod.gaussianity(study, _UnitGaussianLaw(), w, laplace)
+    assert 2.4 < g["z"]["excess_kurtosis"][0] < 3.6 and abs(g["z"]["std"][0] - math.sqrt(2)) < 0.05
+    assert g["points"] == w.numel()
+
+
+def _gap_by_closed_form(nu, s):
+    """Percent by which N(0, s^2)'s expected CRPS exceeds the exact law's, for a unit-variance Student-t(nu) truth."""
+    from scipy import integrate, stats
+
+    scale = math.sqrt((nu - 2) / nu)
+
+    def pdf(y):
+        return stats.t.pdf(y / scale, nu) / scale
+
+    def gauss_crps(y):  # Gneiting & Raftery's closed form for N(0, s^2)
+        x = y / s
+        return s * (x * (2 * stats.norm.cdf(x) - 1) + 2 * stats.norm.pdf(x) - 1 / math.sqrt(math.pi))
+
+    exact = integrate.quad(lambda y: stats.t.cdf(y / scale, nu) * stats.t.sf(y / scale, nu), -80, 80, limit=400)[0]
+    gauss = integrate.quad(lambda y: gauss_crps(y) * pdf(y), -80, 80, limit=400)[0]
+    return 100 * (gauss - exact) / exact
+
+
+def test_gaussian_crps_gap_matches_the_closed_form_gaussian_crps_integrated_against_the_heavy_tailed_law():
+    mod = _module()
+    assert mod.gaussian_crps_gap(0.0)["gap_percent"] == 0.0
+    gaps = [mod.gaussian_crps_gap(k) for k in (0.5, 1.0, 3.0)]
+    assert gaps[0]["gap_percent"] < gaps[1]["gap_percent"] < gaps[2]["gap_percent"]
+    for got in gaps:
+        expected = _gap_by_closed_form(got["nu"], got["best_sigma"])
+        assert_close(torch.tensor(expected), torch.tensor(got["gap_percent"]), rtol=1e-3)

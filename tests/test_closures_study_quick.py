@@ -43,6 +43,14 @@ def test_quick_study_writes_every_closure_and_resumes_from_its_cache(tmp_path):
     conf = main["confirm"]
     assert list(conf["laws"]) == mod.QUICK["confirm"]["runs"] and conf["seed"] != main["online40"]["seed"]
     assert "Gaussian filter, online, confirmation" in md
+    # the long-window fine-tune: scored on the first fresh cases (dagger) and on a second set of new cases
+    hz = main["horizon"]
+    assert set(hz["confirm"]["laws"]) == set(mod.QUICK["confirm_horizon"]["runs"])
+    assert hz["confirm"]["seed"] not in (conf["seed"], main["online40"]["seed"]) and hz["finetune"]["seconds"] > 0
+    assert len(hz["first40"]) == 1 and "Long-window fine-tune" in md and "second confirmation" in md
+    # the sharp term's shape given the coarse field, on the validation snapshots
+    gs = first["spectral / exact"]["online sharp40"]["gaussianity"]
+    assert gs["z"]["std"][0] > 0 and 0 <= gs["z"]["coverage_80"][0] <= 1 and "How Gaussian is the sharp" in md
     _check_sharp40_online_study(mod, first["spectral / exact"], md)
     # a second run reads every stage back from the work folder: identical scores
     assert mod.main(["--quick", "--out", str(out), "--work", str(work)]) == 0
