@@ -48,6 +48,14 @@ def test_quick_study_writes_every_closure_and_resumes_from_its_cache(tmp_path):
     assert set(hz["confirm"]["laws"]) == set(mod.QUICK["confirm_horizon"]["runs"])
     assert hz["confirm"]["seed"] not in (conf["seed"], main["online40"]["seed"]) and hz["finetune"]["seconds"] > 0
     assert len(hz["first40"]) == 1 and "Long-window fine-tune" in md and "second confirmation" in md
+    # the calibration on validation runs: every candidate run, the rule's choice, then the third confirmation
+    cal, ch = main["calibrated"]["calibration"], mod.QUICK["calibrate_horizon"]
+    assert len(cal["candidates"]) == len(ch["alphas"]) * len(ch["memory"])
+    assert min(c["misfit"] for c in cal["candidates"]) == pytest.approx(
+        next(c["misfit"] for c in cal["candidates"] if (c["alpha"], c["memory"]) == (cal["alpha"], cal["memory"])),
+        abs=1e-3)
+    assert set(main["calibrated"]["confirm"]["laws"]) == set(mod.QUICK["confirm_calibrated"]["runs"])
+    assert "third confirmation" in md and "Validation candidates" in md
     # the sharp term's shape given the coarse field, on the validation snapshots
     gs = first["spectral / exact"]["online sharp40"]["gaussianity"]
     assert gs["z"]["std"][0] > 0 and 0 <= gs["z"]["coverage_80"][0] <= 1 and "How Gaussian is the sharp" in md
