@@ -1375,6 +1375,11 @@ def goals_online40(info: dict[str, Any]) -> list[str]:
     return [r for name in info["online40"]["laws"] if name.startswith(LEARNED) for r in goals_online40_of(info, name)]
 
 
+SSR_CAPTION = ("Spread-skill, pooled over the cases (± the standard error of the per-case ratios, which understates "
+               "the sampling error of the pooled ratio: it is dominated by the cases with the largest errors; see the "
+               "findings for its spread between independent case sets):")
+
+
 def online40_table(info: dict[str, Any], metric: str) -> list[str]:
     times = info["online40"]["times"]
     lines = ["| closure | members | hold | " + " | ".join(f"t = {t:g}" for t in times) +
@@ -1429,7 +1434,7 @@ def online40_section(info: dict[str, Any]) -> list[str]:
             f"(validation, drawn every step): {info['online']['alpha']:.3f}.", "",
             "Relative error of the ensemble mean against the filtered DNS (± standard error over cases):", "",
             *online40_table(info, "error"), "", "Fair CRPS (one member: mean absolute error):", "",
-            *online40_table(info, "crps"), "", "Spread-skill:", "", *online40_table(info, "spread_skill"), "",
+            *online40_table(info, "crps"), "", SSR_CAPTION, "", *online40_table(info, "spread_skill"), "",
             f"Rank histogram of the truth among the members at a {on['rank_points']}x{on['rank_points']} "
             "lattice of grid points, all cases pooled (neighbouring points and cases share weather, so the counts "
             "are not independent), and the spectrum error of the members (mean over radial wavenumbers of "
@@ -1543,6 +1548,7 @@ def findings(results: dict[str, Any]) -> list[str]:
             "step on one core): where cost matters, ADM wins.")
     if "online40" in main:
         lines += findings_online40(main)
+        lines += closures_horizon.findings(sys.modules[__name__], main)
     so = {**sharp["offline"], **sharp.get("diffusion", {})}
     lines.append(
         f"- Sharp filter: ADM reduces to the resolved correction, which is zero against the exact coarse term, and "

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 GAUSSIAN = "ADM + Gaussian residual (CRPS)"
@@ -248,7 +249,7 @@ def section(study: Any, info: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     if len(conf["laws"]) == len(cfg["confirm_horizon"]["runs"]):
         lines += ["Relative error of the ensemble mean (± standard error over cases):", "",
                   *study.online40_table(view, "error"), "", "Fair CRPS:", "", *study.online40_table(view, "crps"), "",
-                  "Spread-skill:", "", *study.online40_table(view, "spread_skill"), "",
+                  study.SSR_CAPTION, "", *study.online40_table(view, "spread_skill"), "",
                   "Rank histogram and spectrum error at the last time:", "", *study.online40_shape_table(view), ""]
     else:
         lines += [f"Not yet computed (listed, not scored): "
@@ -285,6 +286,76 @@ def calibrated_section(study: Any, info: dict[str, Any], cfg: dict[str, Any]) ->
     if len(conf["laws"]) == len(cfg["confirm_calibrated"]["runs"]):
         lines += ["Relative error of the ensemble mean (± standard error over cases):", "",
                   *study.online40_table(view, "error"), "", "Fair CRPS:", "", *study.online40_table(view, "crps"), "",
-                  "Spread-skill:", "", *study.online40_table(view, "spread_skill"), "",
+                  study.SSR_CAPTION, "", *study.online40_table(view, "spread_skill"), "",
                   "Rank histogram and spectrum error at the last time:", "", *study.online40_shape_table(view), ""]
     return lines
+
+
+def _case_sets(study: Any, main: dict[str, Any], hold: int) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(label, run of the fine-tuned law drawn every hold steps, its study's laws)`` on every fresh case set."""
+    name = f"{GAUSSIAN}, fine-tuned, AR(1), held {hold}"
+    out = []
+    first = main.get("online40", {}).get("laws", {})
+    if name + study.LATE in first:
+        out.append((f"first {main['online40']['cases']} cases (seed {main['online40']['seed']}) {study.LATE.strip()}",
+                    first[name + study.LATE], first))
+    for label, conf in (("first confirmation", (main.get("confirm") or {})),
+                        ("second confirmation", (main.get("horizon") or {}).get("confirm") or {}),
+                        ("third confirmation", (main.get("calibrated") or {}).get("confirm") or {})):
+        if name in conf.get("laws", {}) and BASELINES[2] in conf["laws"]:
+            out.append((f"{label} (seed {conf['seed']})", conf["laws"][name], conf["laws"]))
+    return out
+
+
+def findings(study: Any, main: dict[str, Any]) -> list[str]:
+    """The fine-tuned law drawn every 10 steps across all fresh case sets, and what the later attempts changed."""
+    hold = (main.get("calibrated") or main.get("horizon") or {}).get("hold")
+    sets = _case_sets(study, main, hold) if hold else []
+    if len(sets) < 2:
+        return []
+    times = [round(t, 6) for t in main["online40"]["times"]]
+    at = [t for t in (0.24, 0.5) if t in times] if 0.5 in times else times[-2:]  # the goal times (quick: the last two)
+    i24, i5 = times.index(at[0]), times.index(at[-1])
+    when = f"t = {at[0]:g}" + (f" / {at[-1]:g}" if len(at) > 1 else "")
+
+    def row(label: str, run: dict[str, Any], laws: dict[str, Any]) -> str:
+        ratio = run["scores"][i5]["crps"][0] / laws[BASELINES[2]]["scores"][i5]["crps"][0]
+        return (f"{label}: spread-skill {run['scores'][i24]['spread_skill'][0]:.3f} / "
+                f"{run['scores'][i5]['spread_skill'][0]:.3f}, CRPS {ratio:.3f}x ADM + AR(1) noise")
+
+    conf = [(lb, r) for lb, r, _ in sets if "confirmation" in lb]
+    v5 = torch.tensor([r["scores"][i5]["spread_skill"][0] for _, r in conf], dtype=torch.float64)
+    v24 = torch.tensor([r["scores"][i24]["spread_skill"][0] for _, r in conf], dtype=torch.float64)
+    k = len(conf)
+    pooled = (f" Over the {k} pre-registered confirmation sets, mean ± standard error between sets: "
+              f"{float(v24.mean()):.3f} ± {float(v24.std() / math.sqrt(k)):.3f} at t = {at[0]:g} and "
+              f"{float(v5.mean()):.3f} ± {float(v5.std() / math.sqrt(k)):.3f} at t = {at[-1]:g}." if k > 1 else "")
+    within = sum(r["scores"][i5]["spread_skill"][1] for _, r in conf) / max(k, 1)
+    wide = (f" The sets differ by more than the standard errors within a set suggest (between-set SD "
+            f"{float(v5.std()):.3f} vs a mean within-set SE of {within:.3f} at t = {at[-1]:g}): those are over per-case "
+            "ratios, while the ratio reported is pooled over cases and dominated by the cases with the largest "
+            "errors; the between-set figure is the honest uncertainty." if k > 1 and float(v5.std()) > 2 * within else "")
+    lines = [f"- The fine-tuned Gaussian residual law drawn every {hold} steps on every fresh case set (spread-skill at "
+             f"{when}): " + "; ".join(row(*x) for x in sets) + "." + pooled + wide]
+    h = main.get("horizon")
+    if h and h.get("confirm", {}).get("laws"):
+        name = next((n for n in h["confirm"]["laws"] if "windows" in n), None)
+        if name:
+            hist = h["finetune"]["history"]
+            before = hist[0]["val_spread_skill"]
+            kept = next(r["val_spread_skill"] for r in hist if r["step"] == h["finetune"]["best_step"])
+            lines.append(f"- Fine-tuned further on long windows: "
+                         f"{row('second confirmation', h['confirm']['laws'][name], h['confirm']['laws'])}; validation "
+                         f"spread-skill at the window's end {before:.3f} before, {kept:.3f} at the kept step"
+                         + (": the longer windows did not add spread." if kept <= before else "."))
+    c = main.get("calibrated")
+    if c and calibrated_name_of(c) in c["confirm"]["laws"]:
+        cal = c["calibration"]
+        lines.append(f"- Calibrated on long validation runs (spread factor {cal['alpha']:g}, memory x{cal['memory']:g}): "
+                     + row("third confirmation", c["confirm"]["laws"][calibrated_name_of(c)], c["confirm"]["laws"]) + ".")
+    return lines
+
+
+def calibrated_name_of(c: dict[str, Any]) -> str:
+    """The calibrated run's name in ``info["calibrated"]["confirm"]["laws"]``."""
+    return next((n for n in c["confirm"]["laws"] if "calibrated on validation runs" in n), "")
