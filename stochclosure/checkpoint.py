@@ -201,7 +201,7 @@ def _tensor_digest(tensors: Mapping[str, Tensor]) -> str:
         t = tensors[k].detach().cpu().contiguous()
         h.update(k.encode())
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
     return h.hexdigest()
 
 

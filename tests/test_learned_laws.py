@@ -379,3 +379,34 @@ def test_a_physics_closure_as_input_channel_lets_a_coarse_backbone_learn_a_fine_
         assert torch.equal(back.mean(sc.Conditioning(fields=yt)), mu)
     finally:
         sc.registry.get_registry("closure").unregister("laplacian_test")
+
+
+def test_spread_factor_scales_sigma_keeps_the_mean_and_is_saved_with_the_weights(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)
+    law = GaussianClosure(SMALL, target_mean=torch.tensor([0.5]), target_std=torch.tensor([3.0])).eval()
+    cond = sc.Conditioning(fields=torch.randn(2, 1, 16, 16, generator=g))
+    z = torch.randn(2, 1, 16, 16, generator=g)
+    u = torch.randn(3, 2, 1, 16, 16, generator=g)
+    with torch.no_grad():
+        mean, std, draw = law.mean(cond), law.std(cond), law.draw(cond, z)
+        assert law.set_spread(1.4) is law
+        assert_close(law.mean(cond), mean, rtol=1e-6, what="mean kept")
+        assert_close(law.std(cond), 1.4 * std, rtol=1e-6, what="std scaled")
+        assert_close(law.draw(cond, z) - mean, 1.4 * (draw - mean), rtol=1e-5, what="draw scaled about the mean")
+        expected = torch.distributions.Normal(mean.double(), 1.4 * std.double()).log_prob(u.double()).sum((-3, -2, -1))
+        assert_close(law.log_prob(u, cond).double(), expected, rtol=1e-5, what="log p with the spread")
+    path = save_model(law, tmp_path / "spread_law")
+    back = load_model(path)
+    assert float(back.spread) == pytest.approx(1.4)
+    with torch.no_grad():
+        assert_close(back.std(cond), law.std(cond), rtol=1e-6, what="reloaded std")
+
+
+def test_a_gaussian_law_saved_before_the_spread_factor_loads_with_factor_one():
+    torch.manual_seed(0)
+    law = GaussianClosure(SMALL)
+    state = {k: v for k, v in law.state_dict().items() if k != "spread"}  # as written by earlier versions
+    law.set_spread(2.0)
+    law.load_state_dict(state)  # strict
+    assert float(law.spread) == 1.0

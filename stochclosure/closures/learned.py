@@ -301,6 +301,8 @@ class GaussianClosure(LearnedClosureLaw):
     The backbone has ``2C`` output channels: the first ``C`` are the mean, the last ``C`` the
     log-variance (normalised units), clamped to ``log_var_range`` so that a draw never
     overflows or collapses; a non-finite log-variance raises :class:`~stochclosure.errors.NonFiniteError`.
+    A post-hoc spread factor (:meth:`set_spread`, the ``spread`` buffer, 1 unless set) multiplies
+    ``sigma`` in draws, :meth:`std` and :meth:`log_prob`.
 
     Args:
         backbone: Score-operator spec or instance (see :class:`LearnedClosureLaw`), ``2C`` channels.
@@ -336,6 +338,35 @@ class GaussianClosure(LearnedClosureLaw):
         super().__init__(backbone, channels, target_mean, target_std, t_eval, inputs)
         self.loss_name, self.noise, self.log_var_range = loss, noise, (lo, hi)
         self.register_buffer("spectrum", torch.ones(channels, spectrum_bins))
+        self.register_buffer("spread", torch.ones(()))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # laws saved before the spread factor existed load with a factor of 1 (their behaviour then)
+        state_dict.setdefault(prefix + "spread", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_spread(self, factor: float) -> GaussianClosure:
+        """Scale the law's spread by ``factor`` after training (post-hoc calibration); the mean is kept.
+
+        Draws become ``mu + factor * sigma * colour(z)``; :meth:`std` and :meth:`log_prob` follow, the
+        training loss does not (it fits the heads). The factor is a buffer, saved with the weights.
+        Fit it on validation data, e.g. so that the spread-skill of validation rollouts is 1.
+
+        Args:
+            factor: A finite number > 0 (1: the law as trained).
+
+        Returns:
+            The law itself.
+
+        Raises:
+            ConfigError: ``factor`` is not a finite positive number.
+        """
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
+                or factor <= 0:
+            raise ConfigError(format_error("factor", "a finite number > 0 (1: the spread as trained)", repr(factor),
+                                           "fit it on validation data, e.g. spread-skill of rollouts = 1"))
+        self.spread.fill_(float(factor))
+        return self
 
     def latent_shape(self, cond: Conditioning, grid: tuple[int, ...]) -> tuple[int, ...]:
         """``(C, *grid)``: one standard-normal value per pixel and channel."""
@@ -364,7 +395,7 @@ class GaussianClosure(LearnedClosureLaw):
         if tuple(latent.shape) != tuple(mu.shape):
             raise ShapeError(format_error("latent", f"shape {tuple(mu.shape)}", f"shape {tuple(latent.shape)}"))
         eps = colour_noise(latent.to(mu), self.spectrum) if self.noise == "coloured" else latent.to(mu)
-        return self.denormalise(mu + torch.exp(0.5 * log_var) * eps)
+        return self.denormalise(mu + self.spread.to(mu) * torch.exp(0.5 * log_var) * eps)
 
     def mean(self, cond: Conditioning, *, grid: tuple[int, ...] | None = None) -> Tensor:
         """``E[U | y] = mu(y)`` in physical units, ``(B, C, *grid)``."""
@@ -374,7 +405,8 @@ class GaussianClosure(LearnedClosureLaw):
     def std(self, cond: Conditioning, *, grid: tuple[int, ...] | None = None) -> Tensor:
         """Pointwise standard deviation of ``U | y`` in physical units, ``(B, C, *grid)``."""
         c, g, b = self._prepare(cond, grid)
-        sd = torch.exp(0.5 * self.heads_of(c, g, b)[1])
+        log_var = self.heads_of(c, g, b)[1]
+        sd = self.spread.to(log_var) * torch.exp(0.5 * log_var)
         return sd * self.target_std.view(1, self.channels, *([1] * len(g))).to(sd)
 
     def log_prob(self, u: Tensor, cond: Conditioning) -> Tensor:
@@ -392,7 +424,7 @@ class GaussianClosure(LearnedClosureLaw):
         mu, log_var = self.heads_of(c, g, b)
         std = self.target_std.view(self.channels, *([1] * rank)).to(u)
         x = (u - self.target_mean.view(self.channels, *([1] * rank)).to(u)) / std
-        lp = -gaussian_nll(x, mu.to(x), log_var.to(x))
+        lp = -gaussian_nll(x, mu.to(x), log_var.to(x) + 2 * torch.log(self.spread.to(x)))
         jacobian = math.prod(grid) * float(torch.log(self.target_std.double()).sum())
         return lp.flatten(start_dim=u.dim() - rank - 1).sum(-1) - jacobian
 

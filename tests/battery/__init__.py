@@ -12,7 +12,8 @@ memory, devices), ``cases_learned`` (learned closure laws, their training and ch
 configurations), ``cases_da_learned`` (learned and registered closures in them), ``cases_rollout`` (rollout guards, between-draw policies, closure laws in rollouts),
 ``cases_layers`` (the command line's config schemas and their path rule), ``cases_samplers`` (sampler
 options, grids, starting points, non-finite solves), ``cases_residual_training``
-(training a residual law), ``cases_demo`` (the demo's spread perturbation), ``cases_finetune`` (a-posteriori fine-tuning), ``cases_pretrained`` (the shipped pretrained closures).
+(training a residual law), ``cases_demo`` (the demo's spread perturbation), ``cases_finetune`` (a-posteriori fine-tuning), ``cases_pretrained`` (the shipped pretrained closures),
+``cases_spread`` (the post-hoc spread factor of a Gaussian law).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from .cases_residual_training import CASES as _RESIDUAL_TRAINING
 from .cases_rollout import CASES as _ROLLOUT
 from .cases_runs import CASES as _RUNS
 from .cases_samplers import CASES as _SAMPLERS
+from .cases_spread import CASES as _SPREAD
 
 __all__ = ["BadInput", "Outcome", "Context", "CASES", "run_case"]
 
 CASES: list[BadInput] = [*_CORE, *_FILES, *_RUNS, *_ASSIMILATION, *_PLUGINS, *_GUARDS, *_LEARNED, *_CLOSURES,
                          *_DA, *_DA_LEARNED, *_ROLLOUT, *_LAYERS, *_SAMPLERS, *_RESIDUAL_TRAINING, *_DEMO,
-                         *_FINETUNE, *_PRETRAINED]
+                         *_FINETUNE, *_PRETRAINED, *_SPREAD]
