@@ -39,6 +39,8 @@ def test_latent_scaled_gaussian_law_scales_the_spread_and_keeps_the_mean():
         mean, base, got = gauss.mean(cond), gauss.draw(cond, z), scaled.residual.draw(cond, z, grid=(16, 16))
     assert_close(got - mean, 1.7 * (base - mean), rtol=1e-5, what="spread scaled by alpha")
     assert float((base - mean).abs().max()) > 1e-3  # the law is not a Dirac: the check can fail
+    with torch.no_grad():  # the same law as the library's post-hoc spread factor
+        assert_close(got, gauss.set_spread(1.7).draw(cond, z), rtol=1e-5, what="LatentScaled vs set_spread")
 
 
 def test_misfit_is_the_worst_log_spread_skill_at_the_chosen_times():
