@@ -61,7 +61,7 @@ def test_subgrid_closure_loads_as_adm_plus_gaussian_residual_with_its_options(la
 def test_subgrid_closure_policy_and_online_record_are_the_studys():
     """The recorded policy and scores are those of the study's stage files (checked for consistency)."""
     info = pretrained.pretrained_info(NAME)
-    pol = info["policy"]
+    pol = info["policy_held5"]
     assert pol["physics_every_step"] and pol["residual_every"] == 5
     assert math.isclose(pol["rho_per_draw"], pol["rho_per_step"] ** 5, rel_tol=1e-12)
     assert math.isclose(pol["dt"], 4 * info["system"]["dt"], rel_tol=1e-12)
@@ -76,6 +76,29 @@ def test_subgrid_closure_policy_and_online_record_are_the_studys():
     assert 0.7 <= held["scores"][i24]["spread_skill"][0] <= 1.3
     assert 0.7 <= held["scores"][i5]["spread_skill"][0] <= 1.3
     assert held["crps_t05_over_adm_coloured_noise_ar1"] < 1.0
+
+
+def test_policy_of_record_is_the_validation_choice_and_meets_the_online_goals_on_its_confirmation():
+    """The calibrated policy: chosen by the recorded rule among the recorded candidates, then confirmed."""
+    info = pretrained.pretrained_info(NAME)
+    pol, held5 = info["policy"], info["policy_held5"]
+    k = pol["residual_every"]
+    assert pol["physics_every_step"] and k == 10 and pol["spread"] > 0
+    assert math.isclose(pol["rho_per_step"], pol["fitted_rho_per_step"] ** (1 / pol["memory_factor"]), rel_tol=1e-12)
+    assert math.isclose(pol["rho_per_draw"], pol["rho_per_step"] ** k, rel_tol=1e-12)
+    assert math.isclose(pol["fitted_rho_per_step"], held5["rho_per_step"], rel_tol=1e-12)
+    cands = pol["chosen_on"]["candidates"]
+    best = min(cands, key=lambda c: (round(c["misfit"], 3), c["crps"][-1][0]))
+    assert (best["spread"], best["memory_factor"]) == (pol["spread"], pol["memory_factor"])
+    conf = pol["confirmation"]
+    assert conf["case_seed"] not in (pol["chosen_on"]["case_seed"], info["online40"]["case_seed"])
+    law, adm = conf["laws"][pol["rollout_api"].split("scored as ")[1].strip("'")], conf["laws"]["ADM order 10"]
+    assert law["hold"] == k and law["nfe_per_step"] == pytest.approx(1 / k) and law["cheaper_than_dns"] >= 20
+    for sc_law, sc_adm in zip(law["scores"], adm["scores"]):
+        assert sc_law["error"][0] < sc_adm["error"][0] and sc_law["finite"] == 1.0
+    for t in (0.24, 0.5):
+        assert 0.7 <= law["scores"][conf["times"].index(t)]["spread_skill"][0] <= 1.3
+    assert law["crps_t05_over_adm_coloured_noise_ar1"] < 1.0
 
 
 def test_subgrid_closure_draws_have_the_right_shape_and_are_finite(law):
@@ -136,6 +159,25 @@ def test_subgrid_closure_runs_in_the_rollout_api_with_an_ar1_latent(law):
     assert float(res.states[-1].std(0).mean()) > 0
 
 
+def test_policy_of_record_runs_as_its_rollout_api_says_and_its_spread_factor_widens_the_ensemble():
+    """The README's recipe: set_spread, a draw every 10 steps, ADM every step. Over the first hold the members
+    differ only through the one residual draw, so the ensemble spread scales with the factor (to a few %)."""
+    pol = pretrained.pretrained_info(NAME)["policy"]
+    system = pretrained.pretrained_system(NAME)
+    w0 = system.filter(pretrained.initial_state(NAME)[0]).float()[0]
+    spreads = []
+    for factor in (1.0, pol["spread"]):
+        law = pretrained.load_pretrained(NAME)  # a fresh copy: set_spread changes the law
+        law.residual.set_spread(factor)
+        with torch.inference_mode():
+            res = sc.ensemble(system, law, w0, pol["residual_every"], 4, seed=0, dt=pol["dt"],
+                              resample_every=pol["residual_every"], record_every=pol["residual_every"],
+                              between=sc.NoiseAR1(rho=pol["rho_per_draw"], physics_every_step=True))
+        assert bool(torch.isfinite(res.states).all())
+        spreads.append(float(res.states[-1].std(0).mean()))
+    assert spreads[1] / spreads[0] == pytest.approx(pol["spread"], rel=0.03)
+
+
 def test_g_only_paths_give_typed_errors_not_wrong_data(monkeypatch):
     with pytest.raises(UnknownPluginError, match="installed"):
         pretrained.pretrained_path("no_such_closure")
@@ -166,12 +208,15 @@ def test_package_data_globs_ship_every_file_of_both_closures():
 
 
 def test_readme_quotes_the_recorded_online_scores():
-    """The README's numbers for the subgrid closure are the metadata's, rounded (no drift)."""
-    on = pretrained.pretrained_info(NAME)["online40"]
-    every = on["laws"]["ADM + Gaussian residual (CRPS), fine-tuned, AR(1), held 5"]
-    i24, i5 = on["times"].index(0.24), on["times"].index(0.5)
-    ss = f"{every['scores'][i24]['spread_skill'][0]:.2f} / {every['scores'][i5]['spread_skill'][0]:.2f}"
-    ratio = f"{every['crps_t05_over_adm_coloured_noise_ar1']:.2f}x"
+    """The README's numbers for the subgrid closure's policy of record are the metadata's, rounded (no drift)."""
+    pol = pretrained.pretrained_info(NAME)["policy"]
+    conf = pol["confirmation"]
+    law = conf["laws"][pol["rollout_api"].split("scored as ")[1].strip("'")]
+    i24, i5 = conf["times"].index(0.24), conf["times"].index(0.5)
+    ss = f"{law['scores'][i24]['spread_skill'][0]:.2f} / {law['scores'][i5]['spread_skill'][0]:.2f}"
+    ratio = f"{law['crps_t05_over_adm_coloured_noise_ar1']:.2f}x"
     text = " ".join((ROOT / "README.md").read_text().split())
     assert f"spread-skill {ss} at t = 0.24 / 0.5" in text
     assert f"{ratio} the CRPS of ADM + AR(1) coloured noise" in text
+    assert f"by `policy[\"spread\"]` ({pol['spread']:g})" in text
+    assert f"{law['cheaper_than_dns']:.0f}x cheaper" in text
