@@ -401,12 +401,13 @@ def gaussianity_note(on: dict[str, Any]) -> list[str]:
             f"({g['points']} points), not a score: standardised by the Gaussian law's mean and spread, "
             f"`z = (U - mu(y)) / sigma(y)` has skewness {_pm(z['skewness'])} and excess kurtosis {_pm(z['excess_kurtosis'])} "
             f"(U itself: {_pm(u['skewness'])}, {_pm(u['excess_kurtosis'])}); std {_pm(z['std'])}, central 50 / 80 / 95 % "
-            f"coverage {_pm(z['coverage_50'])} / {_pm(z['coverage_80'])} / {_pm(z['coverage_95'])}. Errors in mu and "
-            f"sigma only add tails, so the kurtosis bounds the shape the Gaussian misses. A law with that kurtosis "
-            f"(a unit-variance Student-t, nu = {bound['nu']:.1f}) has an expected CRPS only "
-            f"{bound['gap_percent']:.3f} % below that of the best Gaussian (sigma {bound['best_sigma']:.3f}): pointwise, "
-            "no closure beyond a well-fitted heteroscedastic Gaussian has room to win in this setting; what remains is "
-            "the accuracy of the mean and spread and the spatial structure of the draws (the energy score).", ""]
+            f"coverage {_pm(z['coverage_50'])} / {_pm(z['coverage_80'])} / {_pm(z['coverage_95'])}. Errors of sigma "
+            "from point to point add tails (a scale mixture of Gaussians has positive excess kurtosis), so the law's own "
+            "shape is, if anything, closer to Gaussian. Were it a Student-t of that kurtosis (unit variance, "
+            f"nu = {bound['nu']:.1f}), its expected CRPS would be only {bound['gap_percent']:.3f} % below that of the "
+            f"best Gaussian (sigma {bound['best_sigma']:.3f}): pointwise, a closure beyond a well-fitted "
+            "heteroscedastic Gaussian has almost no room to win in this setting; what remains is the accuracy of the "
+            "mean and the spread and the spatial structure of the draws (the energy score).", ""]
 
 
 # -- the report ----------------------------------------------------------------------------------------------------
