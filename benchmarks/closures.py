@@ -60,6 +60,9 @@ or held too, and with a spread inflation fitted on validation rollouts at t = 0.
 draws. Cost is seconds per member per simulated time unit of the batched ensemble on one thread,
 with a batched DNS of the same number of trajectories timed just before it in the same run, both
 as CPU time of the process (one thread), so that other jobs on the machine do not enter the cost.
+Later stages (``closures_horizon.py``): three pre-registered confirmations on 40 more fresh
+trajectories each (seed offsets 200, 300, 600), a fine-tune on longer windows, and the fine-tuned
+law's spread factor and AR(1) memory chosen on 40 fresh validation trajectories (seed offset 500).
 """
 
 from __future__ import annotations
