@@ -1038,28 +1038,12 @@ def confirm_study(system: Any, cfg: dict[str, Any], laws: dict[str, Any], rho: f
     """The online runs named in ``cfg["confirm"]`` on 40 more fresh cases (another DNS seed), fixed in advance.
 
     The runs are those of the 40-case study with the same names (law, members, hold), scored the same way;
-    ``... held k`` of the fine-tuned law is that law drawn every ``k`` steps.
+    ``... held k`` of the fine-tuned law is that law drawn every ``k`` steps (``closures_horizon.confirm``).
     """
-    cc = cfg["confirm"]
-    ccfg = {**cfg, "online40": {**cfg["online40"], "seed_offset": cc["seed_offset"]}}
-    cases = cached(work, f"dns-confirm-cases-{cc['seed_offset']}", lambda: dns_cases(ccfg))
-    m = cfg["online40"]["members"]
-    out: dict[str, Any] = {}
-    for name in cc["runs"]:
-        if name.startswith(f"{LEARNED}, fine-tuned, AR(1), held "):
-            law, r, members, hold = tuned, rho, m, int(name.rsplit(" ", 1)[1])
-        elif name == "ADM + coloured noise, AR(1)":
-            law, r, members, hold = laws["ADM + coloured noise"], rho, m, 1
-        else:
-            law, r, members, hold = laws[name], 0.0, 1, 1
-        stage = f"confirm{cc['seed_offset']}-{stem}-{_slug(name)}"
-        if REPORT_PENDING and not (work / f"{stage}.pt").exists():
-            continue
-        out[name] = cached(work, stage, lambda law=law, r=r, members=members, hold=hold: online40_run(
-            system, ccfg, cases["w"], law, r, 1.0, members, hold))
-        _log(f"confirm {name}: error {[round(v['error'][0], 5) for v in out[name]['scores']]}")
-    return {"times": cfg["online40"]["times"], "cases": int(cases["w"].shape[0]), "seed": int(cases["seed"]),
-            "laws": out}
+    cc, m = cfg["confirm"], cfg["online40"]["members"]
+    prefix = f"{LEARNED}, fine-tuned, AR(1), held "
+    learned = {n: (tuned, rho, m, int(n.rsplit(" ", 1)[1])) for n in cc["runs"] if n.startswith(prefix)}
+    return closures_horizon.confirm(sys.modules[__name__], system, cfg, cc, laws, learned, rho, work, stem)
 
 
 def goals_confirm(info: dict[str, Any]) -> list[str]:
