@@ -69,6 +69,7 @@ from .model import ClosureModel
 from .registry import get_registry, name_of
 
 __all__ = [
+    "hash_tensor",
     "FORMAT",
     "FORMAT_VERSION",
     "save_model",
@@ -195,13 +196,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
+def hash_tensor(h: Any, t: Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes to the hash object ``h`` (any rank, 0-d included)."""
+    t = t.detach().cpu().contiguous()
+    h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
 def _tensor_digest(tensors: Mapping[str, Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(tensors):
-        t = tensors[k].detach().cpu().contiguous()
         h.update(k.encode())
-        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
+        hash_tensor(h, tensors[k])
     return h.hexdigest()
 
 

@@ -346,3 +346,20 @@ def test_versions_name_every_distribution_that_provides_a_component(tmp_path, th
     assert fno["providers"]["score_operator:fno"]["version"] == fno["versions"]["stochclosure-neuralop"]
     assert {"encoder:composite", "encoder:field", "encoder:sparse_smooth", "sde:ve_exp",
             "sampler:euler_maruyama"} <= set(fno["providers"])
+
+
+def test_hash_tensor_takes_0d_tensors_and_keeps_the_digests_of_the_others():
+    import hashlib
+
+    from stochclosure.checkpoint import hash_tensor
+
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    h = hashlib.sha256()
+    hash_tensor(h, t)
+    ref = hashlib.sha256(str(t.dtype).encode() + str(tuple(t.shape)).encode())  # the digest files were named by
+    ref.update(t.view(torch.uint8).numpy().tobytes())
+    assert h.hexdigest() == ref.hexdigest()
+    a, b = hashlib.sha256(), hashlib.sha256()
+    hash_tensor(a, torch.tensor(1.5))
+    hash_tensor(b, torch.tensor(2.5))
+    assert a.hexdigest() != b.hexdigest()

@@ -9,15 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checkpoint import model_config
+from ..checkpoint import hash_tensor, model_config
 
 __all__ = ["describe"]
 
 
 def _digest(t: Tensor) -> str:
-    t = t.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h = hashlib.sha256()
+    hash_tensor(h, t)
     return h.hexdigest()
 
 

@@ -27,7 +27,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from .._io import preflight_output
-from ..checkpoint import load_tensors, save_tensors
+from ..checkpoint import hash_tensor, load_tensors, save_tensors
 from ..errors import CheckpointError, ConfigError, format_error
 from .carry import PolicyState, RolloutCarry
 from .core import rollout
@@ -40,12 +40,6 @@ FORMAT = "stochclosure.rollout-checkpoint"
 FORMAT_VERSION = 2
 
 
-def _digest_tensor(h: Any, t: Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-
-
 def run_fingerprint(system: Any, closure: Any, state0: Tensor, n_steps: int, members: int, seed: int,
                     kwargs: dict[str, Any]) -> str:
     """SHA-256 naming one ensemble run: system, closure (config and weights), state0, sizes, seed, options."""
@@ -54,7 +48,7 @@ def run_fingerprint(system: Any, closure: Any, state0: Tensor, n_steps: int, mem
     h.update(json.dumps({"system": spec, "n_steps": n_steps, "members": members, "seed": seed,
                          "kwargs": {k: repr(v) for k, v in sorted(kwargs.items()) if k != "progress"}},
                         sort_keys=True, default=repr).encode())
-    _digest_tensor(h, state0)
+    hash_tensor(h, state0)
     if isinstance(closure, torch.nn.Module):
         from ..checkpoint import model_config
 
@@ -62,7 +56,7 @@ def run_fingerprint(system: Any, closure: Any, state0: Tensor, n_steps: int, mem
             h.update(json.dumps(model_config(closure), sort_keys=True, default=repr).encode())
         for k, v in sorted(closure.state_dict().items()):
             h.update(k.encode())
-            _digest_tensor(h, v)
+            hash_tensor(h, v)
     else:
         h.update(repr(closure).encode())
     return h.hexdigest()
