@@ -51,9 +51,8 @@ def test_quick_study_writes_every_closure_and_resumes_from_its_cache(tmp_path):
     # the calibration on validation runs: every candidate run, the rule's choice, then the third confirmation
     cal, ch = main["calibrated"]["calibration"], mod.QUICK["calibrate_horizon"]
     assert len(cal["candidates"]) == len(ch["alphas"]) * len(ch["memory"])
-    assert min(c["misfit"] for c in cal["candidates"]) == pytest.approx(
-        next(c["misfit"] for c in cal["candidates"] if (c["alpha"], c["memory"]) == (cal["alpha"], cal["memory"])),
-        abs=1e-3)
+    best = min(cal["candidates"], key=lambda c: (round(c["misfit"], 3), c["crps"][-1][0]))  # the rule, fixed
+    assert (best["alpha"], best["memory"]) == (cal["alpha"], cal["memory"])
     assert set(main["calibrated"]["confirm"]["laws"]) == set(mod.QUICK["confirm_calibrated"]["runs"])
     assert "third confirmation" in md and "Validation candidates" in md
     # the sharp term's shape given the coarse field, on the validation snapshots
