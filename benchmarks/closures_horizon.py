@@ -1,4 +1,5 @@
-"""The long-window fine-tune of ``benchmarks/closures.py`` and its pre-registered confirmation.
+"""Later stages of ``benchmarks/closures.py``: a long-window fine-tune, a calibration on long validation
+runs, and the pre-registered confirmations on fresh cases that score them.
 
 Why: on the first confirmation cases the fine-tuned Gaussian residual law drawn every 10 steps was
 calibrated at t = 0.24 (spread-skill 0.80) but under-dispersed at t = 0.5 (0.68): every fine-tune so
@@ -14,6 +15,12 @@ marked with a dagger), and (ii) on 40 more fresh cases of a new DNS seed (``seed
 generated before, with the runs listed in ``cfg["confirm_horizon"]["runs"]`` (the new law, the first
 fine-tuned law drawn every 10 steps as a replication, and the baselines of the goals), whatever the
 validation says. Nothing else is chosen on these cases.
+
+Calibration (``calibrate``, after the long-window fine-tune's validation showed no gain in spread):
+the first fine-tuned law's spread factor and AR(1) memory chosen on 40 fresh validation trajectories
+to t = 0.5 by a rule fixed before any run, then scored with the law as it was on 40 more fresh cases
+(``cfg["confirm_calibrated"]``). ``confirm`` is the one confirmation loop of the study (the first
+confirmation of ``closures.py`` runs through it too).
 
 Functions take the study module (``benchmarks/closures.py``) as their first argument ``study`` for
 its helpers (``cached``, ``online40_run``, ``finetune_windows``, ``goals_online40_of``, ...).
